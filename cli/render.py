@@ -1,0 +1,82 @@
+"""rich rendering for the CLI: live training view and summary tables. No training logic here."""
+from __future__ import annotations
+
+import math
+
+from rich.console import Group
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+LIVE_METRICS = ("loss", "pg_loss", "v_loss", "entropy", "approx_kl", "clip_frac", "explained_var")
+SHORT = {"pg_loss": "pg", "v_loss": "vf", "entropy": "ent", "approx_kl": "kl", "clip_frac": "clip",
+         "explained_var": "ev"}
+
+
+def fmt(x: float, digits: int = 4) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
+        return str(x)
+    if isinstance(x, int):
+        return f"{x:,}"
+    return f"{x:.{digits}g}"
+
+
+def make_progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]train[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("updates"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+
+
+def metrics_table(log) -> Table:
+    """Two compact rows of label/value pairs, so it fits an 80-column terminal."""
+    ret = "-" if log.episodes == 0 else f"{log.mean_return:.1f}"
+    pairs = [("steps", f"{log.env_steps:,}"), ("SPS", f"{log.sps:,.0f}"), ("return", ret),
+             ("episodes", str(log.episodes)), *((SHORT.get(k, k), fmt(log.metrics.get(k), 3)) for k in LIVE_METRICS)]
+    table = Table.grid(padding=(0, 1))
+    per_row = 4
+    for _ in range(per_row):
+        table.add_column(style="dim", justify="right", no_wrap=True)
+        table.add_column(justify="left", no_wrap=True, min_width=8)
+    for i in range(0, len(pairs), per_row):
+        row = [cell for label, value in pairs[i:i + per_row] for cell in (label, value)]
+        table.add_row(*row)
+    return table
+
+
+def live_view(progress: Progress, log=None) -> Group:
+    return Group(progress, metrics_table(log)) if log is not None else Group(progress)
+
+
+def summary_table(summary: dict, checkpoint_path) -> Table:
+    table = Table(title="training summary", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value", justify="right")
+    solved = summary.get("first_solved")
+    rows = [
+        ("env steps", f"{summary['env_steps']:,}"),
+        ("mean return (last 100 episodes)", fmt(summary["mean_return"])),
+        ("compile time (first call)", f"{summary['compile_s']:.1f} s"),
+        ("run time", f"{summary['run_s']:.1f} s"),
+        ("steps per second (run)", f"{summary['sps']:,.0f}"),
+        ("first reached 475", "never" if not solved else f"{solved['env_steps']:,} steps, {solved['run_s']:.1f} s"),
+        ("params", str(checkpoint_path)),
+    ]
+    for what, value in rows:
+        table.add_row(what, value)
+    return table
+
+
+def envs_table(registry: dict) -> Table:
+    table = Table(title="environments")
+    for col in ("name", "observation", "action heads", "description"):
+        table.add_column(col)
+    for name, cls in sorted(registry.items()):
+        heads = ", ".join(f"{h.name}({h.size})" for h in cls.action_spec.heads)
+        table.add_row(name, str(cls.obs_dim), heads, cls.description)
+    return table

@@ -1,0 +1,22 @@
+"""Batched torch-native environments and their registry: ``envs.make(name, num_envs, device)``."""
+from __future__ import annotations
+
+from envs.base import ActionSpec, Head, Step
+from envs.cartpole import CartPole
+
+REGISTRY = {CartPole.name: CartPole}
+
+
+def names() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def make(name: str, num_envs: int, device="cpu", **kwargs):
+    if name not in REGISTRY:
+        raise ValueError(f"unknown env {name!r}; choose from {', '.join(names())}")
+    if int(num_envs) < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    return REGISTRY[name](int(num_envs), device=device, **kwargs)
+
+
+__all__ = ["ActionSpec", "Head", "Step", "make", "names", "REGISTRY"]

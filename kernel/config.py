@@ -1,0 +1,123 @@
+"""The run configuration: one plain, immutable dataclass (PureJaxRL's ``make_train(config)`` style).
+
+Defaults are PureJaxRL's CartPole configuration so results compare one to one with that reference.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Config:
+    env: str = "cartpole"
+    num_envs: int = 4
+    num_steps: int = 128
+    total_steps: int = 500_000
+    update_epochs: int = 4
+    num_minibatches: int = 4
+    lr: float = 2.5e-4
+    anneal_lr: bool = True
+    adam_eps: float = 1e-5
+    max_grad_norm: float = 0.5
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_coef: float = 0.2
+    clip_vloss: bool = True
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    norm_adv: bool = True
+    hidden: tuple = (64, 64)
+    activation: str = "tanh"
+    seed: int = 0
+    device: str = "cpu"
+    compile: bool = True
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.batch_size // self.num_minibatches
+
+    @property
+    def num_updates(self) -> int:
+        return self.total_steps // self.batch_size
+
+    def replace(self, **changes) -> "Config":
+        return validated(dataclasses.replace(self, **changes))
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+POSITIVE_INTS = ("num_envs", "num_steps", "total_steps", "update_epochs", "num_minibatches")
+
+
+def validated(config: Config) -> Config:
+    """Return ``config`` unchanged or raise ``ValueError`` naming the first problem found."""
+    for name in POSITIVE_INTS:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if config.batch_size % config.num_minibatches:
+        raise ValueError(
+            f"num_minibatches={config.num_minibatches} does not divide the batch "
+            f"num_envs*num_steps={config.batch_size}"
+        )
+    if config.total_steps < config.batch_size:
+        raise ValueError(
+            f"total_steps={config.total_steps} is smaller than one batch (num_envs*num_steps={config.batch_size})"
+        )
+    for name in ("lr", "adam_eps", "max_grad_norm", "clip_coef"):
+        if not getattr(config, name) > 0:
+            raise ValueError(f"{name} must be > 0, got {getattr(config, name)!r}")
+    for name in ("gamma", "gae_lambda"):
+        if not 0.0 <= getattr(config, name) <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {getattr(config, name)!r}")
+    if not config.hidden or any(not isinstance(h, int) or h < 1 for h in config.hidden):
+        raise ValueError(f"hidden must be a non-empty list of positive integers, got {list(config.hidden)!r}")
+    if config.activation not in ("tanh", "relu"):
+        raise ValueError(f"activation must be 'tanh' or 'relu', got {config.activation!r}")
+    return config
+
+
+def from_dict(values: dict, base: Config | None = None) -> Config:
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ValueError(f"unknown config key(s): {', '.join(unknown)}")
+    values = dict(values)
+    if "hidden" in values:
+        if not isinstance(values["hidden"], (list, tuple)):
+            raise ValueError(f"hidden must be a list of positive integers, got {values['hidden']!r}")
+        values["hidden"] = tuple(values["hidden"])
+    for name, value in values.items():
+        expected = type(getattr(base or Config(), name))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            values[name] = float(value)
+        elif expected is not tuple and not isinstance(values[name], expected):
+            raise ValueError(f"config key {name!r} must be {expected.__name__}, got {value!r}")
+    return validated(dataclasses.replace(base or Config(), **values))
+
+
+def from_json_file(path: str | Path, base: Config | None = None) -> Config:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ValueError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"config file {path} is not valid JSON: {e.msg} (line {e.lineno})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path} must hold a JSON object, got {type(values).__name__}")
+    return from_dict(values, base)

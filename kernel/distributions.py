@@ -1,0 +1,69 @@
+"""Masked categorical distribution as pure functions over float32 logits.
+
+Masked entries are replaced by a large *finite* negative, not ``-inf``: ``-inf`` turns
+``0 * log 0`` in the entropy into NaN and poisons gradients, while ``exp(-1e9)`` underflows to an
+exact 0 in float32, so masked actions still have probability exactly 0.
+
+Every function refuses non-float32 logits: the head path is float32 by contract (see
+``kernel/precision.py``), and a regression that lets low-precision logits through must fail loudly
+rather than train on NaN gradients (the seed bug).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+MASKED_LOGIT = -1e9
+
+
+def check_float32(logits: torch.Tensor) -> None:
+    if logits.dtype != torch.float32:
+        raise TypeError(
+            f"distribution functions need float32 logits, got {logits.dtype}; "
+            "cast trunk features to float32 before the heads (kernel.precision)"
+        )
+
+
+def masked_logits(logits: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    check_float32(logits)
+    if mask is None:
+        return logits
+    if not torch.compiler.is_compiling() and not bool(mask.any(-1).all()):
+        # Only checked eagerly: a data-dependent check would force a host sync in a compiled step.
+        raise ValueError("action mask has a row with no valid action")
+    return torch.where(mask, logits, torch.full_like(logits, MASKED_LOGIT))
+
+
+def log_probs(logits: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Normalised log-probabilities of every action, ``[..., n]``."""
+    return torch.log_softmax(masked_logits(logits, mask), dim=-1)
+
+
+def log_prob(logits: torch.Tensor, action: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Log-probability of ``action`` (integer, shape ``logits.shape[:-1]``)."""
+    return log_probs(logits, mask).gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
+
+
+def entropy(logits: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    logp = log_probs(logits, mask)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def gumbel(uniform: torch.Tensor) -> torch.Tensor:
+    """Gumbel(0, 1) noise from uniforms in [0, 1); clamped so log(0) never appears."""
+    u = uniform.clamp(torch.finfo(uniform.dtype).tiny, 1.0 - torch.finfo(uniform.dtype).eps)
+    return -torch.log(-torch.log(u))
+
+
+def sample(logits: torch.Tensor, uniform: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Gumbel-max sample from explicit uniform noise of the same shape as ``logits``.
+
+    A masked action's score is ~-1e9 while a valid one's is at most a few tens below its logit,
+    so a masked action can never win.
+    """
+    return torch.argmax(masked_logits(logits, mask) + gumbel(uniform.to(logits.dtype)), dim=-1)
+
+
+def mode(logits: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    return torch.argmax(masked_logits(logits, mask), dim=-1)

@@ -1,0 +1,150 @@
+"""Optax-style optimizer pieces: each is an ``init(params) -> state`` / ``update(updates, state,
+params) -> (updates, state)`` pair over pytrees, composed with :func:`chain`.
+
+State is plain data (dicts of tensors), so it is checkpointed by path like params. Step counts are
+0-d tensors and schedules are tensor functions of them: a learning-rate schedule changes values,
+never the compiled graph. Leaf-wise maths uses ``torch._foreach_*`` (one fused kernel per op in
+eager mode, one graph under ``torch.compile``).
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Union
+
+import torch
+from torch.utils import _pytree as pytree
+
+from kernel.tree import Tree, global_norm, tree_map
+
+Schedule = Callable[[torch.Tensor], torch.Tensor]
+ScalarOrSchedule = Union[float, Schedule]
+
+
+class GradientTransformation(NamedTuple):
+    """``update(updates, state, params=None, **hyper)``: ``hyper`` carries per-call tensors (e.g.
+    ``lr``) through :func:`chain`; a transform ignores the names it does not use."""
+
+    init: Callable[[Tree], Tree]
+    update: Callable[..., tuple]
+    name: str
+
+
+def _flat(tree: Tree):
+    return pytree.tree_flatten(tree)
+
+
+def clip_by_global_norm(max_norm: float) -> GradientTransformation:
+    """Scale updates so their global L2 norm is at most ``max_norm`` (``clip_grad_norm_`` maths)."""
+
+    def init(params):
+        return {}
+
+    def update(updates, state, params=None, **hyper):
+        norm = global_norm(updates)
+        # Same formula as torch.nn.utils.clip_grad_norm_, so runs compare one to one.
+        scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+        return tree_map(lambda g: g * scale.to(g.dtype), updates), state
+
+    return GradientTransformation(init, update, "clip")
+
+
+def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> GradientTransformation:
+    """Adam's moment estimates and bias correction, arranged exactly as ``torch.optim.Adam``."""
+
+    def init(params):
+        return {
+            "count": torch.zeros((), dtype=torch.int64),
+            "mu": tree_map(torch.zeros_like, params),
+            "nu": tree_map(torch.zeros_like, params),
+        }
+
+    def update(updates, state, params=None, **hyper):
+        count = state["count"] + 1
+        g, spec = _flat(updates)
+        mu, _ = _flat(state["mu"])
+        nu, _ = _flat(state["nu"])
+        mu = torch._foreach_lerp(mu, g, 1.0 - b1)
+        nu = torch._foreach_mul(nu, b2)
+        torch._foreach_addcmul_(nu, g, g, value=1.0 - b2)
+        step = count.to(torch.float32)
+        bias1 = 1.0 - torch.pow(torch.tensor(b1), step)
+        bias2_sqrt = torch.sqrt(1.0 - torch.pow(torch.tensor(b2), step))
+        denom = torch._foreach_sqrt(nu)
+        torch._foreach_div_(denom, bias2_sqrt)
+        torch._foreach_add_(denom, eps)
+        out = torch._foreach_div(mu, denom)
+        torch._foreach_div_(out, bias1)
+        new_state = {
+            "count": count,
+            "mu": pytree.tree_unflatten(mu, spec),
+            "nu": pytree.tree_unflatten(nu, spec),
+        }
+        return pytree.tree_unflatten(out, spec), new_state
+
+    return GradientTransformation(init, update, "adam")
+
+
+def scale_by_learning_rate(learning_rate: ScalarOrSchedule | None) -> GradientTransformation:
+    """Multiply by ``-learning_rate``: a float, a schedule evaluated on this transform's step
+    count, or ``None`` to read a tensor ``lr`` passed to ``update`` (the driver computes it, so a
+    compiled step does not bake the schedule's constants into its graph)."""
+
+    def init(params):
+        return {"count": torch.zeros((), dtype=torch.int64)} if callable(learning_rate) else {}
+
+    def update(updates, state, params=None, **hyper):
+        if learning_rate is None:
+            lr = hyper["lr"]
+        elif callable(learning_rate):
+            lr = learning_rate(state["count"])
+            state = {"count": state["count"] + 1}
+        else:
+            lr = torch.tensor(learning_rate)
+        return tree_map(lambda u: u * (-lr).to(u.dtype), updates), state
+
+    return GradientTransformation(init, update, "lr")
+
+
+def chain(*transforms: GradientTransformation) -> GradientTransformation:
+    names = [t.name for t in transforms]
+    if len(set(names)) != len(names):
+        raise ValueError(f"chain needs distinct transform names, got {names}")
+
+    def init(params):
+        return {t.name: t.init(params) for t in transforms}
+
+    def update(updates, state, params=None, **hyper):
+        new_state = {}
+        for t in transforms:
+            updates, new_state[t.name] = t.update(updates, state[t.name], params, **hyper)
+        return updates, new_state
+
+    return GradientTransformation(init, update, "chain")
+
+
+def adam(learning_rate: ScalarOrSchedule | None, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+         max_grad_norm: float | None = None) -> GradientTransformation:
+    """Adam with optional global-norm clipping first, as CleanRL and PureJaxRL configure PPO."""
+    parts = [clip_by_global_norm(max_grad_norm)] if max_grad_norm is not None else []
+    return chain(*parts, scale_by_adam(b1, b2, eps), scale_by_learning_rate(learning_rate))
+
+
+def apply_updates(params: Tree, updates: Tree) -> Tree:
+    p, spec = _flat(params)
+    u, _ = _flat(updates)
+    return pytree.tree_unflatten(torch._foreach_add(p, [x.to(y.dtype) for x, y in zip(u, p)]), spec)
+
+
+def linear_schedule(init_value: float, end_value: float, transition_steps: int, every: int = 1) -> Schedule:
+    """Linear from ``init_value`` to ``end_value`` over ``transition_steps`` periods of ``every``
+    optimizer steps; ``every`` = steps per PPO update anneals once per update as CleanRL does."""
+
+    def schedule(count: torch.Tensor) -> torch.Tensor:
+        period = torch.div(count, every, rounding_mode="floor").to(torch.float32)
+        frac = torch.clamp(period / transition_steps, 0.0, 1.0)
+        return init_value + frac * (end_value - init_value)
+
+    return schedule
+
+
+def constant_schedule(value: float) -> Schedule:
+    return lambda count: torch.full((), value)

@@ -1,0 +1,172 @@
+"""The driver: rollout -> advantages -> update -> log, PureJaxRL's ``make_train(config)`` shape.
+
+``build(config)`` wires the pure pieces (env, policy, optimizer, rollout, update);
+``init_state`` makes the explicit training state; ``iteration`` advances it by one PPO update;
+``train`` loops and reports through a callback. Nothing here reads global RNG: one
+``torch.Generator`` seeded from ``config.seed`` drives init, action noise, env noise and shuffles.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Callable, NamedTuple, Optional
+
+import torch
+
+import envs
+from kernel import optim
+from kernel.config import Config, validated
+from kernel.policy import Policy, make_policy
+from kernel.ppo import explained_variance, gae, hyper_tensors, make_update
+from kernel.rollout import Rollout, finished_episodes, make_rollout
+from kernel.tree import tree_map
+
+RETURN_WINDOW = 100
+
+
+class Run(NamedTuple):
+    config: Config
+    env: object
+    policy: Policy
+    optimizer: optim.GradientTransformation
+    rollout: Rollout
+    update: Callable
+
+
+def make_optimizer(config: Config) -> optim.GradientTransformation:
+    # lr=None: the learning rate arrives as a tensor each step (kernel.ppo.hyper_tensors).
+    return optim.adam(None, eps=config.adam_eps, max_grad_norm=config.max_grad_norm)
+
+
+def build(config: Config) -> Run:
+    config = validated(config)
+    env = envs.make(config.env, config.num_envs, device=config.device)
+    policy = make_policy(env.obs_dim, env.action_spec.sizes, config.hidden, config.activation)
+    optimizer = make_optimizer(config)
+    rollout = make_rollout(env, policy, config.num_steps, compile=config.compile)
+    update = make_update(config, policy, optimizer)
+    return Run(config, env, policy, optimizer, rollout, update)
+
+
+def init_state(run: Run) -> dict:
+    generator = torch.Generator(device="cpu").manual_seed(run.config.seed)
+    device = torch.device(run.config.device)
+    params = tree_map(lambda x: x.to(device), run.policy.init(generator))
+    return {
+        "params": params,
+        "opt_state": tree_map(lambda x: x.to(device), run.optimizer.init(params)),
+        "carry": run.rollout.init(generator),
+        "generator": generator,
+        "update": 0,
+        "env_steps": 0,
+    }
+
+
+def flatten_batch(traj: dict, advantages, returns) -> dict:
+    """``[T, N, ...]`` -> ``[T*N, ...]`` for the keys the loss reads."""
+    keys = ("obs", "actions", "logp", "values")
+    batch = {k: traj[k] for k in keys}
+    batch["advantages"], batch["returns"] = advantages, returns
+    return tree_map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
+
+
+def iteration(run: Run, state: dict):
+    """One PPO update: collect a segment, compute advantages, run the epochs. Returns the new state
+    and ``(metrics, trajectory)``; metrics are device tensors (no host sync here)."""
+    cfg = run.config
+    carry, traj = run.rollout.collect(state["params"], state["carry"], state["generator"])
+    advantages, returns = gae(traj["rewards"], traj["values"], traj["next_values"], traj["terminated"],
+                              traj["truncated"], cfg.gamma, cfg.gae_lambda)
+    batch = flatten_batch(traj, advantages, returns)
+    hyper = hyper_tensors(cfg, state["update"], batch["returns"].device)
+    params, opt_state, metrics = run.update(state["params"], state["opt_state"], batch, state["generator"], hyper)
+    metrics["explained_var"] = explained_variance(batch["values"], batch["returns"])
+    new_state = dict(state, params=params, opt_state=opt_state, carry=carry,
+                     update=state["update"] + 1, env_steps=state["env_steps"] + cfg.batch_size)
+    return new_state, (metrics, traj)
+
+
+def warmup(run: Run, state: dict) -> float:
+    """Compile every compiled function by running one throwaway iteration; returns seconds.
+
+    The functions are pure, so running them on the real state with a throwaway generator leaves
+    that state untouched.
+    """
+    if not run.config.compile:
+        return 0.0
+    start = time.perf_counter()
+    iteration(run, dict(state, generator=torch.Generator().manual_seed(0)))
+    return time.perf_counter() - start
+
+
+class UpdateLog(NamedTuple):
+    update: int
+    num_updates: int
+    env_steps: int
+    elapsed_s: float
+    sps: float
+    mean_return: float  # over the last RETURN_WINDOW finished episodes (nan before the first)
+    episodes: int
+    metrics: dict  # host floats
+
+
+def train(config: Config, on_update: Optional[Callable[[UpdateLog], None]] = None, state: Optional[dict] = None,
+          run: Optional[Run] = None):
+    """Train to ``config.total_steps``; returns ``(state, summary)``.
+
+    ``summary`` holds compile seconds, run seconds, final mean return and the first update at
+    which the rolling mean return reached 475 (CartPole's solved threshold).
+    """
+    run = run or build(config)
+    state = state or init_state(run)
+    compile_s = warmup(run, state)
+    window: deque = deque(maxlen=RETURN_WINDOW)
+    first_solved = None
+    start = time.perf_counter()
+    while state["update"] < run.config.num_updates:
+        state, (metrics, traj) = iteration(run, state)
+        returns, _ = finished_episodes(traj)
+        window.extend(returns.tolist())
+        elapsed = time.perf_counter() - start
+        mean_return = sum(window) / len(window) if window else float("nan")
+        if first_solved is None and len(window) == RETURN_WINDOW and mean_return >= 475:
+            first_solved = {"update": state["update"], "env_steps": state["env_steps"], "run_s": elapsed}
+        if on_update is not None:
+            host = {k: float(v) for k, v in metrics.items()}
+            on_update(UpdateLog(state["update"], run.config.num_updates, state["env_steps"], elapsed,
+                                state["env_steps"] / max(elapsed, 1e-9) if state["update"] else 0.0,
+                                mean_return, len(window), host))
+    run_s = time.perf_counter() - start
+    summary = {
+        "compile_s": compile_s,
+        "run_s": run_s,
+        "env_steps": state["env_steps"],
+        "sps": (state["env_steps"]) / max(run_s, 1e-9),
+        "mean_return": sum(window) / len(window) if window else float("nan"),
+        "episodes_in_window": len(window),
+        "first_solved": first_solved,
+    }
+    return state, summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving a run
+# ---------------------------------------------------------------------------------------------
+
+def checkpoint_sections(state: dict) -> dict:
+    return {
+        "params": state["params"],
+        "opt_state": state["opt_state"],
+        "carry": state["carry"],
+        "rng": {"generator": state["generator"].get_state()},
+    }
+
+
+def checkpoint_meta(config: Config, state: dict) -> dict:
+    return {"config": config.to_dict(), "env": config.env, "update": state["update"], "env_steps": state["env_steps"]}
+
+
+def save_checkpoint(path, config: Config, state: dict):
+    from kernel import checkpoint
+
+    return checkpoint.save(path, checkpoint_sections(state), checkpoint_meta(config, state))

@@ -1,0 +1,68 @@
+import torch
+
+from kernel import optim
+from kernel.tree import global_norm
+
+
+def make_problem(gen):
+    params = {"a": {"w": torch.randn(8, 5, generator=gen), "b": torch.randn(8, generator=gen)},
+              "c": torch.randn(3, generator=gen)}
+    data = [(torch.randn(16, 5, generator=gen), torch.randn(16, generator=gen)) for _ in range(20)]
+    return params, data
+
+
+def loss_of(params, x, y):
+    h = torch.tanh(x @ params["a"]["w"].T + params["a"]["b"])
+    return ((h.sum(-1) * params["c"].sum() - y) ** 2).mean() * 50.0  # big gradients so clipping bites
+
+
+def test_adam_with_global_norm_clip_matches_torch_optim_over_20_steps(gen):
+    params, data = make_problem(gen)
+    # Reference: nn-style params, torch.optim.Adam + clip_grad_norm_.
+    ref = {"w": params["a"]["w"].clone().requires_grad_(), "b": params["a"]["b"].clone().requires_grad_(),
+           "c": params["c"].clone().requires_grad_()}
+    opt = torch.optim.Adam(ref.values(), lr=3e-3, eps=1e-5, foreach=False)
+    tx = optim.adam(3e-3, eps=1e-5, max_grad_norm=0.5)
+    state = tx.init(params)
+    clipped_somewhere = False
+    for x, y in data:
+        opt.zero_grad()
+        loss_of({"a": {"w": ref["w"], "b": ref["b"]}, "c": ref["c"]}, x, y).backward()
+        total = torch.nn.utils.clip_grad_norm_(list(ref.values()), 0.5)
+        clipped_somewhere |= bool(total > 0.5)
+        opt.step()
+
+        grads = torch.func.grad(loss_of)(params, x, y)
+        torch.testing.assert_close(global_norm(grads), total, rtol=1e-4, atol=0)
+        updates, state = tx.update(grads, state, params)
+        params = optim.apply_updates(params, updates)
+    assert clipped_somewhere
+    torch.testing.assert_close(params["a"]["w"], ref["w"].detach(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(params["a"]["b"], ref["b"].detach(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(params["c"], ref["c"].detach(), rtol=0, atol=1e-6)
+    assert state["adam"]["count"].item() == 20
+
+
+def test_linear_schedule_anneals_once_per_update():
+    sched = optim.linear_schedule(1.0, 0.0, transition_steps=4, every=3)
+    values = [sched(torch.tensor(c)).item() for c in range(15)]
+    assert values[:3] == [1.0, 1.0, 1.0]
+    assert values[3:6] == [0.75] * 3
+    assert values[12:] == [0.0] * 3
+
+
+def test_scheduled_learning_rate_scales_updates():
+    tx = optim.scale_by_learning_rate(optim.linear_schedule(2.0, 0.0, 2))
+    g = {"x": torch.ones(2)}
+    state = tx.init(g)
+    u1, state = tx.update(g, state)
+    u2, state = tx.update(g, state)
+    u3, state = tx.update(g, state)
+    assert u1["x"].tolist() == [-2.0, -2.0] and u2["x"].tolist() == [-1.0, -1.0] and u3["x"].tolist() == [0.0, 0.0]
+
+
+def test_clip_leaves_small_gradients_alone():
+    tx = optim.clip_by_global_norm(10.0)
+    g = {"x": torch.tensor([3.0, 4.0])}
+    out, _ = tx.update(g, tx.init(g))
+    torch.testing.assert_close(out["x"], g["x"])
