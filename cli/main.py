@@ -102,7 +102,8 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, co
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     con.print()
-    con.print(render.summary_table(summary, path))
+    con.print(render.summary_table(summary))
+    click.echo(f"trained params: {path}")  # plain echo: never wrapped or cut, so scripts can grep it
 
 
 @cli.command("eval")

@@ -53,7 +53,7 @@ def live_view(progress: Progress, log=None) -> Group:
     return Group(progress, metrics_table(log)) if log is not None else Group(progress)
 
 
-def summary_table(summary: dict, checkpoint_path) -> Table:
+def summary_table(summary: dict) -> Table:
     table = Table(title="training summary", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value", justify="right")
@@ -65,7 +65,6 @@ def summary_table(summary: dict, checkpoint_path) -> Table:
         ("run time", f"{summary['run_s']:.1f} s"),
         ("steps per second (run)", f"{summary['sps']:,.0f}"),
         ("first reached 475", "never" if not solved else f"{solved['env_steps']:,} steps, {solved['run_s']:.1f} s"),
-        ("params", str(checkpoint_path)),
     ]
     for what, value in rows:
         table.add_row(what, value)

@@ -1,0 +1,98 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+
+TINY = ["--num-envs", "2", "--num-steps", "16", "--total-steps", "64", "--no-compile"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args))
+
+
+def assert_usage_error(result, *needles):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    error_lines = [l for l in result.output.splitlines() if l.startswith("Error:")]
+    assert len(error_lines) == 1, result.output
+    for needle in needles:
+        assert needle in error_lines[0], error_lines[0]
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--env", "pendulum-v9"], ["unknown env", "pendulum-v9"]),
+    (["--num-envs", "0"], ["num_envs", "positive"]),
+    (["--num-steps", "-3"], ["num_steps", "positive"]),
+    (["--total-steps", "0"], ["total_steps"]),
+    (["--device", "cuda:7"], ["cuda"]),
+    (["--device", "toaster"], ["device"]),
+])
+def test_train_rejects_bad_sizes_and_names(args, needles, tmp_path):
+    result = invoke("train", *args, "--out", str(tmp_path / "run"))
+    assert_usage_error(result, *needles)
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_json_errors(tmp_path):
+    missing = tmp_path / "missing.json"
+    assert_usage_error(invoke("train", "--config-json", str(missing)), "cannot read config file")
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{num_envs: 4")
+    assert_usage_error(invoke("train", "--config-json", str(bad)), "not valid JSON")
+
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text(json.dumps({"num_envs": 4, "learning_rat": 0.1}))
+    assert_usage_error(invoke("train", "--config-json", str(unknown)), "unknown config key", "learning_rat")
+
+    not_obj = tmp_path / "list.json"
+    not_obj.write_text("[1, 2]")
+    assert_usage_error(invoke("train", "--config-json", str(not_obj)), "JSON object")
+
+    wrong_type = tmp_path / "type.json"
+    wrong_type.write_text(json.dumps({"num_envs": "four"}))
+    assert_usage_error(invoke("train", "--config-json", str(wrong_type)), "num_envs")
+
+    indivisible = tmp_path / "mb.json"
+    indivisible.write_text(json.dumps({"num_envs": 4, "num_steps": 16, "num_minibatches": 3}))
+    assert_usage_error(invoke("train", "--config-json", str(indivisible)), "num_minibatches=3", "does not divide")
+
+
+def test_train_then_eval_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"num_minibatches": 2, "hidden": [8, 8]}))
+    result = invoke("train", *TINY, "--config-json", str(cfg), "--seed", "5", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    ckpt = out / "params.safetensors"
+    assert ckpt.is_file() and f"trained params: {ckpt}" in result.output
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["hidden"] == [8, 8] and saved["num_minibatches"] == 2 and saved["seed"] == 5  # JSON then flags
+    assert saved["num_envs"] == 2
+
+    result = invoke("eval", str(ckpt), "--episodes", "3", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert set(report) == {"mean_return", "std_return", "episodes"} and report["episodes"] == 3
+    assert 1 <= report["mean_return"] <= 500
+
+    # A second train into the same folder must not overwrite the saved run.
+    before = ckpt.read_bytes()
+    again = invoke("train", *TINY, "--out", str(out))
+    assert_usage_error(again, "already holds files")
+    assert ckpt.read_bytes() == before
+
+
+def test_eval_bad_checkpoints(tmp_path):
+    assert_usage_error(invoke("eval", str(tmp_path / "nope.safetensors")), "no checkpoint file")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00\x13garbage" * 10)
+    assert_usage_error(invoke("eval", str(junk)), "not a readable safetensors file")
+    assert_usage_error(invoke("eval", str(junk), "--episodes", "0"), "--episodes")
+
+
+def test_envs_lists_cartpole():
+    result = invoke("envs")
+    assert result.exit_code == 0 and "cartpole" in result.output
