@@ -67,23 +67,42 @@ def cli():
 @click.option("--seed", type=int, default=None, help="Seed of the run's one generator. [default: 0]")
 @click.option("--device", default=None, help="cpu or cuda[:N]. [default: cpu]")
 @click.option("--compile/--no-compile", "compile_", default=None, help="Compile the hot path. [default: compile]")
+@click.option("--precision", default=None,
+              help="fp32, bf16, fp16 or 'params=float32,compute=bfloat16' (trunk compute dtype; heads stay fp32). "
+                   "[default: fp32]")
 @click.option("--config-json", type=click.Path(dir_okay=False), default=None,
               help="JSON object of config keys; explicit flags override it.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run folder for the trained params. [default: runs/<env>-seed<seed>-<time>]")
-def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, config_json, out):
+@click.option("--grad-table-every", type=int, default=0, show_default=True,
+              help="Print the per-group gradient table every N updates (0: never).")
+@click.option("--telemetry-dir", type=click.Path(file_okay=False), default=None,
+              help="Write one JSON line per update (losses, KL, loss scale, skipped steps, grad stats).")
+def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, precision, config_json, out,
+          grad_table_every, telemetry_dir):
     """Train a PPO agent; defaults are PureJaxRL's CartPole configuration."""
     cfg = resolve_config(config_json, dict(env=env_name, num_envs=num_envs, num_steps=num_steps,
-                                           total_steps=total_steps, seed=seed, device=device, compile=compile_))
+                                           total_steps=total_steps, seed=seed, device=device, compile=compile_,
+                                           precision=precision))
+    if grad_table_every < 0:
+        raise click.BadParameter(f"must be >= 0, got {grad_table_every}", param_hint="--grad-table-every")
     out = Path(out) if out else default_out(cfg)
     if out.exists() and any(out.iterdir()):
         raise click.UsageError(f"output folder {out} already holds files; choose another --out")
+    telemetry_path = Path(telemetry_dir) / "telemetry.jsonl" if telemetry_dir else None
+    if telemetry_path is not None and telemetry_path.exists():
+        raise click.UsageError(f"{telemetry_path} already exists; choose another --telemetry-dir")
 
+    from kernel import telemetry
     from kernel import train as T
+    from kernel.policy import group_dtypes
+    from kernel.precision import parse
 
     con = console()
     con.print(f"[bold]fkernel train[/] env={cfg.env} envs={cfg.num_envs}x{cfg.num_steps} "
-              f"updates={cfg.num_updates} seed={cfg.seed} device={cfg.device} compile={cfg.compile}")
+              f"updates={cfg.num_updates} seed={cfg.seed} device={cfg.device} compile={cfg.compile} "
+              f"precision={cfg.precision}")
+    writer = telemetry.JsonlWriter(telemetry_path) if telemetry_path else None
     progress = render.make_progress()
     task = progress.add_task("train", total=cfg.num_updates)
     run = T.build(cfg)
@@ -95,8 +114,20 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, co
         def on_update(log):
             progress.update(task, completed=log.update)
             live.update(render.live_view(progress, log))
+            groups = telemetry.group_table(log.metrics)
+            if writer is not None:
+                scalars = {k: v for k, v in log.metrics.items() if not k.startswith("grad/")}
+                writer.write({"update": log.update, "env_steps": log.env_steps, "time_s": log.elapsed_s,
+                              "mean_return": log.mean_return, **scalars, "grads": groups})
+            if grad_table_every and log.update % grad_table_every == 0:
+                dtypes = group_dtypes(groups, parse(cfg.precision))
+                live.console.print(render.grad_table(groups, f"gradients, update {log.update}", dtypes))
 
-        state, summary = T.train(cfg, on_update=on_update, state=state, run=run)
+        try:
+            state, summary = T.train(cfg, on_update=on_update, state=state, run=run)
+        finally:
+            if writer is not None:
+                writer.close()
     out.mkdir(parents=True, exist_ok=True)
     path = T.save_checkpoint(out / "params.safetensors", cfg, state)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
@@ -132,6 +163,64 @@ def eval_(checkpoint, episodes, stochastic, seed, as_json):
     else:
         console().print(f"{cfg.env}: mean return {mean:.2f} +- {std:.2f} over {episodes} episodes "
                         f"({'stochastic' if stochastic else 'greedy'})")
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False), required=False)
+@click.option("--env", "env_name", default="cartpole", show_default=True,
+              help="Environment (ignored with a checkpoint: its own env is used).")
+@click.option("--precision", "precisions", default="fp32,bf16,fp16", show_default=True,
+              help="Comma-separated precisions to compare.")
+@click.option("--num-envs", type=int, default=4, show_default=True)
+@click.option("--num-steps", type=int, default=128, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--compile/--no-compile", "compile_", default=False, show_default=True,
+              help="Take the gradients with the compiled step (one compile per precision).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def grads(checkpoint, env_name, precisions, num_envs, num_steps, seed, compile_, as_json):
+    """Gradient statistics per parameter group for one batch, under each precision side by side."""
+    from rich.columns import Columns
+
+    from kernel.checkpoint import CheckpointError
+    from kernel.diagnose import grads_by_precision
+    from kernel.evaluate import load_policy
+    from kernel.precision import parse
+    from kernel.telemetry import jsonable
+
+    specs = [p.strip() for p in precisions.split(",") if p.strip()]
+    if not specs:
+        raise click.BadParameter("give at least one precision", param_hint="--precision")
+    for spec in specs:
+        try:
+            parse(spec)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--precision")
+    params = None
+    if checkpoint:
+        try:
+            cfg, params, _ = load_policy(checkpoint)
+        except CheckpointError as e:
+            raise click.BadParameter(str(e), param_hint="CHECKPOINT")
+        cfg = cfg.replace(device="cpu", seed=seed)
+    else:
+        try:
+            cfg = config_mod.from_dict({"env": env_name, "seed": seed})
+        except ValueError as e:
+            raise usage_error(e)
+        if cfg.env not in envs.REGISTRY:
+            raise click.UsageError(f"unknown env {cfg.env!r}; choose from {', '.join(envs.names())}")
+    try:
+        cfg = cfg.replace(num_envs=num_envs, num_steps=num_steps, total_steps=num_envs * num_steps,
+                          num_minibatches=1)
+    except ValueError as e:
+        raise usage_error(e)
+    report = grads_by_precision(cfg, specs, params, compile=compile_)
+    if as_json:
+        click.echo(json.dumps(jsonable({name: r["groups"] for name, r in report.items()})))
+        return
+    tables = [render.grad_table(r["groups"], f"{name}" + (" (step skipped)" if r["skipped"] else ""), r["dtypes"])
+              for name, r in report.items()]
+    console().print(Columns(tables))
 
 
 @cli.command("envs")

@@ -71,6 +71,34 @@ def summary_table(summary: dict) -> Table:
     return table
 
 
+STATUS_STYLE = {"non-finite": "bold red", "dead": "bold yellow", "very large": "magenta", "large": "yellow",
+                "vanishing": "yellow", "small": "cyan", "healthy": "green"}
+
+
+def grad_table(groups: dict, title: str = "gradients", dtypes: dict | None = None) -> Table:
+    """``groups``: ``{group: {stat: float}}`` (kernel.telemetry.group_table). One row per group;
+    non-finite cells red, dead groups yellow, healthy green."""
+    from kernel.telemetry import classify
+
+    table = Table(title=title, padding=(0, 1), collapse_padding=True)
+    for col in ("group", "dtype", "norm", "max|g|", "NaN", "Inf", "zero", "upd/p", "status"):
+        left = col in ("group", "dtype", "status")
+        table.add_column(col, justify="left" if left else "right", no_wrap=col in ("group", "status"))
+    for group, stats in groups.items():
+        status = classify(stats)
+        style = STATUS_STYLE[status]
+
+        def cell(key, digits=3, pct=False):
+            v = stats.get(key, float("nan"))
+            text = f"{100 * v:.0f}%" if pct and math.isfinite(v) else fmt(v, digits)
+            return f"[bold red]{text}[/]" if not math.isfinite(v) else text
+
+        counts = [f"[bold red]{int(stats[k])}[/]" if stats.get(k, 0) > 0 else "0" for k in ("nan", "inf")]
+        table.add_row(group, (dtypes or {}).get(group, "-"), cell("norm"), cell("max_abs"), *counts,
+                      cell("zero_frac", pct=True), cell("update_ratio", 2), f"[{style}]{status}[/]")
+    return table
+
+
 def envs_table(registry: dict) -> Table:
     table = Table(title="environments")
     for col in ("name", "observation", "action heads", "description"):

@@ -31,6 +31,7 @@ class Config:
     norm_adv: bool = True
     hidden: tuple = (64, 64)
     activation: str = "tanh"
+    precision: str = "fp32"
     seed: int = 0
     device: str = "cpu"
     compile: bool = True
@@ -88,6 +89,12 @@ def validated(config: Config) -> Config:
         raise ValueError(f"hidden must be a non-empty list of positive integers, got {list(config.hidden)!r}")
     if config.activation not in ("tanh", "relu"):
         raise ValueError(f"activation must be 'tanh' or 'relu', got {config.activation!r}")
+    from kernel.precision import parse
+
+    try:
+        parse(config.precision)
+    except ValueError as e:
+        raise ValueError(f"precision: {e}") from None
     return config
 
 

@@ -6,13 +6,15 @@ import torch
 import envs
 from kernel.config import Config, from_dict
 from kernel.policy import greedy_actions, make_policy, sample_actions
+from kernel.precision import parse
 
 
 @torch.no_grad()
 def evaluate(config: Config, params: dict, episodes: int, greedy: bool = True, seed: int = 0) -> torch.Tensor:
     """Returns ``[episodes]`` float returns; each sub-environment plays exactly one episode."""
     env = envs.make(config.env, episodes, device=config.device)
-    policy = make_policy(env.obs_dim, env.action_spec.sizes, config.hidden, config.activation)
+    policy = make_policy(env.obs_dim, env.action_spec.sizes, config.hidden, config.activation,
+                         parse(config.precision))
     generator = torch.Generator().manual_seed(seed)
     state, obs = env.reset(torch.rand(env.noise_shape(), generator=generator))
     total = torch.zeros(episodes)

@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 from torch.func import grad_and_value
 
+from kernel import loss_scale, telemetry
 from kernel.optim import GradientTransformation, apply_updates
 from kernel.policy import Policy, joint_entropy, joint_log_prob
 from kernel.tree import tree_map
@@ -57,12 +58,14 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 def ppo_loss(params, batch: dict, hyper: dict, policy: Policy, clip_vloss: bool = True, norm_adv: bool = True):
     """Clipped-surrogate PPO loss on one minibatch; returns ``(loss, metrics)`` as tensors.
 
-    ``batch``: obs, actions (dict per head), logp, values, advantages, returns.
+    ``batch``: obs, actions (dict per head), logp, values, advantages, returns; optional masks
+    (dict per head of bool validity masks).
     ``hyper``: 0-d tensors clip_coef, ent_coef, vf_coef (and lr, read by the optimizer).
     """
     logits, value = policy.apply(params, batch["obs"])
-    logp = joint_log_prob(logits, batch["actions"])
-    entropy = joint_entropy(logits).mean()
+    masks = batch.get("masks")
+    logp = joint_log_prob(logits, batch["actions"], masks)
+    entropy = joint_entropy(logits, masks).mean()
 
     log_ratio = logp - batch["logp"]
     ratio = log_ratio.exp()
@@ -94,42 +97,56 @@ def ppo_loss(params, batch: dict, hyper: dict, policy: Policy, clip_vloss: bool 
 # Update
 # ---------------------------------------------------------------------------------------------
 
-def make_grad_step(policy: Policy, optimizer: GradientTransformation, clip_vloss: bool, norm_adv: bool) -> Callable:
-    """One minibatch step: gather rows ``idx`` of the batch, take the gradient, apply the optimizer."""
+def make_grad_step(policy: Policy, optimizer: GradientTransformation, clip_vloss: bool, norm_adv: bool,
+                   dynamic_scale: bool = False, groups=None) -> Callable:
+    """One minibatch step: gather rows ``idx`` of the batch, take the (loss-scaled) gradient, and
+    apply the optimizer unless a loss or gradient is non-finite, in which case params and
+    optimizer state stay as they were and the step is counted as skipped."""
 
-    def loss_fn(params, minibatch, hyper):
-        return ppo_loss(params, minibatch, hyper, policy, clip_vloss, norm_adv)
+    def scaled_loss(params, minibatch, hyper, scale):
+        loss, metrics = ppo_loss(params, minibatch, hyper, policy, clip_vloss, norm_adv)
+        return loss * scale, (loss, metrics)
 
-    def grad_step(params, opt_state, batch, idx, hyper):
+    def grad_step(params, opt_state, scale_state, batch, idx, hyper):
         minibatch = tree_map(lambda x: x[idx], batch)
-        grads, (loss, metrics) = grad_and_value(loss_fn, has_aux=True)(params, minibatch, hyper)
-        updates, opt_state = optimizer.update(grads, opt_state, params, lr=hyper["lr"])
-        return apply_updates(params, updates), opt_state, metrics
+        grads, (_, (loss, metrics)) = grad_and_value(scaled_loss, has_aux=True)(
+            params, minibatch, hyper, scale_state["scale"])
+        grads = loss_scale.unscale(grads, scale_state)
+        finite = loss_scale.all_finite(grads) & torch.isfinite(loss)
+        updates, new_opt_state = optimizer.update(grads, opt_state, params, lr=hyper["lr"])
+        new_params = apply_updates(params, updates)
+        metrics.update(telemetry.grad_stats(grads, params, updates, groups or telemetry.default_groups(params)))
+        metrics["skipped"] = (~finite).float()
+        metrics["loss_scale"] = scale_state["scale"]
+        params = loss_scale.select(finite, new_params, params)
+        opt_state = loss_scale.select(finite, new_opt_state, opt_state)
+        return params, opt_state, loss_scale.update(scale_state, finite, dynamic_scale), metrics
 
     return grad_step
 
 
-def make_update(config, policy: Policy, optimizer: GradientTransformation) -> Callable:
-    """``update(params, opt_state, batch, generator, hyper) -> (params, opt_state, metrics)``:
-    ``update_epochs`` passes over the batch in shuffled minibatches of fixed size.
+def make_update(config, policy: Policy, optimizer: GradientTransformation, groups=None) -> Callable:
+    """``update(params, opt_state, scale_state, batch, generator, hyper) -> (params, opt_state,
+    scale_state, metrics)``: ``update_epochs`` passes over the batch in shuffled minibatches of
+    fixed size. The permutation comes from the explicit ``generator``; metrics are reduced over
+    minibatches (means; counts summed; maxima maxed)."""
+    from kernel.precision import parse
 
-    The permutation comes from the explicit ``generator``; ``metrics`` are minibatch means.
-    """
-    grad_step = make_grad_step(policy, optimizer, config.clip_vloss, config.norm_adv)
+    dynamic = parse(config.precision).needs_loss_scale
+    grad_step = make_grad_step(policy, optimizer, config.clip_vloss, config.norm_adv, dynamic, groups)
     if config.compile:
         grad_step = torch.compile(grad_step, fullgraph=True)
     batch_size, mb_size = config.batch_size, config.minibatch_size
 
-    def update(params, opt_state, batch, generator, hyper):
+    def update(params, opt_state, scale_state, batch, generator, hyper):
         device = batch["returns"].device
         history = []
         for _ in range(config.update_epochs):
             perm = torch.randperm(batch_size, generator=generator, device=generator.device).to(device)
             for idx in perm.view(config.num_minibatches, mb_size):
-                params, opt_state, metrics = grad_step(params, opt_state, batch, idx, hyper)
+                params, opt_state, scale_state, metrics = grad_step(params, opt_state, scale_state, batch, idx, hyper)
                 history.append(metrics)
-        metrics = {k: torch.stack([m[k] for m in history]).mean() for k in history[0]}
-        return params, opt_state, metrics
+        return params, opt_state, scale_state, telemetry.reduce_metrics(history)
 
     update.grad_step = grad_step
     return update

@@ -14,9 +14,10 @@ from typing import Callable, NamedTuple, Optional
 import torch
 
 import envs
-from kernel import optim
+from kernel import loss_scale, optim
 from kernel.config import Config, validated
 from kernel.policy import Policy, make_policy
+from kernel.precision import parse as parse_precision
 from kernel.ppo import explained_variance, gae, hyper_tensors, make_update
 from kernel.rollout import Rollout, finished_episodes, make_rollout
 from kernel.tree import tree_map
@@ -41,7 +42,8 @@ def make_optimizer(config: Config) -> optim.GradientTransformation:
 def build(config: Config) -> Run:
     config = validated(config)
     env = envs.make(config.env, config.num_envs, device=config.device)
-    policy = make_policy(env.obs_dim, env.action_spec.sizes, config.hidden, config.activation)
+    policy = make_policy(env.obs_dim, env.action_spec.sizes, config.hidden, config.activation,
+                         parse_precision(config.precision))
     optimizer = make_optimizer(config)
     rollout = make_rollout(env, policy, config.num_steps, compile=config.compile)
     update = make_update(config, policy, optimizer)
@@ -55,6 +57,7 @@ def init_state(run: Run) -> dict:
     return {
         "params": params,
         "opt_state": tree_map(lambda x: x.to(device), run.optimizer.init(params)),
+        "loss_scale": loss_scale.init(parse_precision(run.config.precision).needs_loss_scale, device=device),
         "carry": run.rollout.init(generator),
         "generator": generator,
         "update": 0,
@@ -79,9 +82,11 @@ def iteration(run: Run, state: dict):
                               traj["truncated"], cfg.gamma, cfg.gae_lambda)
     batch = flatten_batch(traj, advantages, returns)
     hyper = hyper_tensors(cfg, state["update"], batch["returns"].device)
-    params, opt_state, metrics = run.update(state["params"], state["opt_state"], batch, state["generator"], hyper)
+    params, opt_state, scale_state, metrics = run.update(state["params"], state["opt_state"], state["loss_scale"],
+                                                         batch, state["generator"], hyper)
     metrics["explained_var"] = explained_variance(batch["values"], batch["returns"])
-    new_state = dict(state, params=params, opt_state=opt_state, carry=carry,
+    metrics["skipped_total"] = scale_state["skipped"]
+    new_state = dict(state, params=params, opt_state=opt_state, loss_scale=scale_state, carry=carry,
                      update=state["update"] + 1, env_steps=state["env_steps"] + cfg.batch_size)
     return new_state, (metrics, traj)
 
@@ -97,6 +102,12 @@ def warmup(run: Run, state: dict) -> float:
     start = time.perf_counter()
     iteration(run, dict(state, generator=torch.Generator().manual_seed(0)))
     return time.perf_counter() - start
+
+
+def to_host(metrics: dict) -> dict:
+    """Device metrics -> Python floats in one transfer (one sync on CUDA, not one per key)."""
+    keys = list(metrics)
+    return dict(zip(keys, torch.stack([metrics[k].float() for k in keys]).tolist()))
 
 
 class UpdateLog(NamedTuple):
@@ -132,7 +143,7 @@ def train(config: Config, on_update: Optional[Callable[[UpdateLog], None]] = Non
         if first_solved is None and len(window) == RETURN_WINDOW and mean_return >= 475:
             first_solved = {"update": state["update"], "env_steps": state["env_steps"], "run_s": elapsed}
         if on_update is not None:
-            host = {k: float(v) for k, v in metrics.items()}
+            host = to_host(metrics)
             on_update(UpdateLog(state["update"], run.config.num_updates, state["env_steps"], elapsed,
                                 state["env_steps"] / max(elapsed, 1e-9) if state["update"] else 0.0,
                                 mean_return, len(window), host))
@@ -157,6 +168,7 @@ def checkpoint_sections(state: dict) -> dict:
     return {
         "params": state["params"],
         "opt_state": state["opt_state"],
+        "loss_scale": state["loss_scale"],
         "carry": state["carry"],
         "rng": {"generator": state["generator"].get_state()},
     }

@@ -1,0 +1,62 @@
+"""Gradient diagnostics: one rollout, then one batch of gradients under each precision.
+
+Every precision sees the same batch (collected once, in the run's own precision), so differences
+between the tables come from the precision alone.
+"""
+from __future__ import annotations
+
+import torch
+
+from kernel import loss_scale, telemetry
+from kernel.config import Config
+from kernel.policy import group_dtypes, make_policy
+from kernel.ppo import gae, hyper_tensors, make_grad_step
+from kernel.precision import parse
+from kernel.train import build, flatten_batch, init_state, make_optimizer
+
+
+MAX_HALVINGS = 24
+
+
+def one_batch(config: Config, params: dict | None = None):
+    """Params (fresh from the seed unless given) and one flattened PPO batch from one rollout."""
+    run = build(config.replace(compile=False))
+    state = init_state(run)
+    params = params if params is not None else state["params"]
+    _, traj = run.rollout.collect(params, state["carry"], state["generator"])
+    adv, ret = gae(traj["rewards"], traj["values"], traj["next_values"], traj["terminated"], traj["truncated"],
+                   config.gamma, config.gae_lambda)
+    return run, params, flatten_batch(traj, adv, ret)
+
+
+def grads_by_precision(config: Config, precisions, params: dict | None = None, compile: bool = False) -> dict:
+    """``{precision name: {"dtypes": {group: dtype}, "groups": {group: {stat: float, "status": str}},
+    "skipped": bool}}`` for one full-batch gradient step per precision."""
+    run, params, batch = one_batch(config, params)
+    idx = torch.arange(config.batch_size, device=batch["returns"].device)
+    hyper = hyper_tensors(config, 0, idx.device)
+    report = {}
+    for spec in precisions:
+        precision = parse(spec)
+        policy = make_policy(run.env.obs_dim, run.env.action_spec.sizes, config.hidden, config.activation, precision)
+        optimizer = make_optimizer(config)
+        step = make_grad_step(policy, optimizer, config.clip_vloss, config.norm_adv, precision.needs_loss_scale)
+        if compile:
+            step = torch.compile(step, fullgraph=True)
+        scale_state = loss_scale.init(precision.needs_loss_scale, device=idx.device)
+        for _ in range(MAX_HALVINGS if precision.needs_loss_scale else 1):
+            # Halve the scale until the step is finite, as the first steps of an fp16 run do.
+            _, _, new_scale, metrics = step(params, optimizer.init(params), scale_state, batch, idx, hyper)
+            if not bool(metrics["skipped"] > 0):
+                break
+            scale_state = new_scale
+        groups = telemetry.group_table(metrics)
+        for stats in groups.values():
+            stats["status"] = telemetry.classify(stats)
+        report[precision.name] = {
+            "dtypes": group_dtypes(groups, precision),
+            "groups": groups,
+            "skipped": bool(metrics["skipped"] > 0),
+            "loss_scale": float(metrics["loss_scale"]),
+        }
+    return report

@@ -1,0 +1,136 @@
+"""Pure per-group gradient statistics and a JSONL writer.
+
+Groups default to the params' top-level entries with each action head on its own
+(``trunk``, ``heads.op``, ``heads.slot``, ``value``); any path prefix can be a group. Statistics
+are tensors computed inside the compiled step; they reach the host only when rendered or logged.
+``torch.func.grad`` returns zeros (never ``None``) for params off the graph, so a head that no
+gradient reached shows up as an all-zero group instead of silently vanishing.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from kernel.tree import flatten_with_paths
+
+STATS = ("norm", "max_abs", "nan", "inf", "zero_frac", "update_ratio")
+# How per-minibatch values combine into one per update.
+REDUCE = {"nan": "sum", "inf": "sum", "max_abs": "max"}
+
+
+def default_groups(params: dict) -> tuple:
+    groups = []
+    for key, sub in params.items():
+        if key == "heads" and isinstance(sub, dict):
+            groups.extend(f"heads.{h}" for h in sub)
+        else:
+            groups.append(key)
+    return tuple(groups)
+
+
+def group_of(path: str, groups) -> str | None:
+    """Longest group that is ``path`` or a dotted prefix of it."""
+    best = None
+    for g in groups:
+        if (path == g or path.startswith(g + ".")) and (best is None or len(g) > len(best)):
+            best = g
+    return best
+
+
+def grad_stats(grads: dict, params: dict, updates: dict, groups) -> dict:
+    """``{"grad/<group>/<stat>": 0-d tensor}`` for every group (flat keys: easy to reduce and log)."""
+    g_flat, p_flat, u_flat = flatten_with_paths(grads), flatten_with_paths(params), flatten_with_paths(updates)
+    members: dict = {g: [] for g in groups}
+    for path in g_flat:
+        group = group_of(path, groups)
+        if group is not None:
+            members[group].append(path)
+    out = {}
+    for group, paths in members.items():
+        if not paths:
+            continue
+        g = torch.cat([g_flat[p].reshape(-1).float() for p in paths])
+        p = torch.cat([p_flat[q].reshape(-1).float() for q in paths])
+        u = torch.cat([u_flat[q].reshape(-1).float() for q in paths])
+        prefix = f"grad/{group}/"
+        out[prefix + "norm"] = torch.linalg.vector_norm(g)
+        out[prefix + "max_abs"] = g.abs().max()
+        out[prefix + "nan"] = torch.isnan(g).sum().float()
+        out[prefix + "inf"] = torch.isinf(g).sum().float()
+        out[prefix + "zero_frac"] = (g == 0).float().mean()
+        out[prefix + "update_ratio"] = torch.linalg.vector_norm(u) / (torch.linalg.vector_norm(p) + 1e-12)
+    return out
+
+
+def reduce_metrics(history: list) -> dict:
+    """Combine per-minibatch metric dicts: counts add up, maxima take the max, the rest average."""
+    out = {}
+    for key in history[0]:
+        stacked = torch.stack([m[key] for m in history]).float()
+        how = REDUCE.get(key.rsplit("/", 1)[-1], "sum" if key == "skipped" else "mean")
+        out[key] = stacked.sum() if how == "sum" else stacked.max() if how == "max" else stacked.mean()
+    return out
+
+
+def group_table(metrics: dict) -> dict:
+    """Host view: ``{group: {stat: float}}`` from flat ``grad/...`` metrics (one host sync)."""
+    keys = [k for k in metrics if k.startswith("grad/")]
+    values = torch.stack([torch.as_tensor(metrics[k]).float() for k in keys]).tolist() if keys else []
+    table: dict = {}
+    for key, value in zip(keys, values):
+        _, group, stat = key.split("/")
+        table.setdefault(group, {})[stat] = value
+    return table
+
+
+def jsonable(x):
+    """Non-finite floats become the strings "nan" / "inf" / "-inf" (JSON has no such numbers)."""
+    if isinstance(x, dict):
+        return {k: jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    return x
+
+
+class JsonlWriter:
+    """Appends one JSON object per line; flushed each line so a crash loses at most one record."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "a")
+
+    def write(self, record: dict) -> None:
+        self._f.write(json.dumps(jsonable(record), sort_keys=True) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+# Gradient-norm bands, low to high: below VANISHING is vanishing, below SMALL small, up to HEALTHY
+# healthy, up to LARGE large, beyond that very large. Norms are before clipping.
+VANISHING, SMALL, HEALTHY, LARGE = 0.01, 0.1, 2.0, 5.0
+
+
+def classify(stats: dict) -> str:
+    """One word per group: non-finite, dead, vanishing, small, healthy, large or very large."""
+    norm = stats.get("norm", float("nan"))
+    if stats.get("nan", 0) > 0 or stats.get("inf", 0) > 0 or not math.isfinite(norm):
+        return "non-finite"
+    if stats.get("zero_frac", 0.0) >= 1.0:
+        return "dead"
+    if norm < VANISHING:
+        return "vanishing"
+    if norm < SMALL:
+        return "small"
+    if norm <= HEALTHY:
+        return "healthy"
+    return "large" if norm <= LARGE else "very large"

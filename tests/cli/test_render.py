@@ -1,0 +1,54 @@
+import json
+
+from click.testing import CliRunner
+from rich.console import Console
+
+from cli.main import cli
+from cli.render import STATUS_STYLE, grad_table
+from kernel.telemetry import classify, jsonable
+
+
+def planted():
+    return {
+        "trunk": {"norm": 0.8, "max_abs": 0.2, "nan": 0.0, "inf": 0.0, "zero_frac": 0.0, "update_ratio": 1e-3},
+        "heads.op": {"norm": float("nan"), "max_abs": float("nan"), "nan": 12.0, "inf": 0.0, "zero_frac": 0.0,
+                     "update_ratio": float("nan")},
+        "heads.slot": {"norm": 0.0, "max_abs": 0.0, "nan": 0.0, "inf": 0.0, "zero_frac": 1.0, "update_ratio": 0.0},
+    }
+
+
+def test_grad_table_rows_and_flags():
+    console = Console(record=True, width=120, force_terminal=True, color_system="truecolor")
+    console.print(grad_table(planted(), "grads", {"trunk": "bf16", "heads.op": "fp32", "heads.slot": "fp32"}))
+    text = console.export_text()
+    rows = {line.split("│")[1].strip(): line for line in text.splitlines() if line.count("│") > 3}
+    assert set(rows) == {"trunk", "heads.op", "heads.slot"}
+    assert "healthy" in rows["trunk"] and "bf16" in rows["trunk"]
+    assert "non-finite" in rows["heads.op"] and "12" in rows["heads.op"] and "nan" in rows["heads.op"]
+    assert "dead" in rows["heads.slot"]
+    assert [classify(s) for s in planted().values()] == ["healthy", "non-finite", "dead"]
+    assert "red" in STATUS_STYLE["non-finite"] and "yellow" in STATUS_STYLE["dead"] and STATUS_STYLE["healthy"] == "green"
+    html = console.export_html()
+    assert "#800000" in html or "#ff0000" in html or "color: #" in html  # colours were emitted
+
+
+def test_jsonable_marks_non_finite_as_strings():
+    assert jsonable({"a": float("nan"), "b": [float("inf"), -float("inf"), 1.5]}) == {"a": "nan", "b": ["inf", "-inf", 1.5]}
+
+
+def test_grads_json_reports_each_precision_and_group():
+    result = CliRunner().invoke(cli, ["grads", "--json", "--precision", "fp32,bf16", "--num-envs", "2",
+                                      "--num-steps", "16"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert set(report) == {"fp32", "bf16"}
+    for groups in report.values():
+        assert set(groups) == {"trunk", "heads.action", "value"}
+        for stats in groups.values():
+            assert {"norm", "max_abs", "nan", "inf", "zero_frac", "update_ratio", "status"} <= set(stats)
+            assert stats["status"] in ("healthy", "small", "large", "very large", "vanishing")
+
+
+def test_grads_rejects_bad_precision():
+    result = CliRunner().invoke(cli, ["grads", "--precision", "fp32,fp8"])
+    assert result.exit_code == 2 and "fp8" in result.output and "Traceback" not in result.output
