@@ -50,6 +50,16 @@ def check_device(device: str) -> None:
         raise click.UsageError(f"device {device!r} is not supported; use cpu or cuda[:N]")
 
 
+def set_threads(threads) -> None:
+    if threads is None:
+        return
+    if threads < 1:
+        raise click.BadParameter(f"must be >= 1, got {threads}", param_hint="--threads")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def default_out(cfg) -> Path:
     return Path("runs") / f"{cfg.env}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -57,6 +67,9 @@ def default_out(cfg) -> Path:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli():
     """fkernel: functional, compiled PPO on PyTorch."""
+
+
+OVERRIDABLE_ON_RESUME = ("total_steps", "compile", "device")
 
 
 @cli.command()
@@ -73,45 +86,77 @@ def cli():
 @click.option("--config-json", type=click.Path(dir_okay=False), default=None,
               help="JSON object of config keys; explicit flags override it.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Run folder for the trained params. [default: runs/<env>-seed<seed>-<time>]")
+              help="Run folder. [default: runs/<env>-seed<seed>-<time>; on resume, the checkpoint's run folder]")
+@click.option("--checkpoint-every", type=int, default=100, show_default=True,
+              help="Save a resumable checkpoint every N updates into <out>/checkpoints (0: only at the end).")
+@click.option("--keep", type=int, default=3, show_default=True, help="Periodic checkpoints to keep (newest).")
+@click.option("--resume", default=None, metavar="PATH|latest",
+              help="Continue a run from a checkpoint file, or from the newest one in --out.")
+@click.option("--max-bad-steps", type=int, default=100, show_default=True,
+              help="Stop after this many consecutive non-finite (skipped) steps.")
 @click.option("--grad-table-every", type=int, default=0, show_default=True,
               help="Print the per-group gradient table every N updates (0: never).")
 @click.option("--telemetry-dir", type=click.Path(file_okay=False), default=None,
               help="Write one JSON line per update (losses, KL, loss scale, skipped steps, grad stats).")
+@click.option("--threads", type=int, default=None,
+              help="torch intra-op threads (results are bit-reproducible for a fixed thread count). "
+                   "[default: torch's choice]")
 def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, precision, config_json, out,
-          grad_table_every, telemetry_dir):
+          checkpoint_every, keep, resume, max_bad_steps, grad_table_every, telemetry_dir, threads):
     """Train a PPO agent; defaults are PureJaxRL's CartPole configuration."""
-    cfg = resolve_config(config_json, dict(env=env_name, num_envs=num_envs, num_steps=num_steps,
-                                           total_steps=total_steps, seed=seed, device=device, compile=compile_,
-                                           precision=precision))
-    if grad_table_every < 0:
-        raise click.BadParameter(f"must be >= 0, got {grad_table_every}", param_hint="--grad-table-every")
-    out = Path(out) if out else default_out(cfg)
-    if out.exists() and any(out.iterdir()):
-        raise click.UsageError(f"output folder {out} already holds files; choose another --out")
-    telemetry_path = Path(telemetry_dir) / "telemetry.jsonl" if telemetry_dir else None
-    if telemetry_path is not None and telemetry_path.exists():
-        raise click.UsageError(f"{telemetry_path} already exists; choose another --telemetry-dir")
-
     from kernel import telemetry
     from kernel import train as T
+    from kernel.checkpoint import CheckpointError
     from kernel.policy import group_dtypes
     from kernel.precision import parse
+    from kernel.resume import Checkpointer, checkpoint_path, restore_state, save_state
+
+    set_threads(threads)
+    for name, value, low in (("--checkpoint-every", checkpoint_every, 0), ("--keep", keep, 1),
+                             ("--max-bad-steps", max_bad_steps, 1), ("--grad-table-every", grad_table_every, 0)):
+        if value < low:
+            raise click.BadParameter(f"must be >= {low}, got {value}", param_hint=name)
+    flags = dict(env=env_name, num_envs=num_envs, num_steps=num_steps, total_steps=total_steps, seed=seed,
+                 device=device, compile=compile_, precision=precision)
+    if resume:
+        ckpt_path, cfg, loaded, out = resume_point(resume, out, config_json, flags)
+    else:
+        cfg = resolve_config(config_json, flags)
+        out = Path(out) if out else default_out(cfg)
+        if out.exists() and any(out.iterdir()):
+            raise click.UsageError(f"output folder {out} already holds files; choose another --out or --resume")
+    telemetry_path = Path(telemetry_dir) / "telemetry.jsonl" if telemetry_dir else None
+    if telemetry_path is not None and telemetry_path.exists() and not resume:
+        raise click.UsageError(f"{telemetry_path} already exists; choose another --telemetry-dir")
+
+    run = T.build(cfg)
+    state = T.init_state(run)
+    if resume:
+        try:
+            state = restore_state(ckpt_path, run, state, loaded)
+        except CheckpointError as e:
+            raise click.BadParameter(str(e), param_hint="--resume")
+        if state["update"] >= cfg.num_updates:
+            raise click.UsageError(f"{ckpt_path} is already at update {state['update']} of {cfg.num_updates}; "
+                                   "raise --total-steps to train further")
 
     con = console()
     con.print(f"[bold]fkernel train[/] env={cfg.env} envs={cfg.num_envs}x{cfg.num_steps} "
               f"updates={cfg.num_updates} seed={cfg.seed} device={cfg.device} compile={cfg.compile} "
-              f"precision={cfg.precision}")
+              f"precision={cfg.precision}" + (f" resuming at update {state['update']}" if resume else ""))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    checkpointer = Checkpointer(out, checkpoint_every, keep) if checkpoint_every else None
     writer = telemetry.JsonlWriter(telemetry_path) if telemetry_path else None
     progress = render.make_progress()
-    task = progress.add_task("train", total=cfg.num_updates)
-    run = T.build(cfg)
-    state = T.init_state(run)
+    task = progress.add_task("train", total=cfg.num_updates, completed=state["update"])
     if cfg.compile:
         con.print("compiling the rollout and update steps (first call; cached afterwards)...")
+    dtypes = None
     with Live(render.live_view(progress), console=con, refresh_per_second=4, transient=False) as live:
 
         def on_update(log):
+            nonlocal dtypes
             progress.update(task, completed=log.update)
             live.update(render.live_view(progress, log))
             groups = telemetry.group_table(log.metrics)
@@ -120,21 +165,69 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, pr
                 writer.write({"update": log.update, "env_steps": log.env_steps, "time_s": log.elapsed_s,
                               "mean_return": log.mean_return, **scalars, "grads": groups})
             if grad_table_every and log.update % grad_table_every == 0:
-                dtypes = group_dtypes(groups, parse(cfg.precision))
+                dtypes = dtypes or group_dtypes(groups, parse(cfg.precision))
                 live.console.print(render.grad_table(groups, f"gradients, update {log.update}", dtypes))
 
         try:
-            state, summary = T.train(cfg, on_update=on_update, state=state, run=run)
+            state, summary = T.train(cfg, on_update=on_update, state=state, run=run, checkpointer=checkpointer,
+                                     max_bad_steps=max_bad_steps)
+        except T.NonFiniteRun as e:
+            groups = telemetry.group_table(e.metrics)
+            live.console.print(render.grad_table(groups, "gradients at the stop",
+                                                 group_dtypes(groups, parse(cfg.precision))))
+            kept = f"last good checkpoint: {e.last_checkpoint}" if e.last_checkpoint else "no checkpoint was written yet"
+            raise click.ClickException(f"{e}; {kept}")
         finally:
             if writer is not None:
                 writer.close()
-    out.mkdir(parents=True, exist_ok=True)
-    path = T.save_checkpoint(out / "params.safetensors", cfg, state)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    if checkpointer is not None and checkpointer.last != checkpoint_path(out, state["update"]):
+        checkpointer.save(cfg, state)  # so `--resume latest` continues from the true end
+    path = save_state(out / "params.safetensors", cfg, state)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     con.print()
     con.print(render.summary_table(summary))
     click.echo(f"trained params: {path}")  # plain echo: never wrapped or cut, so scripts can grep it
+
+
+def resume_point(resume: str, out, config_json, flags: dict):
+    """Checkpoint path, config, loaded file and run folder for ``--resume``; refuses conflicting flags."""
+    from kernel import checkpoint
+    from kernel.checkpoint import CheckpointError
+    from kernel.resume import CHECKPOINT_DIR, latest_checkpoint, read_config
+
+    if resume == "latest":
+        if not out:
+            raise click.UsageError("--resume latest needs --out RUN_FOLDER to look in")
+        path = latest_checkpoint(out)
+        if path is None:
+            raise click.UsageError(f"no checkpoints in {Path(out) / CHECKPOINT_DIR} to resume from")
+    else:
+        path = Path(resume)
+    try:
+        loaded = checkpoint.load(path)
+        saved = read_config(loaded[1], path)
+    except CheckpointError as e:
+        raise click.BadParameter(str(e), param_hint="--resume")
+    asked = {}
+    if config_json:
+        try:
+            asked.update(json.loads(Path(config_json).read_text()))
+        except (OSError, ValueError) as e:
+            raise click.UsageError(f"cannot read config file {config_json}: {e}")
+    asked.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        wanted = config_mod.from_dict(asked, saved)
+    except ValueError as e:
+        raise usage_error(e)
+    conflicts = [f"{k}={getattr(wanted, k)!r} (checkpoint has {getattr(saved, k)!r})"
+                 for k in asked if k not in OVERRIDABLE_ON_RESUME and getattr(wanted, k) != getattr(saved, k)]
+    if conflicts:
+        raise click.UsageError(f"cannot resume with a different config: {', '.join(conflicts)}; only "
+                               f"{', '.join('--' + k.replace('_', '-') for k in OVERRIDABLE_ON_RESUME)} may change")
+    check_device(wanted.device)
+    if out is None:
+        out = path.parent.parent if path.parent.name == CHECKPOINT_DIR else path.parent
+    return path, wanted, loaded, Path(out)
 
 
 @cli.command("eval")
@@ -221,6 +314,22 @@ def grads(checkpoint, env_name, precisions, num_envs, num_steps, seed, compile_,
     tables = [render.grad_table(r["groups"], f"{name}" + (" (step skipped)" if r["skipped"] else ""), r["dtypes"])
               for name, r in report.items()]
     console().print(Columns(tables))
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+def inspect(checkpoint):
+    """Show a checkpoint's metadata and tensors (path, shape, dtype, norm)."""
+    from kernel import checkpoint as ck
+
+    try:
+        sections, meta = ck.load(checkpoint)
+    except ck.CheckpointError as e:
+        raise click.BadParameter(str(e), param_hint="CHECKPOINT")
+    con = console()
+    click.echo(checkpoint)
+    con.print(render.meta_table(meta))
+    con.print(render.tensor_table(ck.flatten_sections(sections)))
 
 
 @cli.command("envs")

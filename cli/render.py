@@ -99,6 +99,36 @@ def grad_table(groups: dict, title: str = "gradients", dtypes: dict | None = Non
     return table
 
 
+def meta_table(meta: dict) -> Table:
+    table = Table(title="metadata", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    versions = meta.get("versions", {})
+    for key in ("env", "update", "env_steps"):
+        if key in meta:
+            table.add_row(key, fmt(meta[key]) if isinstance(meta[key], int) else str(meta[key]))
+    for name, version in versions.items():
+        table.add_row(f"{name} version", str(version))
+    solved = meta.get("first_solved")
+    if solved:
+        table.add_row("first reached 475", f"update {solved['update']}, {solved['env_steps']:,} steps")
+    for key, value in (meta.get("config") or {}).items():
+        table.add_row(f"config.{key}", str(value))
+    return table
+
+
+def tensor_table(flat: dict) -> Table:
+    import torch
+
+    table = Table(title="tensors")
+    for col in ("path", "shape", "dtype", "norm"):
+        table.add_column(col, justify="right" if col == "norm" else "left")
+    for path, t in sorted(flat.items()):
+        norm = fmt(float(torch.linalg.vector_norm(t.double()))) if t.is_floating_point() and t.numel() else "-"
+        table.add_row(path, str(list(t.shape)), str(t.dtype).replace("torch.", ""), norm)
+    return table
+
+
 def envs_table(registry: dict) -> Table:
     table = Table(title="environments")
     for col in ("name", "observation", "action heads", "description"):

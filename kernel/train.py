@@ -62,6 +62,8 @@ def init_state(run: Run) -> dict:
         "generator": generator,
         "update": 0,
         "env_steps": 0,
+        "returns_window": [],  # last RETURN_WINDOW finished-episode returns
+        "first_solved": None,
     }
 
 
@@ -121,64 +123,64 @@ class UpdateLog(NamedTuple):
     metrics: dict  # host floats
 
 
-def train(config: Config, on_update: Optional[Callable[[UpdateLog], None]] = None, state: Optional[dict] = None,
-          run: Optional[Run] = None):
-    """Train to ``config.total_steps``; returns ``(state, summary)``.
+class NonFiniteRun(RuntimeError):
+    """Raised after ``max_bad_steps`` consecutive skipped (non-finite) steps."""
 
-    ``summary`` holds compile seconds, run seconds, final mean return and the first update at
+    def __init__(self, message: str, metrics: dict, last_checkpoint):
+        super().__init__(message)
+        self.metrics, self.last_checkpoint = metrics, last_checkpoint
+
+
+def train(config: Config, on_update: Optional[Callable[[UpdateLog], None]] = None, state: Optional[dict] = None,
+          run: Optional[Run] = None, checkpointer=None, max_bad_steps: Optional[int] = None,
+          until_update: Optional[int] = None):
+    """Train to ``config.total_steps`` (or to ``until_update``); returns ``(state, summary)``.
+
+    ``state`` may be a restored checkpoint: the loop continues from its counters, generator and
+    return window exactly as if it had never stopped. ``checkpointer`` (kernel.resume.Checkpointer)
+    saves the state periodically. After ``max_bad_steps`` consecutive non-finite minibatch steps
+    (all skipped, so the params are still finite) the run stops with :class:`NonFiniteRun`.
+    ``summary`` holds compile and run seconds, SPS, the final mean return and the first point at
     which the rolling mean return reached 475 (CartPole's solved threshold).
     """
     run = run or build(config)
+    cfg = run.config
     state = state or init_state(run)
     compile_s = warmup(run, state)
-    window: deque = deque(maxlen=RETURN_WINDOW)
-    first_solved = None
+    window: deque = deque(state["returns_window"], maxlen=RETURN_WINDOW)
+    start_steps = state["env_steps"]
+    last = min(cfg.num_updates, until_update or cfg.num_updates)
     start = time.perf_counter()
-    while state["update"] < run.config.num_updates:
+    while state["update"] < last:
         state, (metrics, traj) = iteration(run, state)
         returns, _ = finished_episodes(traj)
         window.extend(returns.tolist())
+        state["returns_window"] = list(window)
         elapsed = time.perf_counter() - start
         mean_return = sum(window) / len(window) if window else float("nan")
-        if first_solved is None and len(window) == RETURN_WINDOW and mean_return >= 475:
-            first_solved = {"update": state["update"], "env_steps": state["env_steps"], "run_s": elapsed}
+        if state["first_solved"] is None and len(window) == RETURN_WINDOW and mean_return >= 475:
+            state["first_solved"] = {"update": state["update"], "env_steps": state["env_steps"], "run_s": elapsed}
+        host = to_host(metrics) if (on_update is not None or max_bad_steps) else {}
+        if max_bad_steps and int(state["loss_scale"]["bad_streak"]) >= max_bad_steps:
+            last_good = checkpointer.last if checkpointer is not None else None
+            raise NonFiniteRun(
+                f"stopped at update {state['update']}: {int(state['loss_scale']['bad_streak'])} consecutive steps "
+                f"had a non-finite loss or gradient (all skipped; params are still finite)", host, last_good)
+        if checkpointer is not None:
+            checkpointer.maybe_save(cfg, state)
         if on_update is not None:
-            host = to_host(metrics)
-            on_update(UpdateLog(state["update"], run.config.num_updates, state["env_steps"], elapsed,
-                                state["env_steps"] / max(elapsed, 1e-9) if state["update"] else 0.0,
-                                mean_return, len(window), host))
+            steps = state["env_steps"] - start_steps
+            on_update(UpdateLog(state["update"], cfg.num_updates, state["env_steps"], elapsed,
+                                steps / max(elapsed, 1e-9), mean_return, len(window), host))
     run_s = time.perf_counter() - start
     summary = {
         "compile_s": compile_s,
         "run_s": run_s,
         "env_steps": state["env_steps"],
-        "sps": (state["env_steps"]) / max(run_s, 1e-9),
+        "sps": (state["env_steps"] - start_steps) / max(run_s, 1e-9),
         "mean_return": sum(window) / len(window) if window else float("nan"),
         "episodes_in_window": len(window),
-        "first_solved": first_solved,
+        "first_solved": state["first_solved"],
+        "skipped_steps": int(state["loss_scale"]["skipped"]),
     }
     return state, summary
-
-
-# ---------------------------------------------------------------------------------------------
-# Saving a run
-# ---------------------------------------------------------------------------------------------
-
-def checkpoint_sections(state: dict) -> dict:
-    return {
-        "params": state["params"],
-        "opt_state": state["opt_state"],
-        "loss_scale": state["loss_scale"],
-        "carry": state["carry"],
-        "rng": {"generator": state["generator"].get_state()},
-    }
-
-
-def checkpoint_meta(config: Config, state: dict) -> dict:
-    return {"config": config.to_dict(), "env": config.env, "update": state["update"], "env_steps": state["env_steps"]}
-
-
-def save_checkpoint(path, config: Config, state: dict):
-    from kernel import checkpoint
-
-    return checkpoint.save(path, checkpoint_sections(state), checkpoint_meta(config, state))
