@@ -332,6 +332,75 @@ def inspect(checkpoint):
     con.print(render.tensor_table(ck.flatten_sections(sections)))
 
 
+def csv_list(text: str, name: str, cast=str, allowed=None) -> list:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise click.BadParameter("give at least one value", param_hint=name)
+    try:
+        values = [cast(x) for x in items]
+    except ValueError:
+        raise click.BadParameter(f"cannot read {text!r} as a comma-separated list", param_hint=name)
+    bad = [v for v in values if allowed is not None and v not in allowed]
+    if bad:
+        raise click.BadParameter(f"unknown {', '.join(map(str, bad))}; choose from {', '.join(allowed)}", param_hint=name)
+    return values
+
+
+@cli.command()
+@click.option("--env", "env_name", default="cartpole", show_default=True)
+@click.option("--modes", default="eager,default,max-autotune-no-cudagraphs,reduce-overhead", show_default=True,
+              help="Comma-separated torch.compile modes ('eager' = not compiled).")
+@click.option("--precisions", default="fp32,bf16,fp16", show_default=True)
+@click.option("--minibatch", "sizes", default="128,2048", show_default=True,
+              help="Comma-separated minibatch sizes (update) / env counts (rollout).")
+@click.option("--targets", default="update,rollout", show_default=True)
+@click.option("--iters", type=int, default=50, show_default=True, help="Timed calls per cell.")
+@click.option("--warmup", type=int, default=5, show_default=True, help="Untimed calls after the first.")
+@click.option("--threads", type=int, default=None, help="torch intra-op threads. [default: torch's choice]")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the full record (cells, torch version, device, threads, config) here.")
+def bench(env_name, modes, precisions, sizes, targets, iters, warmup, threads, device, json_path):
+    """Time the PPO update step and the acting step across compile modes, precisions and sizes."""
+    from kernel.bench import MODES, TARGETS, run_bench
+    from kernel.precision import parse
+
+    set_threads(threads)
+    modes = csv_list(modes, "--modes", allowed=MODES)
+    targets = csv_list(targets, "--targets", allowed=TARGETS)
+    sizes = csv_list(sizes, "--minibatch", int)
+    if any(n < 1 for n in sizes):
+        raise click.BadParameter("sizes must be >= 1", param_hint="--minibatch")
+    precisions = csv_list(precisions, "--precisions")
+    for p in precisions:
+        try:
+            parse(p)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--precisions")
+    if iters < 1 or warmup < 0:
+        raise click.UsageError("--iters must be >= 1 and --warmup >= 0")
+    if env_name not in envs.REGISTRY:
+        raise click.UsageError(f"unknown env {env_name!r}; choose from {', '.join(envs.names())}")
+    check_device(device)
+    if json_path and Path(json_path).exists():
+        raise click.UsageError(f"{json_path} already exists; choose another --json path")
+    cfg = config_mod.Config(env=env_name, device=device)
+    con = console()
+    if not con.is_terminal:
+        con = Console(width=150)  # piped to a file: no terminal width to respect, keep rows whole
+    total = len(modes) * len(targets) * len(sizes) * len(precisions)
+    progress = render.make_progress("bench", "cells")
+    task = progress.add_task("bench", total=total)
+    with Live(progress, console=con, refresh_per_second=4):
+        record = run_bench(cfg, modes, precisions, sizes, targets, warmup, iters,
+                           on_cell=lambda cell: progress.advance(task))
+    con.print(render.bench_table(record))
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(record, indent=2) + "\n")
+        click.echo(f"wrote {json_path}")
+
+
 @cli.command("envs")
 def list_envs():
     """List the available environments."""

@@ -22,12 +22,12 @@ def fmt(x: float, digits: int = 4) -> str:
     return f"{x:.{digits}g}"
 
 
-def make_progress() -> Progress:
+def make_progress(label: str = "train", unit: str = "updates") -> Progress:
     return Progress(
-        TextColumn("[bold]train[/]"),
+        TextColumn(f"[bold]{label}[/]"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("updates"),
+        TextColumn(unit),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
@@ -126,6 +126,27 @@ def tensor_table(flat: dict) -> Table:
     for path, t in sorted(flat.items()):
         norm = fmt(float(torch.linalg.vector_norm(t.double()))) if t.is_floating_point() and t.numel() else "-"
         table.add_row(path, str(list(t.shape)), str(t.dtype).replace("torch.", ""), norm)
+    return table
+
+
+SHORT_MODES = {"max-autotune-no-cudagraphs": "max-autotune-no-cg", "reduce-overhead": "reduce-overhead"}
+
+
+def bench_table(record: dict) -> Table:
+    table = Table(title=f"fkernel bench: torch {record['torch']}, {record['device']}, {record['threads']} threads")
+    for col in ("target", "mode", "precision", "size", "compile s", "median ms (p10-p90)", "vs eager",
+                "graphs/breaks/recompiles", "peak MB"):
+        table.add_column(col, justify="left" if col in ("target", "mode", "precision") else "right",
+                         no_wrap=True, min_width=len(col))
+    for c in record["cells"]:
+        speed = "-" if c["speedup_vs_eager"] is None else f"{c['speedup_vs_eager']:.2f}x"
+        mode = SHORT_MODES.get(c["mode"], c["mode"]) + (" *" if c.get("note") else "")
+        table.add_row(c["target"], mode, c["precision"], str(c["size"]), f"{c['compile_s']:.1f}",
+                      f"{c['median_ms']:.3f} ({c['p10_ms']:.3f}-{c['p90_ms']:.3f})", speed,
+                      f"{c['graphs']}/{c['graph_breaks']}/{c['recompiles']}", f"{c['peak_mem_mb']:.0f}")
+    notes = {c["note"] for c in record["cells"] if c.get("note")}
+    if notes:
+        table.caption = "* " + "; ".join(sorted(notes))
     return table
 
 

@@ -96,3 +96,20 @@ def test_eval_bad_checkpoints(tmp_path):
 def test_envs_lists_cartpole():
     result = invoke("envs")
     assert result.exit_code == 0 and "cartpole" in result.output
+
+
+def test_telemetry_jsonl_and_grad_table(tmp_path):
+    out, tel = tmp_path / "run", tmp_path / "tel"
+    result = CliRunner().invoke(cli, ["train", *TINY, "--out", str(out), "--telemetry-dir", str(tel),
+                                      "--grad-table-every", "2", "--precision", "bf16"], terminal_width=150)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (tel / "telemetry.jsonl").read_text().splitlines()]
+    assert [r["update"] for r in records] == [1, 2]
+    for r in records:
+        assert {"loss", "approx_kl", "clip_frac", "loss_scale", "skipped", "skipped_total"} <= set(r)
+        assert set(r["grads"]) == {"trunk", "heads.action", "value"}
+        assert {"norm", "max_abs", "nan", "inf", "zero_frac", "update_ratio"} == set(r["grads"]["trunk"])
+    assert "gradients, update 2" in result.output and "bf16" in result.output
+    assert "gradients, update 1" not in result.output
+    again = invoke("train", *TINY, "--out", str(tmp_path / "run2"), "--telemetry-dir", str(tel))
+    assert_usage_error(again, "already exists")

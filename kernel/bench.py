@@ -1,0 +1,174 @@
+"""Measure the PPO update step and the acting (rollout) step across compile modes, precisions and
+minibatch sizes. Every figure comes from timings taken in this process; speedups divide the eager
+median by the cell's median, both measured in the same run.
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+
+import torch
+import torch._dynamo
+
+from kernel import loss_scale
+from kernel.config import Config
+from kernel.diagnose import one_batch
+from kernel.policy import make_policy
+from kernel.ppo import hyper_tensors, make_grad_step
+from kernel.precision import parse
+from kernel.rollout import make_rollout
+from kernel.train import make_optimizer
+
+MODES = ("eager", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
+TARGETS = ("update", "rollout")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        try:  # Linux: "5" resets the process's peak resident set size (VmHWM)
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def dynamo_counts() -> dict:
+    c = torch._dynamo.utils.counters
+    return {"graphs": int(c["stats"]["unique_graphs"]), "breaks": int(sum(c["graph_break"].values()))}
+
+
+def percentile(sorted_values: list, q: float) -> float:
+    i = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[i]
+
+
+def compiled(fn, mode: str):
+    if mode == "eager":
+        return fn
+    return torch.compile(fn, mode=mode, fullgraph=True)
+
+
+def update_case(config: Config, precision: str, minibatch: int):
+    """A grad + optimizer step on a real rollout batch of ``minibatch`` rows."""
+    envs_needed = max(1, math.ceil(minibatch / config.num_steps))
+    cfg = config.replace(num_envs=envs_needed, total_steps=envs_needed * config.num_steps, num_minibatches=1,
+                         precision=precision)
+    run, params, batch = one_batch(cfg)
+    p = parse(precision)
+    policy = make_policy(run.env.obs_dim, run.env.action_spec.sizes, cfg.hidden, cfg.activation, p)
+    optimizer = make_optimizer(cfg)
+    device = batch["returns"].device
+    args = (params, optimizer.init(params), loss_scale.init(p.needs_loss_scale, 2.0 ** 10, device=device), batch,
+            torch.arange(minibatch, device=device), hyper_tensors(cfg, 0, device))
+    return make_grad_step(policy, optimizer, cfg.clip_vloss, cfg.norm_adv, p.needs_loss_scale), args, minibatch
+
+
+def rollout_case(config: Config, precision: str, num_envs: int):
+    """One acting step (policy forward, sampling, env step) for ``num_envs`` environments."""
+    import envs
+
+    env = envs.make(config.env, num_envs, device=config.device)
+    policy = make_policy(env.obs_dim, env.action_spec.sizes, config.hidden, config.activation, parse(precision))
+    rollout = make_rollout(env, policy, 1, compile=False)
+    g = torch.Generator().manual_seed(0)
+    params = policy.init(g)
+    carry = rollout.init(g)
+    noise = {h: torch.rand(num_envs, k, generator=g).to(env.device) for h, k in env.action_spec.sizes.items()}
+    env_noise = torch.rand(env.noise_shape(), generator=g, dtype=env.dtype).to(env.device)
+    return torch.no_grad()(rollout.act), (params, carry, noise, env_noise), num_envs
+
+
+def measure(fn, args, device, warmup: int, iters: int) -> tuple[float, dict, list]:
+    """First-call seconds, dynamo counts right after the first call, sorted steady-state times."""
+    start = time.perf_counter()
+    fn(*args)
+    sync(device)
+    first = time.perf_counter() - start
+    after_first = dynamo_counts()
+    for _ in range(warmup):
+        fn(*args)
+    sync(device)
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn(*args)
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return first, after_first, sorted(times)
+
+
+def run_cell(config: Config, target: str, mode: str, precision: str, size: int, warmup: int, iters: int) -> dict:
+    device = torch.device(config.device)
+    fn, args, rows = (update_case if target == "update" else rollout_case)(config, precision, size)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    reset_peak_memory(device)
+    fn = compiled(fn, mode)
+    first, after_first, times = measure(fn, args, device, warmup, iters)
+    counts = dynamo_counts()  # anything compiled after the first call is a recompile
+    median = percentile(times, 0.5)
+    cell = {
+        "target": target, "mode": mode, "precision": precision, "size": size,
+        "compile_s": first if mode != "eager" else 0.0,
+        "first_call_s": first,
+        "median_ms": 1e3 * median, "p10_ms": 1e3 * percentile(times, 0.1), "p90_ms": 1e3 * percentile(times, 0.9),
+        "rows_per_s": rows / median,
+        "graphs": counts["graphs"], "graph_breaks": counts["breaks"],
+        "recompiles": max(0, counts["graphs"] - after_first["graphs"]) if mode != "eager" else 0,
+        "peak_mem_mb": peak_memory_mb(device),
+        "peak_mem_kind": "cuda max allocated" if device.type == "cuda" else "process peak RSS",
+        "iters": iters,
+    }
+    if mode == "reduce-overhead" and device.type != "cuda":
+        cell["note"] = "no CUDA graphs on CPU: inductor's default code path"
+    return cell
+
+
+def run_bench(config: Config, modes, precisions, sizes, targets=TARGETS, warmup: int = 5, iters: int = 50,
+              on_cell=None) -> dict:
+    """All cells; ``speedup_vs_eager`` is filled from the eager cell of the same target/precision/size."""
+    cells = []
+    for target in targets:
+        for precision in precisions:
+            for size in sizes:
+                for mode in modes:
+                    cell = run_cell(config, target, mode, precision, size, warmup, iters)
+                    cells.append(cell)
+                    if on_cell:
+                        on_cell(cell)
+    eager = {(c["target"], c["precision"], c["size"]): c["median_ms"] for c in cells if c["mode"] == "eager"}
+    for c in cells:
+        base = eager.get((c["target"], c["precision"], c["size"]))
+        c["speedup_vs_eager"] = base / c["median_ms"] if base else None
+    return {
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(config.device) if torch.device(config.device).type == "cuda"
+        else (platform.processor() or platform.machine()),
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "config": config.to_dict(),
+        "sizes_mean": {"update": "minibatch rows", "rollout": "parallel envs"},
+        "cells": cells,
+    }
