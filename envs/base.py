@@ -26,9 +26,18 @@ class Head(NamedTuple):
 
 
 class ActionSpec(NamedTuple):
-    """Factored action: an ordered tuple of categorical heads."""
+    """Factored action: an ordered tuple of categorical heads.
+
+    ``parent[h]`` names an earlier head whose sampled value selects the row of ``h``'s mask: the
+    env's mask for ``h`` is then ``[num_envs, parent_size, size]`` (e.g. slot masks per op).
+    ``relevant[h]`` lists the parent-head values for which ``h`` matters (the blueprint matters only
+    when ``op == GERMINATE``); a head missing from ``relevant`` always matters. Relevance is always
+    judged on the first head, the one every other head is conditioned on.
+    """
 
     heads: tuple
+    parent: dict = {}
+    relevant: dict = {}
 
     @property
     def names(self) -> tuple:

@@ -15,11 +15,10 @@ import torch._dynamo
 from kernel import loss_scale
 from kernel.config import Config
 from kernel.diagnose import one_batch
-from kernel.policy import make_policy
 from kernel.ppo import hyper_tensors, make_grad_step
 from kernel.precision import parse
 from kernel.rollout import make_rollout
-from kernel.train import make_optimizer
+from kernel.train import make_optimizer, policy_for
 
 MODES = ("eager", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
 TARGETS = ("update", "rollout")
@@ -77,12 +76,14 @@ def update_case(config: Config, precision: str, minibatch: int):
                          precision=precision)
     run, params, batch = one_batch(cfg)
     p = parse(precision)
-    policy = make_policy(run.env.obs_dim, run.env.action_spec.sizes, cfg.hidden, cfg.activation, p)
     optimizer = make_optimizer(cfg)
     device = batch["returns"].device
+    units = envs_needed if run.policy.recurrent else minibatch
     args = (params, optimizer.init(params), loss_scale.init(p.needs_loss_scale, 2.0 ** 10, device=device), batch,
-            torch.arange(minibatch, device=device), hyper_tensors(cfg, 0, device))
-    return make_grad_step(policy, optimizer, cfg.clip_vloss, cfg.norm_adv, p.needs_loss_scale), args, minibatch
+            torch.arange(units, device=device), hyper_tensors(cfg, 0, device))
+    step = make_grad_step(run.policy, optimizer, cfg.clip_vloss, cfg.norm_adv, p.needs_loss_scale,
+                          norm_entropy=cfg.norm_entropy)
+    return step, args, minibatch
 
 
 def rollout_case(config: Config, precision: str, num_envs: int):
@@ -90,7 +91,7 @@ def rollout_case(config: Config, precision: str, num_envs: int):
     import envs
 
     env = envs.make(config.env, num_envs, device=config.device)
-    policy = make_policy(env.obs_dim, env.action_spec.sizes, config.hidden, config.activation, parse(precision))
+    policy = policy_for(config.replace(precision=precision), env)
     rollout = make_rollout(env, policy, 1, compile=False)
     g = torch.Generator().manual_seed(0)
     params = policy.init(g)

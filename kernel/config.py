@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -27,10 +27,14 @@ class Config:
     clip_coef: float = 0.2
     clip_vloss: bool = True
     ent_coef: float = 0.01
+    ent_coef_heads: dict = field(default_factory=dict)  # per-head additions to ent_coef
+    norm_entropy: bool = False  # divide each head's entropy by log(number of valid actions)
     vf_coef: float = 0.5
     norm_adv: bool = True
     hidden: tuple = (64, 64)
     activation: str = "tanh"
+    policy: str = "mlp"  # "mlp" or "lstm"
+    lstm_size: int = 64
     precision: str = "fp32"
     seed: int = 0
     device: str = "cpu"
@@ -56,11 +60,23 @@ class Config:
         d["hidden"] = list(self.hidden)
         return d
 
+    @classmethod
+    def for_env(cls, env: str, **changes) -> "Config":
+        """The env's recommended defaults (ENV_DEFAULTS), then ``changes``."""
+        return validated(dataclasses.replace(cls(), **{"env": env, **ENV_DEFAULTS.get(env, {}), **changes}))
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+# Per-env defaults applied before a config file and flags (CartPole uses the class defaults).
+ENV_DEFAULTS = {
+    "seedbed": dict(num_envs=32, num_steps=25, total_steps=400_000, update_epochs=4, num_minibatches=4,
+                    lr=1e-3, ent_coef=0.01, norm_entropy=True, gamma=0.99, hidden=(128,), policy="lstm",
+                    lstm_size=128, activation="relu"),
+}
 POSITIVE_INTS = ("num_envs", "num_steps", "total_steps", "update_epochs", "num_minibatches")
 
 
@@ -87,6 +103,15 @@ def validated(config: Config) -> Config:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(config, name)!r}")
     if not config.hidden or any(not isinstance(h, int) or h < 1 for h in config.hidden):
         raise ValueError(f"hidden must be a non-empty list of positive integers, got {list(config.hidden)!r}")
+    if config.policy not in ("mlp", "lstm"):
+        raise ValueError(f"policy must be 'mlp' or 'lstm', got {config.policy!r}")
+    if config.policy == "lstm" and config.num_envs % config.num_minibatches:
+        raise ValueError(f"with policy=lstm, num_minibatches={config.num_minibatches} must divide "
+                         f"num_envs={config.num_envs} (minibatches are whole env columns)")
+    if not isinstance(config.lstm_size, int) or config.lstm_size < 1:
+        raise ValueError(f"lstm_size must be a positive integer, got {config.lstm_size!r}")
+    if not all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in config.ent_coef_heads.items()):
+        raise ValueError(f"ent_coef_heads must map head names to numbers, got {config.ent_coef_heads!r}")
     if config.activation not in ("tanh", "relu"):
         raise ValueError(f"activation must be 'tanh' or 'relu', got {config.activation!r}")
     from kernel.precision import parse
@@ -111,7 +136,8 @@ def from_dict(values: dict, base: Config | None = None) -> Config:
         expected = type(getattr(base or Config(), name))
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             values[name] = float(value)
-        elif expected is not tuple and not isinstance(values[name], expected):
+        elif expected is not tuple and not isinstance(values[name], expected) or \
+                (expected is int and isinstance(value, bool)):
             raise ValueError(f"config key {name!r} must be {expected.__name__}, got {value!r}")
     return validated(dataclasses.replace(base or Config(), **values))
 

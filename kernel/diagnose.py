@@ -9,10 +9,10 @@ import torch
 
 from kernel import loss_scale, telemetry
 from kernel.config import Config
-from kernel.policy import group_dtypes, make_policy
+from kernel.policy import group_dtypes
 from kernel.ppo import gae, hyper_tensors, make_grad_step
 from kernel.precision import parse
-from kernel.train import build, flatten_batch, init_state, make_optimizer
+from kernel.train import build, init_state, make_batch, make_optimizer, policy_for
 
 
 MAX_HALVINGS = 24
@@ -26,21 +26,23 @@ def one_batch(config: Config, params: dict | None = None):
     _, traj = run.rollout.collect(params, state["carry"], state["generator"])
     adv, ret = gae(traj["rewards"], traj["values"], traj["next_values"], traj["terminated"], traj["truncated"],
                    config.gamma, config.gae_lambda)
-    return run, params, flatten_batch(traj, adv, ret)
+    return run, params, make_batch(traj, adv, ret, run.policy.recurrent)
 
 
 def grads_by_precision(config: Config, precisions, params: dict | None = None, compile: bool = False) -> dict:
     """``{precision name: {"dtypes": {group: dtype}, "groups": {group: {stat: float, "status": str}},
     "skipped": bool}}`` for one full-batch gradient step per precision."""
     run, params, batch = one_batch(config, params)
-    idx = torch.arange(config.batch_size, device=batch["returns"].device)
+    units = config.num_envs if run.policy.recurrent else config.batch_size
+    idx = torch.arange(units, device=batch["returns"].device)
     hyper = hyper_tensors(config, 0, idx.device)
     report = {}
     for spec in precisions:
         precision = parse(spec)
-        policy = make_policy(run.env.obs_dim, run.env.action_spec.sizes, config.hidden, config.activation, precision)
+        policy = policy_for(config, run.env, precision)
         optimizer = make_optimizer(config)
-        step = make_grad_step(policy, optimizer, config.clip_vloss, config.norm_adv, precision.needs_loss_scale)
+        step = make_grad_step(policy, optimizer, config.clip_vloss, config.norm_adv, precision.needs_loss_scale,
+                              norm_entropy=config.norm_entropy)
         if compile:
             step = torch.compile(step, fullgraph=True)
         scale_state = loss_scale.init(precision.needs_loss_scale, device=idx.device)

@@ -5,34 +5,38 @@ import torch
 
 import envs
 from kernel.config import Config, from_dict
-from kernel.policy import greedy_actions, make_policy, sample_actions
-from kernel.precision import parse
+from kernel import heads
+from kernel.policy import masks
 
 
 @torch.no_grad()
 def evaluate(config: Config, params: dict, episodes: int, greedy: bool = True, seed: int = 0) -> torch.Tensor:
     """Returns ``[episodes]`` float returns; each sub-environment plays exactly one episode."""
     env = envs.make(config.env, episodes, device=config.device)
-    policy = make_policy(env.obs_dim, env.action_spec.sizes, config.hidden, config.activation,
-                         parse(config.precision))
+    from kernel.train import policy_for
+
+    policy = policy_for(config, env)
     generator = torch.Generator().manual_seed(seed)
-    state, obs = env.reset(torch.rand(env.noise_shape(), generator=generator))
+    state, obs = env.reset(torch.rand(env.noise_shape(), generator=generator, dtype=env.dtype))
+    hidden = policy.initial_hidden(episodes, env.device)
+    start = torch.ones(episodes, dtype=torch.bool)
     total = torch.zeros(episodes)
     final = torch.zeros(episodes)
     finished = torch.zeros(episodes, dtype=torch.bool)
     while not bool(finished.all()):
-        logits, _ = policy.apply(params, obs)
+        logits, _, hidden = policy.step(params, obs, hidden, start)
         if greedy:
-            actions = greedy_actions(logits)
+            actions = heads.greedy(env.action_spec, logits, masks(obs))
         else:
-            actions = sample_actions(logits, {h: torch.rand(l.shape, generator=generator) for h, l in logits.items()})
-        step = env.step(state, actions, torch.rand(env.noise_shape(), generator=generator))
+            noise = {h: torch.rand(l.shape, generator=generator) for h, l in logits.items()}
+            actions = heads.sample(env.action_spec, logits, noise, masks(obs))
+        step = env.step(state, actions, torch.rand(env.noise_shape(), generator=generator, dtype=env.dtype))
         total += step.reward.float()
         done = step.terminated | step.truncated
         final = torch.where(done & ~finished, total, final)
         finished |= done
         total = torch.where(done, torch.zeros_like(total), total)
-        state, obs = step.state, step.obs
+        state, obs, start = step.state, step.obs, done
     return final
 
 

@@ -1,15 +1,20 @@
-"""Actor-critic as a params pytree plus pure ``init`` / ``apply``.
+"""Actor-critic as a params pytree plus pure functions.
 
-Params layout (paths are what telemetry and checkpoints name)::
+Two trunks, one interface:
 
-    trunk.actor.l0.w ...   actor feature MLP
-    trunk.critic.l0.w ...  critic feature MLP (separate, as PureJaxRL's CartPole network)
-    heads.<head>.w/b       one linear action head per factored-action head
-    value.w/b              value head
+* ``mlp``: separate actor and critic MLPs (PureJaxRL's CartPole network)::
 
-``apply`` returns float32 logits per head and a float32 value, whatever the trunk computes in:
-the trunk runs under :func:`kernel.precision.with_precision`, its features come back float32, and
-the heads and value are float32 layers on float32 master weights.
+      trunk.actor.l0.w ...  trunk.critic.l0.w ...  heads.<head>.w/b  value.w/b
+
+* ``lstm``: a shared feature MLP, then an LSTM, then the heads and value::
+
+      trunk.features.l0.w ...  trunk.lstm.w_ih/w_hh/b  heads.<head>.w/b  value.w/b
+
+``step(params, obs, hidden, start)`` acts one time step (rollout); ``sequence(params, obs,
+hidden0, starts)`` replays ``[T, N]`` segments from their stored initial state (update). The trunk
+runs under :func:`kernel.precision.with_precision`; its features come back float32, so logits and
+value are float32 whatever the compute dtype. Observations are a tensor, or a dict with ``"x"``
+(features) and ``"masks"`` (per-head validity masks).
 """
 from __future__ import annotations
 
@@ -17,64 +22,103 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from kernel import distributions as D
 from kernel import nn
-from kernel.precision import PRESETS, Precision, with_precision
+from kernel.precision import PRESETS, SHORT_NAMES, Precision, with_precision
 
 
 class Policy(NamedTuple):
     init: Callable[[torch.Generator], dict]
-    apply: Callable  # (params, obs) -> (logits: dict[str, Tensor], value: Tensor)
-    head_names: tuple
+    step: Callable  # (params, obs, hidden, start) -> (logits, value, hidden)
+    sequence: Callable  # (params, obs[T,N], hidden0, starts[T,N]) -> (logits[T,N], value[T,N])
+    initial_hidden: Callable  # (num_envs, device) -> {"h", "c"} for lstm, {} for mlp
+    spec: object  # envs.base.ActionSpec
+    recurrent: bool
+
+    @property
+    def head_names(self) -> tuple:
+        return self.spec.names
 
 
-def make_policy(obs_dim: int, head_sizes: dict, hidden=(64, 64), activation: str = "tanh",
-                precision: Precision = PRESETS["fp32"]) -> Policy:
+def features(obs):
+    return obs["x"] if isinstance(obs, dict) else obs
+
+
+def masks(obs):
+    return obs.get("masks") if isinstance(obs, dict) else None
+
+
+def make_policy(obs_dim: int, spec, hidden=(64, 64), activation: str = "tanh",
+                precision: Precision = PRESETS["fp32"], kind: str = "mlp", lstm_size: int = 64) -> Policy:
+    if kind not in ("mlp", "lstm"):
+        raise ValueError(f"policy must be 'mlp' or 'lstm', got {kind!r}")
     sizes = (obs_dim, *hidden)
-    trunk = with_precision(lambda p, x: nn.mlp_apply(p, x, activation), precision)
+    mlp = with_precision(lambda p, x: nn.mlp_apply(p, x, activation), precision)
+    out_dim = lstm_size if kind == "lstm" else hidden[-1]
+
+    def heads_and_value(params, actor, critic):
+        logits = {h.name: nn.linear_apply(params["heads"][h.name], actor) for h in spec.heads}
+        return logits, nn.linear_apply(params["value"], critic).squeeze(-1)
 
     def init(generator: torch.Generator) -> dict:
+        if kind == "mlp":
+            trunk = {"actor": nn.mlp_init(generator, sizes), "critic": nn.mlp_init(generator, sizes)}
+        else:
+            trunk = {"features": nn.mlp_init(generator, sizes), "lstm": nn.lstm_init(generator, hidden[-1], lstm_size)}
         return {
-            "trunk": {"actor": nn.mlp_init(generator, sizes), "critic": nn.mlp_init(generator, sizes)},
-            "heads": {name: nn.linear_init(generator, hidden[-1], n, nn.POLICY_GAIN) for name, n in head_sizes.items()},
-            "value": nn.linear_init(generator, hidden[-1], 1, nn.VALUE_GAIN),
+            "trunk": trunk,
+            "heads": {h.name: nn.linear_init(generator, out_dim, h.size, nn.POLICY_GAIN) for h in spec.heads},
+            "value": nn.linear_init(generator, out_dim, 1, nn.VALUE_GAIN),
         }
 
-    def apply(params: dict, obs: torch.Tensor):
-        actor = trunk(params["trunk"]["actor"], obs)
-        critic = trunk(params["trunk"]["critic"], obs)
-        logits = {name: nn.linear_apply(params["heads"][name], actor) for name in head_sizes}
-        value = nn.linear_apply(params["value"], critic).squeeze(-1)
-        return logits, value
+    if kind == "mlp":
 
-    return Policy(init, apply, tuple(head_sizes))
+        def feedforward(params, obs):
+            x = features(obs)
+            return heads_and_value(params, mlp(params["trunk"]["actor"], x), mlp(params["trunk"]["critic"], x))
 
+        def step(params, obs, hidden, start):
+            logits, value = feedforward(params, obs)
+            return logits, value, hidden
 
-def sample_actions(logits: dict, noise: dict, masks: dict | None = None) -> dict:
-    masks = masks or {}
-    return {name: D.sample(l, noise[name], masks.get(name)) for name, l in logits.items()}
+        def sequence(params, obs, hidden0, starts):
+            return feedforward(params, obs)
 
+        def initial_hidden(num_envs, device):
+            return {}
 
-def greedy_actions(logits: dict, masks: dict | None = None) -> dict:
-    masks = masks or {}
-    return {name: D.mode(l, masks.get(name)) for name, l in logits.items()}
+        return Policy(init, step, sequence, initial_hidden, spec, False)
 
+    def lstm_step(trunk, x, h, c, start):
+        keep = (~start).unsqueeze(-1).to(h.dtype)
+        return nn.lstm_cell(trunk["lstm"], nn.mlp_apply(trunk["features"], x, activation), h * keep, c * keep)
 
-def joint_log_prob(logits: dict, actions: dict, masks: dict | None = None) -> torch.Tensor:
-    """Log-probability of a factored action: the sum of its heads' log-probabilities."""
-    masks = masks or {}
-    return sum(D.log_prob(l, actions[name], masks.get(name)) for name, l in logits.items())
+    def lstm_replay(trunk, xs, h, c, starts):
+        out, _ = nn.lstm_sequence(trunk["lstm"], nn.mlp_apply(trunk["features"], xs, activation), h, c, starts)
+        return out
 
+    # The whole trunk, LSTM included, runs in the compute dtype; h and c are carried in float32
+    # (a bf16 -> fp32 -> bf16 round trip is exact, so replay sees the same state as the rollout).
+    lstm_step = with_precision(lstm_step, precision)
+    lstm_replay = with_precision(lstm_replay, precision)
 
-def joint_entropy(logits: dict, masks: dict | None = None) -> torch.Tensor:
-    masks = masks or {}
-    return sum(D.entropy(l, masks.get(name)) for name, l in logits.items())
+    def step(params, obs, hidden, start):
+        h, c = lstm_step(params["trunk"], features(obs), hidden["h"], hidden["c"], start)
+        logits, value = heads_and_value(params, h, h)
+        return logits, value, {"h": h, "c": c}
+
+    def sequence(params, obs, hidden0, starts):
+        out = lstm_replay(params["trunk"], features(obs), hidden0["h"], hidden0["c"], starts)
+        return heads_and_value(params, out, out)
+
+    def initial_hidden(num_envs, device):
+        zeros = torch.zeros(num_envs, lstm_size, device=device)
+        return {"h": zeros, "c": zeros.clone()}
+
+    return Policy(init, step, sequence, initial_hidden, spec, True)
 
 
 def group_dtypes(groups, precision: Precision) -> dict:
     """Which dtype each telemetry group computes in: the trunk in the compute dtype, the rest
     (heads, value) in float32."""
-    from kernel.precision import SHORT_NAMES
-
     return {g: SHORT_NAMES[precision.compute_dtype] if g == "trunk" or g.startswith("trunk.") else "fp32"
             for g in groups}

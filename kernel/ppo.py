@@ -12,9 +12,9 @@ from typing import Callable
 import torch
 from torch.func import grad_and_value
 
-from kernel import loss_scale, telemetry
+from kernel import heads, loss_scale, telemetry
 from kernel.optim import GradientTransformation, apply_updates
-from kernel.policy import Policy, joint_entropy, joint_log_prob
+from kernel.policy import Policy, masks
 from kernel.tree import tree_map
 
 
@@ -55,41 +55,82 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     return (x - x.mean()) / (x.std() + 1e-8)
 
 
-def ppo_loss(params, batch: dict, hyper: dict, policy: Policy, clip_vloss: bool = True, norm_adv: bool = True):
-    """Clipped-surrogate PPO loss on one minibatch; returns ``(loss, metrics)`` as tensors.
+TIME_MAJOR = ("obs", "starts", "actions", "head_logp", "values", "advantages", "returns")
 
-    ``batch``: obs, actions (dict per head), logp, values, advantages, returns; optional masks
-    (dict per head of bool validity masks).
-    ``hyper``: 0-d tensors clip_coef, ent_coef, vf_coef (and lr, read by the optimizer).
+
+def evaluate(policy: Policy, params, batch: dict):
+    """New logits and values for a minibatch, plus the minibatch fields flattened to match.
+
+    Feed-forward minibatches are flat rows. Recurrent ones are ``[T, n]`` (whole env columns, time
+    contiguous) replayed from their stored initial state ``hidden0``, then flattened.
     """
-    logits, value = policy.apply(params, batch["obs"])
-    masks = batch.get("masks")
-    logp = joint_log_prob(logits, batch["actions"], masks)
-    entropy = joint_entropy(logits, masks).mean()
+    if not policy.recurrent:
+        logits, value = policy.sequence(params, batch["obs"], {}, None)
+        return logits, value, batch
+    logits, value = policy.sequence(params, batch["obs"], batch["hidden0"], batch["starts"])
+    flat = lambda x: x.reshape(-1, *x.shape[2:])
+    rows = tree_map(flat, {k: batch[k] for k in TIME_MAJOR if k in batch})
+    return tree_map(flat, logits), flat(value), rows
 
-    log_ratio = logp - batch["logp"]
-    ratio = log_ratio.exp()
-    adv = normalize(batch["advantages"]) if norm_adv else batch["advantages"]
+
+def ppo_loss(params, batch: dict, hyper: dict, policy: Policy, clip_vloss: bool = True, norm_adv: bool = True,
+             norm_entropy: bool = False):
+    """Clipped-surrogate PPO loss over factored actions; returns ``(loss, metrics)`` as tensors.
+
+    ``batch``: obs (tensor, or dict with "x" and "masks"), actions and head_logp (dicts per head),
+    values, advantages, returns; recurrent minibatches add starts and hidden0.
+    ``hyper``: 0-d tensors clip_coef, ent_coef, vf_coef, ``ent_coef/<head>`` (added to the global
+    coefficient), and lr (read by the optimizer).
+
+    Each head has its own ratio and clipped surrogate, averaged over the steps where the head is
+    relevant; the policy loss is their sum. With one always-relevant head this is textbook PPO.
+    """
+    spec = policy.spec
+    logits, value, b = evaluate(policy, params, batch)
+    obs_masks = masks(b["obs"])
+    new_logp = heads.log_probs(spec, logits, b["actions"], obs_masks)
+    entropy_fn = heads.normalized_entropies if norm_entropy else heads.entropies
+    head_entropy = entropy_fn(spec, logits, b["actions"], obs_masks)
+    relevant = heads.relevance(spec, b["actions"])
+    adv = normalize(b["advantages"]) if norm_adv else b["advantages"]
     clip = hyper["clip_coef"]
-    pg_loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - clip, 1.0 + clip)).mean()
 
-    v_loss_unclipped = (value - batch["returns"]) ** 2
+    metrics = {}
+    pg_loss = entropy = entropy_bonus = joint_log_ratio = 0.0
+    for h in spec.heads:
+        r = relevant[h.name]
+        log_ratio = new_logp[h.name] - b["head_logp"][h.name]
+        ratio = log_ratio.exp()
+        surrogate = torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - clip, 1.0 + clip))
+        head_ent = heads.masked_mean(head_entropy[h.name], r)
+        pg_loss = pg_loss + heads.masked_mean(surrogate, r)
+        entropy = entropy + head_ent
+        entropy_bonus = entropy_bonus + (hyper["ent_coef"] + hyper.get(f"ent_coef/{h.name}", 0.0)) * head_ent
+        joint_log_ratio = joint_log_ratio + log_ratio * r
+        if len(spec.heads) > 1:
+            metrics[f"head/{h.name}/approx_kl"] = heads.masked_mean((ratio - 1) - log_ratio, r).detach()
+            metrics[f"head/{h.name}/clip_frac"] = heads.masked_mean(((ratio - 1.0).abs() > clip).float(), r).detach()
+            metrics[f"head/{h.name}/entropy"] = head_ent.detach()
+            metrics[f"grad/heads.{h.name}/relevant"] = r.sum().detach()
+
+    v_loss_unclipped = (value - b["returns"]) ** 2
     if clip_vloss:
-        v_clipped = batch["values"] + (value - batch["values"]).clamp(-clip, clip)
-        v_loss = 0.5 * torch.maximum(v_loss_unclipped, (v_clipped - batch["returns"]) ** 2).mean()
+        v_clipped = b["values"] + (value - b["values"]).clamp(-clip, clip)
+        v_loss = 0.5 * torch.maximum(v_loss_unclipped, (v_clipped - b["returns"]) ** 2).mean()
     else:
         v_loss = 0.5 * v_loss_unclipped.mean()
 
-    loss = pg_loss - hyper["ent_coef"] * entropy + hyper["vf_coef"] * v_loss
-    metrics = {
+    loss = pg_loss - entropy_bonus + hyper["vf_coef"] * v_loss
+    joint_ratio = joint_log_ratio.exp()
+    metrics.update({
         "loss": loss.detach(),
         "pg_loss": pg_loss.detach(),
         "v_loss": v_loss.detach(),
         "entropy": entropy.detach(),
         # (r - 1) - log r: the low-variance KL estimator (Schulman), always >= 0.
-        "approx_kl": ((ratio - 1) - log_ratio).mean().detach(),
-        "clip_frac": ((ratio - 1.0).abs() > clip).float().mean().detach(),
-    }
+        "approx_kl": ((joint_ratio - 1) - joint_log_ratio).mean().detach(),
+        "clip_frac": ((joint_ratio - 1.0).abs() > clip).float().mean().detach(),
+    })
     return loss, metrics
 
 
@@ -97,20 +138,29 @@ def ppo_loss(params, batch: dict, hyper: dict, policy: Policy, clip_vloss: bool 
 # Update
 # ---------------------------------------------------------------------------------------------
 
+def minibatch(batch: dict, idx: torch.Tensor, recurrent: bool) -> dict:
+    """Rows ``idx`` of a flat batch, or env columns ``idx`` of a ``[T, N]`` recurrent batch."""
+    if not recurrent:
+        return tree_map(lambda x: x[idx], batch)
+    mb = {k: tree_map(lambda x: x[:, idx], v) for k, v in batch.items() if k != "hidden0"}
+    mb["hidden0"] = tree_map(lambda x: x[idx], batch["hidden0"])
+    return mb
+
+
 def make_grad_step(policy: Policy, optimizer: GradientTransformation, clip_vloss: bool, norm_adv: bool,
-                   dynamic_scale: bool = False, groups=None) -> Callable:
+                   dynamic_scale: bool = False, groups=None, norm_entropy: bool = False) -> Callable:
     """One minibatch step: gather rows ``idx`` of the batch, take the (loss-scaled) gradient, and
     apply the optimizer unless a loss or gradient is non-finite, in which case params and
     optimizer state stay as they were and the step is counted as skipped."""
 
-    def scaled_loss(params, minibatch, hyper, scale):
-        loss, metrics = ppo_loss(params, minibatch, hyper, policy, clip_vloss, norm_adv)
+    def scaled_loss(params, mb, hyper, scale):
+        loss, metrics = ppo_loss(params, mb, hyper, policy, clip_vloss, norm_adv, norm_entropy)
         return loss * scale, (loss, metrics)
 
     def grad_step(params, opt_state, scale_state, batch, idx, hyper):
-        minibatch = tree_map(lambda x: x[idx], batch)
+        mb = minibatch(batch, idx, policy.recurrent)
         grads, (_, (loss, metrics)) = grad_and_value(scaled_loss, has_aux=True)(
-            params, minibatch, hyper, scale_state["scale"])
+            params, mb, hyper, scale_state["scale"])
         grads = loss_scale.unscale(grads, scale_state)
         finite = loss_scale.all_finite(grads) & torch.isfinite(loss)
         updates, new_opt_state = optimizer.update(grads, opt_state, params, lr=hyper["lr"])
@@ -133,17 +183,19 @@ def make_update(config, policy: Policy, optimizer: GradientTransformation, group
     from kernel.precision import parse
 
     dynamic = parse(config.precision).needs_loss_scale
-    grad_step = make_grad_step(policy, optimizer, config.clip_vloss, config.norm_adv, dynamic, groups)
+    grad_step = make_grad_step(policy, optimizer, config.clip_vloss, config.norm_adv, dynamic, groups,
+                               config.norm_entropy)
     if config.compile:
         grad_step = torch.compile(grad_step, fullgraph=True)
-    batch_size, mb_size = config.batch_size, config.minibatch_size
+    # Recurrent minibatches are whole env columns (time stays contiguous for replay).
+    units = config.num_envs if policy.recurrent else config.batch_size
 
     def update(params, opt_state, scale_state, batch, generator, hyper):
         device = batch["returns"].device
         history = []
         for _ in range(config.update_epochs):
-            perm = torch.randperm(batch_size, generator=generator, device=generator.device).to(device)
-            for idx in perm.view(config.num_minibatches, mb_size):
+            perm = torch.randperm(units, generator=generator, device=generator.device).to(device)
+            for idx in perm.view(config.num_minibatches, units // config.num_minibatches):
                 params, opt_state, scale_state, metrics = grad_step(params, opt_state, scale_state, batch, idx, hyper)
                 history.append(metrics)
         return params, opt_state, scale_state, telemetry.reduce_metrics(history)
@@ -160,5 +212,6 @@ def learning_rate(config, update: int) -> float:
 def hyper_tensors(config, update: int, device) -> dict:
     """Values a schedule may change, as 0-d tensors so a new value never recompiles."""
     values = {k: float(getattr(config, k)) for k in ("clip_coef", "ent_coef", "vf_coef")}
+    values.update({f"ent_coef/{h}": float(c) for h, c in config.ent_coef_heads.items()})
     values["lr"] = learning_rate(config, update)
     return {k: torch.tensor(v, device=device) for k, v in values.items()}

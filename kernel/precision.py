@@ -101,13 +101,14 @@ def cast(tree: Tree, dtype: torch.dtype) -> Tree:
 
 
 def with_precision(apply_fn: Callable, precision: Precision) -> Callable:
-    """Wrap ``apply_fn(params, x)`` to run in the compute dtype and return float32 outputs.
+    """Wrap ``apply_fn(params, *inputs)`` to run in the compute dtype and return float32 outputs.
 
-    The casts are ordinary differentiable ops, so gradients reach the float32 params.
+    Floating params and inputs are cast; integer and bool inputs pass through. The casts are
+    ordinary differentiable ops, so gradients reach the float32 params.
     """
 
-    def apply(params, x, *args, **kwargs):
-        out = apply_fn(precision.cast_to_compute(params), precision.cast_to_compute(x), *args, **kwargs)
+    def apply(params, *inputs):
+        out = apply_fn(*precision.cast_to_compute((params, *inputs)))
         return precision.cast_to_output(out)
 
     return apply

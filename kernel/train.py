@@ -14,7 +14,7 @@ from typing import Callable, NamedTuple, Optional
 import torch
 
 import envs
-from kernel import loss_scale, optim
+from kernel import heads, loss_scale, optim
 from kernel.config import Config, validated
 from kernel.policy import Policy, make_policy
 from kernel.precision import parse as parse_precision
@@ -39,11 +39,19 @@ def make_optimizer(config: Config) -> optim.GradientTransformation:
     return optim.adam(None, eps=config.adam_eps, max_grad_norm=config.max_grad_norm)
 
 
+def policy_for(config: Config, env, precision=None) -> Policy:
+    heads = set(env.action_spec.names)
+    unknown = sorted(set(config.ent_coef_heads) - heads)
+    if unknown:
+        raise ValueError(f"ent_coef_heads names unknown head(s) {', '.join(unknown)}; {config.env} has {', '.join(sorted(heads))}")
+    return make_policy(env.obs_dim, env.action_spec, config.hidden, config.activation,
+                       parse_precision(precision or config.precision), config.policy, config.lstm_size)
+
+
 def build(config: Config) -> Run:
     config = validated(config)
     env = envs.make(config.env, config.num_envs, device=config.device)
-    policy = make_policy(env.obs_dim, env.action_spec.sizes, config.hidden, config.activation,
-                         parse_precision(config.precision))
+    policy = policy_for(config, env)
     optimizer = make_optimizer(config)
     rollout = make_rollout(env, policy, config.num_steps, compile=config.compile)
     update = make_update(config, policy, optimizer)
@@ -67,11 +75,13 @@ def init_state(run: Run) -> dict:
     }
 
 
-def flatten_batch(traj: dict, advantages, returns) -> dict:
-    """``[T, N, ...]`` -> ``[T*N, ...]`` for the keys the loss reads."""
-    keys = ("obs", "actions", "logp", "values")
-    batch = {k: traj[k] for k in keys}
+def make_batch(traj: dict, advantages, returns, recurrent: bool = False) -> dict:
+    """The fields the loss reads. Feed-forward: flattened to ``[T*N, ...]`` rows. Recurrent: kept
+    ``[T, N, ...]`` with each env's segment-start hidden state and episode starts, for replay."""
+    batch = {k: traj[k] for k in ("obs", "actions", "head_logp", "values")}
     batch["advantages"], batch["returns"] = advantages, returns
+    if recurrent:
+        return dict(batch, starts=traj["starts"], hidden0=traj["hidden0"])
     return tree_map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
 
 
@@ -82,11 +92,14 @@ def iteration(run: Run, state: dict):
     carry, traj = run.rollout.collect(state["params"], state["carry"], state["generator"])
     advantages, returns = gae(traj["rewards"], traj["values"], traj["next_values"], traj["terminated"],
                               traj["truncated"], cfg.gamma, cfg.gae_lambda)
-    batch = flatten_batch(traj, advantages, returns)
+    batch = make_batch(traj, advantages, returns, run.policy.recurrent)
     hyper = hyper_tensors(cfg, state["update"], batch["returns"].device)
     params, opt_state, scale_state, metrics = run.update(state["params"], state["opt_state"], state["loss_scale"],
                                                          batch, state["generator"], hyper)
-    metrics["explained_var"] = explained_variance(batch["values"], batch["returns"])
+    metrics["explained_var"] = explained_variance(traj["values"].reshape(-1), returns.reshape(-1))
+    if len(run.env.action_spec.heads) > 1:
+        for name, r in heads.relevance(run.env.action_spec, traj["actions"]).items():
+            metrics[f"head/{name}/relevant_steps"] = r.sum()  # in the whole batch
     metrics["skipped_total"] = scale_state["skipped"]
     new_state = dict(state, params=params, opt_state=opt_state, loss_scale=scale_state, carry=carry,
                      update=state["update"] + 1, env_steps=state["env_steps"] + cfg.batch_size)

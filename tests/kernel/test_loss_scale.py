@@ -1,6 +1,7 @@
 import torch
 
 from kernel import checkpoint, loss_scale, optim
+from envs.base import ActionSpec, Head
 from kernel.policy import make_policy
 from kernel.ppo import make_grad_step
 
@@ -29,12 +30,12 @@ def test_static_scale_stays_one_but_still_counts_skips():
 
 
 def test_non_finite_step_leaves_params_and_optimizer_state_untouched():
-    policy = make_policy(3, {"action": 2}, hidden=(4,))
+    policy = make_policy(3, ActionSpec((Head("action", 2),)), hidden=(4,))
     params = policy.init(torch.Generator().manual_seed(0))
     tx = optim.adam(None, max_grad_norm=0.5)
     opt_state = tx.init(params)
     batch = {"obs": torch.randn(8, 3), "actions": {"action": torch.zeros(8, dtype=torch.long)},
-             "logp": torch.full((8,), -0.7), "values": torch.zeros(8), "returns": torch.zeros(8),
+             "head_logp": {"action": torch.full((8,), -0.7)}, "values": torch.zeros(8), "returns": torch.zeros(8),
              "advantages": torch.tensor([float("nan")] + [1.0] * 7)}
     hyper = {"clip_coef": torch.tensor(0.2), "ent_coef": torch.tensor(0.0), "vf_coef": torch.tensor(0.5),
              "lr": torch.tensor(1e-2)}

@@ -2,13 +2,15 @@ import math
 
 import torch
 
+from envs.base import ActionSpec, Head
 from kernel.policy import Policy
 from kernel.ppo import explained_variance, ppo_loss
 
 
 def fixed_policy():
     """A 'network' whose outputs are its params, so the loss can be worked out by hand."""
-    return Policy(init=None, apply=lambda p, obs: ({"action": p["logits"]}, p["v"]), head_names=("action",))
+    return Policy(init=None, step=None, sequence=lambda p, obs, h, s: ({"action": p["logits"]}, p["v"]),
+                  initial_hidden=None, spec=ActionSpec((Head("action", 2),)), recurrent=False)
 
 
 def test_ppo_loss_matches_hand_computed_example():
@@ -16,7 +18,7 @@ def test_ppo_loss_matches_hand_computed_example():
     batch = {
         "obs": torch.zeros(2, 1),
         "actions": {"action": torch.tensor([0, 1])},
-        "logp": torch.tensor([math.log(0.25), math.log(0.25)]),  # ratios 2 and 1
+        "head_logp": {"action": torch.tensor([math.log(0.25), math.log(0.25)])},  # ratios 2 and 1
         "advantages": torch.tensor([1.0, -1.0]),
         "values": torch.tensor([0.5, 2.5]),
         "returns": torch.tensor([2.0, 2.0]),
@@ -42,7 +44,7 @@ def test_ppo_loss_matches_hand_computed_example():
 def test_advantage_normalisation_is_per_minibatch():
     params = {"logits": torch.zeros(4, 2), "v": torch.zeros(4)}
     batch = {"obs": torch.zeros(4, 1), "actions": {"action": torch.zeros(4, dtype=torch.long)},
-             "logp": torch.full((4,), math.log(0.5)), "values": torch.zeros(4), "returns": torch.zeros(4)}
+             "head_logp": {"action": torch.full((4,), math.log(0.5))}, "values": torch.zeros(4), "returns": torch.zeros(4)}
     hyper = {"clip_coef": torch.tensor(0.2), "ent_coef": torch.tensor(0.0), "vf_coef": torch.tensor(0.0)}
     a = ppo_loss(params, dict(batch, advantages=torch.tensor([1.0, 2.0, 3.0, 4.0])), hyper, fixed_policy())[0]
     b = ppo_loss(params, dict(batch, advantages=torch.tensor([10.0, 20.0, 30.0, 40.0])), hyper, fixed_policy())[0]

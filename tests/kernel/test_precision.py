@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch.func import grad
 
+from envs.base import ActionSpec, Head
 from kernel import distributions as D
 from kernel import loss_scale, nn, optim, telemetry
 from kernel.policy import make_policy
@@ -11,6 +12,7 @@ from kernel.ppo import make_grad_step, ppo_loss
 from kernel.precision import PRESETS, Precision, cast, parse, with_precision
 
 HEADS = {"op": 4, "slot": 3}
+SPEC = ActionSpec((Head("op", 4), Head("slot", 3)))
 HYPER = {"clip_coef": torch.tensor(0.2), "ent_coef": torch.tensor(0.01), "vf_coef": torch.tensor(0.5),
          "lr": torch.tensor(1e-3)}
 
@@ -25,10 +27,9 @@ def masked_batch(seed=0, n=32):
         masks[h] = m
         actions[h] = torch.multinomial(m.float(), 1, generator=g).squeeze(-1)
     return {
-        "obs": torch.randn(n, 5, generator=g),
+        "obs": {"x": torch.randn(n, 5, generator=g), "masks": masks},
         "actions": actions,
-        "masks": masks,
-        "logp": -torch.rand(n, generator=g) - 0.5,
+        "head_logp": {h: -torch.rand(n, generator=g) - 0.5 for h in HEADS},
         "values": torch.randn(n, generator=g),
         "advantages": torch.randn(n, generator=g),
         "returns": torch.randn(n, generator=g),
@@ -36,7 +37,7 @@ def masked_batch(seed=0, n=32):
 
 
 def policy_for(name):
-    return make_policy(5, HEADS, hidden=(8, 8), precision=PRESETS[name])
+    return make_policy(5, SPEC, hidden=(8, 8), precision=PRESETS[name])
 
 
 def fresh_params():
@@ -134,7 +135,7 @@ def test_inference_forward_first_changes_nothing(name):
 
     clean = grad(loss_fn)(params)
     with torch.no_grad():
-        policy.apply(params, batch["obs"])  # telemetry-style inference forward, same params and precision
+        policy.step(params, batch["obs"], {}, None)  # telemetry-style inference forward, same precision
     after = grad(loss_fn)(params)
     for a, b in zip(torch.utils._pytree.tree_leaves(clean), torch.utils._pytree.tree_leaves(after)):
         assert torch.equal(a, b)
@@ -150,11 +151,11 @@ def test_naive_float16_head_path_gives_non_finite_head_gradients_and_fkernel_doe
     half = torch.float16
 
     def naive_loss(p):
-        feats = nn.mlp_apply(cast(p["trunk"]["actor"], half), batch["obs"].to(half))
+        feats = nn.mlp_apply(cast(p["trunk"]["actor"], half), batch["obs"]["x"].to(half))
         total = 0.0
         for h in HEADS:
             logits = nn.linear_apply(cast(p["heads"][h], half), feats)  # left in float16
-            masked = torch.where(batch["masks"][h], logits, torch.tensor(-1e9).to(half))
+            masked = torch.where(batch["obs"]["masks"][h], logits, torch.tensor(-1e9).to(half))
             logp = torch.log_softmax(masked, -1)
             entropy = -(logp.exp() * logp).sum(-1)
             total = total - logp.gather(-1, batch["actions"][h].unsqueeze(-1)).float().mean() - 0.01 * entropy.float().mean()

@@ -1,0 +1,85 @@
+"""Factored actions: per-head masks, sampling in head order, relevance, per-head log-probs.
+
+A head's mask may depend on an earlier head's sampled value (``spec.parent``): sampling picks the
+parent first and uses that row; the update gathers the same row from the stored parent action, so
+old and new log-probs are computed under identical masks. A head's *relevance* (``spec.relevant``)
+says on which steps it influences the env; its loss terms are averaged over those steps only.
+"""
+from __future__ import annotations
+
+
+import torch
+
+from kernel import distributions as D
+
+
+def head_mask(spec, masks: dict | None, actions: dict, name: str):
+    """The ``[..., size]`` validity mask of head ``name`` given earlier heads' actions (or None)."""
+    if not masks or name not in masks:
+        return None
+    mask = masks[name]
+    parent = spec.parent.get(name)
+    if parent is None:
+        return mask
+    row = actions[parent].long()
+    index = row.reshape(*row.shape, 1, 1).expand(*row.shape, 1, mask.shape[-1])
+    return mask.gather(-2, index).squeeze(-2)
+
+
+def sample(spec, logits: dict, noise: dict, masks: dict | None = None) -> dict:
+    """Sample heads in spec order; a conditioned head uses the row its parent's sample selects."""
+    actions = {}
+    for h in spec.heads:
+        actions[h.name] = D.sample(logits[h.name], noise[h.name], head_mask(spec, masks, actions, h.name))
+    return actions
+
+
+def greedy(spec, logits: dict, masks: dict | None = None) -> dict:
+    actions = {}
+    for h in spec.heads:
+        actions[h.name] = D.mode(logits[h.name], head_mask(spec, masks, actions, h.name))
+    return actions
+
+
+def relevance(spec, actions: dict) -> dict:
+    """``{head: float [...]}``: 1 where the head mattered for the step, else 0."""
+    first = actions[spec.heads[0].name]
+    out = {}
+    for h in spec.heads:
+        values = spec.relevant.get(h.name)
+        if values is None:
+            out[h.name] = torch.ones_like(first, dtype=torch.float32)
+        else:
+            hit = torch.zeros_like(first, dtype=torch.bool)
+            for v in values:
+                hit = hit | (first == v)
+            out[h.name] = hit.float()
+    return out
+
+
+def log_probs(spec, logits: dict, actions: dict, masks: dict | None = None) -> dict:
+    return {h.name: D.log_prob(logits[h.name], actions[h.name], head_mask(spec, masks, actions, h.name))
+            for h in spec.heads}
+
+
+def normalized_entropies(spec, logits: dict, actions: dict, masks: dict | None = None) -> dict:
+    """Entropy of each head divided by log(number of valid actions); 0 when only one is valid."""
+    out = {}
+    for h in spec.heads:
+        mask = head_mask(spec, masks, actions, h.name)
+        ent = D.entropy(logits[h.name], mask)
+        n_valid = mask.sum(-1).float() if mask is not None else torch.full_like(ent, float(h.size))
+        denom = torch.log(n_valid.clamp(min=2.0))
+        out[h.name] = torch.where(n_valid > 1, ent / denom, torch.zeros_like(ent))
+    return out
+
+
+def entropies(spec, logits: dict, actions: dict, masks: dict | None = None) -> dict:
+    return {h.name: D.entropy(logits[h.name], head_mask(spec, masks, actions, h.name)) for h in spec.heads}
+
+
+def masked_mean(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over entries with weight 1; 0 (not NaN) when there are none."""
+    return (x * weight).sum() / weight.sum().clamp(min=1.0)
+
+
