@@ -24,15 +24,17 @@ def usage_error(e: Exception) -> click.UsageError:
 
 
 def resolve_config(config_json, overrides: dict) -> config_mod.Config:
-    """Defaults, then the JSON file, then explicit flags (last wins)."""
+    """The env's defaults, then the JSON file, then explicit flags (last wins)."""
+    given = {k: v for k, v in overrides.items() if v is not None}
     try:
-        base = config_mod.from_json_file(config_json) if config_json else config_mod.Config()
-        given = {k: v for k, v in overrides.items() if v is not None}
+        file_values = config_mod.read_json_object(config_json) if config_json else {}
+        env_name = given.get("env", file_values.get("env", "cartpole"))
+        if env_name not in envs.REGISTRY:
+            raise click.UsageError(f"unknown env {env_name!r}; choose from {', '.join(envs.names())}")
+        base = config_mod.from_dict(file_values, config_mod.Config.for_env(env_name))
         cfg = config_mod.from_dict(given, base)
     except ValueError as e:
         raise usage_error(e)
-    if cfg.env not in envs.REGISTRY:
-        raise click.UsageError(f"unknown env {cfg.env!r}; choose from {', '.join(envs.names())}")
     check_device(cfg.device)
     return cfg
 
@@ -83,6 +85,8 @@ OVERRIDABLE_ON_RESUME = ("total_steps", "compile", "device")
 @click.option("--precision", default=None,
               help="fp32, bf16, fp16 or 'params=float32,compute=bfloat16' (trunk compute dtype; heads stay fp32). "
                    "[default: fp32]")
+@click.option("--policy", "policy_kind", type=click.Choice(["mlp", "lstm"]), default=None,
+              help="Feed-forward or recurrent trunk. [default: the env's, mlp for cartpole, lstm for seedbed]")
 @click.option("--config-json", type=click.Path(dir_okay=False), default=None,
               help="JSON object of config keys; explicit flags override it.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -101,8 +105,8 @@ OVERRIDABLE_ON_RESUME = ("total_steps", "compile", "device")
 @click.option("--threads", type=int, default=None,
               help="torch intra-op threads (results are bit-reproducible for a fixed thread count). "
                    "[default: torch's choice]")
-def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, precision, config_json, out,
-          checkpoint_every, keep, resume, max_bad_steps, grad_table_every, telemetry_dir, threads):
+def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, precision, policy_kind, config_json,
+          out, checkpoint_every, keep, resume, max_bad_steps, grad_table_every, telemetry_dir, threads):
     """Train a PPO agent; defaults are PureJaxRL's CartPole configuration."""
     from kernel import telemetry
     from kernel import train as T
@@ -117,7 +121,7 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, pr
         if value < low:
             raise click.BadParameter(f"must be >= {low}, got {value}", param_hint=name)
     flags = dict(env=env_name, num_envs=num_envs, num_steps=num_steps, total_steps=total_steps, seed=seed,
-                 device=device, compile=compile_, precision=precision)
+                 device=device, compile=compile_, precision=precision, policy=policy_kind)
     if resume:
         ckpt_path, cfg, loaded, out = resume_point(resume, out, config_json, flags)
     else:
@@ -208,14 +212,9 @@ def resume_point(resume: str, out, config_json, flags: dict):
         saved = read_config(loaded[1], path)
     except CheckpointError as e:
         raise click.BadParameter(str(e), param_hint="--resume")
-    asked = {}
-    if config_json:
-        try:
-            asked.update(json.loads(Path(config_json).read_text()))
-        except (OSError, ValueError) as e:
-            raise click.UsageError(f"cannot read config file {config_json}: {e}")
-    asked.update({k: v for k, v in flags.items() if v is not None})
     try:
+        asked = config_mod.read_json_object(config_json) if config_json else {}
+        asked.update({k: v for k, v in flags.items() if v is not None})
         wanted = config_mod.from_dict(asked, saved)
     except ValueError as e:
         raise usage_error(e)
@@ -296,12 +295,9 @@ def grads(checkpoint, env_name, precisions, num_envs, num_steps, seed, compile_,
             raise click.BadParameter(str(e), param_hint="CHECKPOINT")
         cfg = cfg.replace(device="cpu", seed=seed)
     else:
-        try:
-            cfg = config_mod.from_dict({"env": env_name, "seed": seed})
-        except ValueError as e:
-            raise usage_error(e)
-        if cfg.env not in envs.REGISTRY:
-            raise click.UsageError(f"unknown env {cfg.env!r}; choose from {', '.join(envs.names())}")
+        if env_name not in envs.REGISTRY:
+            raise click.UsageError(f"unknown env {env_name!r}; choose from {', '.join(envs.names())}")
+        cfg = config_mod.Config.for_env(env_name, seed=seed)
     try:
         cfg = cfg.replace(num_envs=num_envs, num_steps=num_steps, total_steps=num_envs * num_steps,
                           num_minibatches=1)
@@ -384,7 +380,7 @@ def bench(env_name, modes, precisions, sizes, targets, iters, warmup, threads, d
     check_device(device)
     if json_path and Path(json_path).exists():
         raise click.UsageError(f"{json_path} already exists; choose another --json path")
-    cfg = config_mod.Config(env=env_name, device=device)
+    cfg = config_mod.Config.for_env(env_name, device=device)
     con = console()
     if not con.is_terminal:
         con = Console(width=150)  # piped to a file: no terminal width to respect, keep rows whole

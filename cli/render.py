@@ -155,6 +155,7 @@ def envs_table(registry: dict) -> Table:
     for col in ("name", "observation", "action heads", "description"):
         table.add_column(col)
     for name, cls in sorted(registry.items()):
-        heads = ", ".join(f"{h.name}({h.size})" for h in cls.action_spec.heads)
-        table.add_row(name, str(cls.obs_dim), heads, cls.description)
+        env = cls(1)  # a one-env instance: specs may depend on constructor defaults
+        heads = ", ".join(f"{h.name}({h.size})" for h in env.action_spec.heads)
+        table.add_row(name, str(env.obs_dim), heads, cls.description)
     return table

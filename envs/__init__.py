@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from envs.base import ActionSpec, Head, Step
 from envs.cartpole import CartPole
+from envs.seedbed import Seedbed
 
-REGISTRY = {CartPole.name: CartPole}
+REGISTRY = {CartPole.name: CartPole, Seedbed.name: Seedbed}
 
 
 def names() -> list[str]:

@@ -143,6 +143,11 @@ def from_dict(values: dict, base: Config | None = None) -> Config:
 
 
 def from_json_file(path: str | Path, base: Config | None = None) -> Config:
+    return from_dict(read_json_object(path), base)
+
+
+def read_json_object(path: str | Path) -> dict:
+    """The JSON object in ``path``, or ``ValueError`` saying what is wrong with the file."""
     try:
         text = Path(path).read_text()
     except OSError as e:
@@ -153,4 +158,4 @@ def from_json_file(path: str | Path, base: Config | None = None) -> Config:
         raise ValueError(f"config file {path} is not valid JSON: {e.msg} (line {e.lineno})") from None
     if not isinstance(values, dict):
         raise ValueError(f"config file {path} must hold a JSON object, got {type(values).__name__}")
-    return from_dict(values, base)
+    return values
