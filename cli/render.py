@@ -71,7 +71,7 @@ def summary_table(summary: dict) -> Table:
     return table
 
 
-STATUS_STYLE = {"non-finite": "bold red", "dead": "bold yellow", "very large": "magenta", "large": "yellow",
+STATUS_STYLE = {"non-finite": "bold red", "dead": "bold yellow", "not relevant": "dim", "very large": "magenta", "large": "yellow",
                 "vanishing": "yellow", "small": "cyan", "healthy": "green"}
 
 

@@ -15,8 +15,9 @@ Dynamics (one step = one controller decision, for every sub-environment at once)
 * Blending: alpha ramps 0 -> 1 over ``TEMPO_STEPS[tempo]`` steps, then the seed is HOLDING; an
   ADVANCE while blending finishes the ramp at once.
 * Quality: each (slot, blueprint) pair has a quality ``q`` = a fixed structure shared by every
-  episode (so it can be learned: two blueprints per slot are good, the rest mildly harmful) plus
-  per-episode hidden noise (so it must be probed).
+  episode (so it can be learned: blueprints ``GOOD_BLUEPRINTS`` help in every slot, by a
+  slot-dependent amount, the rest are mildly harmful) plus per-episode hidden noise (so it must be
+  probed).
 * Accuracy = base + sum over blending/holding/fossilized seeds of ``alpha * q``.
 * Observation of a seed's worth: a *measured contribution* ``q + noise * MEASURE_SIGMA /
   sqrt(1 + training steps)``, fresh noise every step, shown from TRAINING on: it sharpens the
@@ -54,21 +55,23 @@ TEMPO_STEPS = (2, 4, 6)
 BASE_ACCURACY = 60.0
 EPISODE_STEPS = 50
 PRUNE_COOLDOWN = 3
-RENT = 0.05
-OP_COST = (0.0, 0.1, 0.02, 0.05, 0.02)
+RENT = 0.02
+OP_COST = (0.0, 0.02, 0.01, 0.01, 0.01)
 FOSSIL_BONUS = 1.0
 MEASURE_SIGMA = 2.0
-EPISODE_NOISE = 1.0
-GOOD_BONUS = 4.0
+EPISODE_NOISE = 0.75
+GOOD_BONUS = 3.5
+GOOD_BLUEPRINTS = (2, 5)
 
 
 def quality_structure(slots: int, blueprints: int) -> torch.Tensor:
     """The fixed part of every (slot, blueprint) quality, identical in every episode."""
     g = torch.Generator().manual_seed(20260102)
-    q = -1.5 + 0.5 * torch.randn(slots, blueprints, generator=g)
-    for s in range(slots):
-        for b in ((s + 1) % (blueprints - 1) + 1, (s + 4) % (blueprints - 1) + 1):
-            q[s, b] += GOOD_BONUS
+    q = -0.5 + 0.3 * torch.randn(slots, blueprints, generator=g)
+    for b in GOOD_BLUEPRINTS:
+        if b < blueprints:
+            # Good everywhere, by a slot-dependent amount: later slots gain more.
+            q[:, b] += GOOD_BONUS + 0.5 * torch.arange(slots, dtype=q.dtype) - 0.5
     q[:, 0] = 0.0  # NOOP
     return q
 
@@ -104,10 +107,12 @@ class Seedbed:
     def _fresh(self, noise: torch.Tensor) -> dict:
         n, s, b = self.num_envs, self.slots, self.blueprints
         z = normals(noise[:, : s * b].to(self.dtype)).reshape(n, s, b)
-        zeros = torch.zeros(n, s, dtype=torch.int64, device=self.device)
+        def zeros():  # a distinct tensor per field: aliased inputs would make torch.compile recompile
+            return torch.zeros(n, s, dtype=torch.int64, device=self.device)
+
         return {
-            "stage": zeros, "blueprint": zeros, "tempo": zeros, "stage_age": zeros, "seed_age": zeros,
-            "train_steps": zeros, "cooldown": zeros,
+            "stage": zeros(), "blueprint": zeros(), "tempo": zeros(), "stage_age": zeros(), "seed_age": zeros(),
+            "train_steps": zeros(), "cooldown": zeros(),
             "alpha": torch.zeros(n, s, dtype=self.dtype, device=self.device),
             "measured": torch.zeros(n, s, dtype=self.dtype, device=self.device),
             "quality": self.structure + EPISODE_NOISE * z,

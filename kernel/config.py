@@ -74,7 +74,7 @@ FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 # Per-env defaults applied before a config file and flags (CartPole uses the class defaults).
 ENV_DEFAULTS = {
     "seedbed": dict(num_envs=32, num_steps=25, total_steps=400_000, update_epochs=4, num_minibatches=4,
-                    lr=1e-3, ent_coef=0.01, norm_entropy=True, gamma=0.99, hidden=(128,), policy="lstm",
+                    lr=5e-4, ent_coef=0.03, norm_entropy=True, gamma=0.99, hidden=(128,), policy="lstm",
                     lstm_size=128, activation="relu"),
 }
 POSITIVE_INTS = ("num_envs", "num_steps", "total_steps", "update_epochs", "num_minibatches")

@@ -16,7 +16,7 @@ import torch
 
 from kernel.tree import flatten_with_paths
 
-STATS = ("norm", "max_abs", "nan", "inf", "zero_frac", "update_ratio")
+STATS = ("norm", "max_abs", "nan", "inf", "zero_frac", "update_ratio")  # plus "relevant" for factored heads
 # How per-minibatch values combine into one per update.
 REDUCE = {"nan": "sum", "inf": "sum", "max_abs": "max"}
 
@@ -121,10 +121,14 @@ VANISHING, SMALL, HEALTHY, LARGE = 0.01, 0.1, 2.0, 5.0
 
 
 def classify(stats: dict) -> str:
-    """One word per group: non-finite, dead, vanishing, small, healthy, large or very large."""
+    """One word per group: non-finite, not relevant, dead, vanishing, small, healthy, large or very
+    large. A head with no relevant step in the batch (``relevant == 0``) is expected to get no
+    gradient: it is "not relevant", not "dead"."""
     norm = stats.get("norm", float("nan"))
     if stats.get("nan", 0) > 0 or stats.get("inf", 0) > 0 or not math.isfinite(norm):
         return "non-finite"
+    if stats.get("relevant", 1.0) == 0:
+        return "not relevant"
     if stats.get("zero_frac", 0.0) >= 1.0:
         return "dead"
     if norm < VANISHING:

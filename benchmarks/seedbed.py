@@ -1,0 +1,89 @@
+"""seedbed: trained LSTM and MLP policies vs the random-valid and scripted-heuristic baselines.
+
+For each seed, trains with `Config.for_env("seedbed")` (policy lstm, then mlp), then plays
+`--episodes` fresh episodes with the trained policy (sampled actions, as trained, and greedy) and
+with each baseline. Reports mean +- std of the episode return per policy. Writes JSON.
+
+    python -m benchmarks.seedbed --seeds 0 1 2 --out benchmarks/results/seedbed.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+
+import envs
+from envs.seedbed import heuristic_actions, random_valid_actions
+
+
+def play_baseline(name: str, episodes: int, seed: int) -> torch.Tensor:
+    env = envs.make("seedbed", episodes)
+    g = torch.Generator().manual_seed(seed)
+    state, obs = env.reset(torch.rand(env.noise_shape(), generator=g))
+    total = torch.zeros(episodes)
+    for _ in range(env.episode_steps):
+        a = random_valid_actions(env, obs, g) if name == "random" else heuristic_actions(env, state, g)
+        s = env.step(state, a, torch.rand(env.noise_shape(), generator=g))
+        total += s.reward
+        state, obs = s.state, s.obs
+    return total
+
+
+def summary(x: torch.Tensor) -> dict:
+    return {"mean": float(x.mean()), "std": float(x.std(unbiased=False)), "episodes": int(x.numel())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--policies", nargs="+", default=["lstm", "mlp"])
+    ap.add_argument("--episodes", type=int, default=256)
+    ap.add_argument("--total-steps", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="benchmarks/results/seedbed.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from kernel import train as T
+    from kernel.config import Config
+    from kernel.evaluate import evaluate
+
+    results = {"runs": [], "threads": args.threads, "torch": torch.__version__, "episodes": args.episodes}
+    for seed in args.seeds:
+        for name in ("random", "heuristic"):
+            r = summary(play_baseline(name, args.episodes, 1000 + seed))
+            results["runs"].append({"policy": name, "seed": seed, **r})
+            print(f"seed {seed} {name:>9}: {r['mean']:6.2f} +- {r['std']:.2f}", flush=True)
+        for kind in args.policies:
+            extra = {"total_steps": args.total_steps} if args.total_steps else {}
+            cfg = Config.for_env("seedbed", seed=seed, policy=kind, **extra)
+            start = time.perf_counter()
+            state, train_summary = T.train(cfg)
+            wall = time.perf_counter() - start
+            for greedy in (False, True):
+                r = summary(evaluate(cfg, state["params"], args.episodes, greedy=greedy, seed=1000 + seed))
+                label = f"{kind}-{'greedy' if greedy else 'sampled'}"
+                results["runs"].append({"policy": label, "seed": seed, **r, "train_wall_s": wall,
+                                        "compile_s": train_summary["compile_s"], "sps": train_summary["sps"],
+                                        "config": cfg.to_dict()})
+                print(f"seed {seed} {label:>9}: {r['mean']:6.2f} +- {r['std']:.2f} "
+                      f"(trained {wall:.0f} s, {train_summary['sps']:,.0f} SPS)", flush=True)
+    by_policy: dict = {}
+    for run in results["runs"]:
+        by_policy.setdefault(run["policy"], []).append(run["mean"])
+    results["mean_over_seeds"] = {p: {"mean": statistics.mean(v), "std_across_seeds": statistics.pstdev(v)}
+                                  for p, v in by_policy.items()}
+    for p, v in results["mean_over_seeds"].items():
+        print(f"{p:>14}: {v['mean']:6.2f} (std across seeds {v['std_across_seeds']:.2f})")
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
