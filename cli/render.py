@@ -64,8 +64,10 @@ def summary_table(summary: dict) -> Table:
         ("compile time (first call)", f"{summary['compile_s']:.1f} s"),
         ("run time", f"{summary['run_s']:.1f} s"),
         ("steps per second (run)", f"{summary['sps']:,.0f}"),
-        ("first reached 475", "never" if not solved else f"{solved['env_steps']:,} steps, {solved['run_s']:.1f} s"),
     ]
+    if summary.get("solved_return") is not None:
+        rows.append((f"first reached {summary['solved_return']:g}",
+                     "never" if not solved else f"{solved['env_steps']:,} steps, {solved['run_s']:.1f} s"))
     for what, value in rows:
         table.add_row(what, value)
     return table
@@ -111,7 +113,7 @@ def meta_table(meta: dict) -> Table:
         table.add_row(f"{name} version", str(version))
     solved = meta.get("first_solved")
     if solved:
-        table.add_row("first reached 475", f"update {solved['update']}, {solved['env_steps']:,} steps")
+        table.add_row("first reached the solved return", f"update {solved['update']}, {solved['env_steps']:,} steps")
     for key, value in (meta.get("config") or {}).items():
         table.add_row(f"config.{key}", str(value))
     return table

@@ -40,10 +40,11 @@ def make_optimizer(config: Config) -> optim.GradientTransformation:
 
 
 def policy_for(config: Config, env, precision=None) -> Policy:
-    heads = set(env.action_spec.names)
-    unknown = sorted(set(config.ent_coef_heads) - heads)
+    names = set(env.action_spec.names)
+    unknown = sorted(set(config.ent_coef_heads) - names)
     if unknown:
-        raise ValueError(f"ent_coef_heads names unknown head(s) {', '.join(unknown)}; {config.env} has {', '.join(sorted(heads))}")
+        raise ValueError(f"ent_coef_heads names unknown head(s) {', '.join(unknown)}; "
+                         f"{config.env} has {', '.join(sorted(names))}")
     return make_policy(env.obs_dim, env.action_spec, config.hidden, config.activation,
                        parse_precision(precision or config.precision), config.policy, config.lstm_size)
 
@@ -153,8 +154,8 @@ def train(config: Config, on_update: Optional[Callable[[UpdateLog], None]] = Non
     return window exactly as if it had never stopped. ``checkpointer`` (kernel.resume.Checkpointer)
     saves the state periodically. After ``max_bad_steps`` consecutive non-finite minibatch steps
     (all skipped, so the params are still finite) the run stops with :class:`NonFiniteRun`.
-    ``summary`` holds compile and run seconds, SPS, the final mean return and the first point at
-    which the rolling mean return reached 475 (CartPole's solved threshold).
+    ``summary`` holds compile and run seconds, SPS, the final mean return and, for envs with a
+    ``solved_return`` (CartPole: 475), the first point at which the rolling mean reached it.
     """
     run = run or build(config)
     cfg = run.config
@@ -163,6 +164,7 @@ def train(config: Config, on_update: Optional[Callable[[UpdateLog], None]] = Non
     window: deque = deque(state["returns_window"], maxlen=RETURN_WINDOW)
     start_steps = state["env_steps"]
     last = min(cfg.num_updates, until_update or cfg.num_updates)
+    solved = getattr(run.env, "solved_return", None)
     start = time.perf_counter()
     while state["update"] < last:
         state, (metrics, traj) = iteration(run, state)
@@ -171,7 +173,8 @@ def train(config: Config, on_update: Optional[Callable[[UpdateLog], None]] = Non
         state["returns_window"] = list(window)
         elapsed = time.perf_counter() - start
         mean_return = sum(window) / len(window) if window else float("nan")
-        if state["first_solved"] is None and len(window) == RETURN_WINDOW and mean_return >= 475:
+        if solved is not None and state["first_solved"] is None and len(window) == RETURN_WINDOW \
+                and mean_return >= solved:
             state["first_solved"] = {"update": state["update"], "env_steps": state["env_steps"], "run_s": elapsed}
         host = to_host(metrics) if (on_update is not None or max_bad_steps) else {}
         if max_bad_steps and int(state["loss_scale"]["bad_streak"]) >= max_bad_steps:
@@ -194,6 +197,7 @@ def train(config: Config, on_update: Optional[Callable[[UpdateLog], None]] = Non
         "mean_return": sum(window) / len(window) if window else float("nan"),
         "episodes_in_window": len(window),
         "first_solved": state["first_solved"],
+        "solved_return": solved,
         "skipped_steps": int(state["loss_scale"]["skipped"]),
     }
     return state, summary
