@@ -1,5 +1,5 @@
 """Explicit mixed precision, in the spirit of DeepMind's jmp: a small immutable policy plus pure
-cast transforms. Never ``torch.autocast``.
+cast transforms; no autocast region anywhere.
 
 Why explicit casts: autocast keeps a hidden cache of low-precision weight copies for the length of
 its region. In the project our seed ticket came from, a ``no_grad`` telemetry forward filled that
