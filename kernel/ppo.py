@@ -111,7 +111,7 @@ def ppo_loss(params, batch: dict, hyper: dict, policy: Policy, clip_vloss: bool 
             metrics[f"head/{h.name}/approx_kl"] = heads.masked_mean((ratio - 1) - log_ratio, r).detach()
             metrics[f"head/{h.name}/clip_frac"] = heads.masked_mean(((ratio - 1.0).abs() > clip).float(), r).detach()
             metrics[f"head/{h.name}/entropy"] = head_ent.detach()
-            metrics[f"grad/heads.{h.name}/relevant"] = r.sum().detach()
+            metrics[f"head/{h.name}/relevant"] = r.sum().detach()  # in this minibatch
 
     v_loss_unclipped = (value - b["returns"]) ** 2
     if clip_vloss:
@@ -166,6 +166,9 @@ def make_grad_step(policy: Policy, optimizer: GradientTransformation, clip_vloss
         updates, new_opt_state = optimizer.update(grads, opt_state, params, lr=hyper["lr"])
         new_params = apply_updates(params, updates)
         metrics.update(telemetry.grad_stats(grads, params, updates, groups or telemetry.default_groups(params)))
+        for h in policy.spec.names:  # so the gradient table can tell "not relevant" from "dead"
+            if f"head/{h}/relevant" in metrics:
+                metrics[f"grad/heads.{h}/relevant"] = metrics.pop(f"head/{h}/relevant")
         metrics["skipped"] = (~finite).float()
         metrics["loss_scale"] = scale_state["scale"]
         params = loss_scale.select(finite, new_params, params)
