@@ -1,9 +1,12 @@
 """Collect a ``[T, N]`` trajectory segment from a batched env with a policy.
 
 One acting step (policy forward, factored Gumbel-max sampling, env step, episode bookkeeping) is a
-pure function of ``(params, carry, noise)``; it is compiled once and called T times. All noise for
-the segment is drawn up front from the explicit generator, because random numbers drawn inside a
-compiled CPU graph are slow and would hide RNG state from checkpoints.
+pure function of ``(params, carry, noise)``. Compiled, the whole T-step segment is one call: a
+``scan`` over the acting step (a Python loop of T compiled calls spends most of its time in
+per-call overhead at RL sizes; an unrolled loop takes minutes to compile). Eager mode runs the same
+step in a Python loop. All noise for the segment is drawn up front from the explicit generator,
+because random numbers drawn inside a compiled CPU graph are slow and would hide RNG state from
+checkpoints.
 
 Recurrent policies carry their hidden state in ``carry["hidden"]``; ``carry["start"]`` marks
 sub-environments whose next step begins an episode (the state is zeroed before that step). Each
@@ -14,6 +17,8 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 import torch
+from torch._higher_order_ops import scan
+from torch.utils import _pytree as pytree
 
 from kernel import heads
 from kernel.policy import Policy, masks
@@ -23,7 +28,7 @@ from kernel.tree import tree_map
 class Rollout(NamedTuple):
     init: Callable  # (generator) -> carry
     collect: Callable  # (params, carry, generator) -> (carry, trajectory)
-    act: Callable  # the (possibly compiled) single acting step
+    act: Callable  # the single acting step (pure, uncompiled)
 
 
 def _draw(shape, generator, device, dtype=torch.float32):
@@ -37,9 +42,12 @@ def make_rollout(env, policy: Policy, num_steps: int, compile: bool = True) -> R
     def init(generator):
         env_state, obs = env.reset(_draw(env.noise_shape(), generator, env.device, env.dtype))
         zeros = torch.zeros(n, dtype=torch.float32, device=env.device)
-        return {"env": env_state, "obs": obs, "ep_return": zeros, "ep_length": zeros.long(),
-                "hidden": policy.initial_hidden(n, env.device),
-                "start": torch.ones(n, dtype=torch.bool, device=env.device)}
+        carry = {"env": env_state, "obs": obs, "ep_return": zeros, "ep_length": zeros.long(),
+                 "hidden": policy.initial_hidden(n, env.device),
+                 "start": torch.ones(n, dtype=torch.bool, device=env.device)}
+        # Distinct tensors throughout (an env may return its state as its obs): the compiled
+        # segment then sees the same aliasing on every call and never recompiles.
+        return unaliased(carry, ())
 
     def act(params, carry, action_noise, env_noise):
         logits, value, hidden = policy.step(params, carry["obs"], carry["hidden"], carry["start"])
@@ -75,18 +83,31 @@ def make_rollout(env, policy: Policy, num_steps: int, compile: bool = True) -> R
         }
         return carry, record
 
-    step_fn = torch.compile(act, fullgraph=True) if compile else act
+    def segment(params, carry, action_noise, env_noise):
+        def body(c, x):
+            # Only the body's own arguments are checked: calling id() on the segment's real
+            # inputs (params, carry) would make dynamo guard on their identity and recompile.
+            return unaliased(act(params, c, x[0], x[1]), (c, x))
+
+        # The initial carry may hold one tensor twice (CartPole's state is its obs): copy it.
+        return scan(body, tree_map(torch.clone, carry), (action_noise, env_noise))
+
+    def looped(params, carry, action_noise, env_noise):
+        records = []
+        for t in range(num_steps):
+            carry, record = act(params, carry, {h: u[t] for h, u in action_noise.items()}, env_noise[t])
+            records.append(record)
+        return carry, {k: _stack([r[k] for r in records]) for k in records[0]}
+
+    # cpp_wrapper: the scan's per-iteration bookkeeping runs in C++ (halves a CartPole segment).
+    run_segment = torch.compile(segment, fullgraph=True, options={"cpp_wrapper": True}) if compile else looped
 
     @torch.no_grad()
     def collect(params, carry, generator):
         action_noise = {h: _draw((num_steps, n, k), generator, env.device) for h, k in spec.sizes.items()}
         env_noise = _draw((num_steps, *env.noise_shape()), generator, env.device, env.dtype)
         hidden0 = carry["hidden"]
-        records = []
-        for t in range(num_steps):
-            carry, record = step_fn(params, carry, {h: u[t] for h, u in action_noise.items()}, env_noise[t])
-            records.append(record)
-        traj = {k: _stack([r[k] for r in records]) for k in records[0]}
+        carry, traj = run_segment(params, carry, action_noise, env_noise)
         traj["hidden0"] = hidden0
         # Value of the observation each step really led to (pre-reset), with the state after that
         # step, in one batched forward: what a time-limit truncation bootstraps from.
@@ -97,7 +118,24 @@ def make_rollout(env, policy: Policy, num_steps: int, compile: bool = True) -> R
         traj["next_values"] = next_values.reshape(num_steps, n)
         return carry, traj
 
-    return Rollout(init, collect, step_fn)
+    return Rollout(init, collect, act)
+
+
+def unaliased(outputs, inputs):
+    """``outputs`` with every leaf that is also an input, or repeats an earlier output, cloned:
+    a scan body may not return aliases (an env may hand back one tensor as state and obs)."""
+    latest = {id(x): x for x in pytree.tree_leaves(inputs) if isinstance(x, torch.Tensor)}
+    leaves, spec = pytree.tree_flatten(outputs)
+    fresh = []
+    for x in leaves:
+        if isinstance(x, torch.Tensor):
+            key = id(x)
+            if key in latest:
+                # Clone the previous copy, not x again: two identical clone(x) nodes could be merged.
+                x = latest[key].clone()
+            latest[key] = x
+        fresh.append(x)
+    return pytree.tree_unflatten(fresh, spec)
 
 
 def _stack(items):
