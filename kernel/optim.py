@@ -144,7 +144,3 @@ def linear_schedule(init_value: float, end_value: float, transition_steps: int, 
         return init_value + frac * (end_value - init_value)
 
     return schedule
-
-
-def constant_schedule(value: float) -> Schedule:
-    return lambda count: torch.full((), value)

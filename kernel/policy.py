@@ -34,10 +34,6 @@ class Policy(NamedTuple):
     spec: object  # envs.base.ActionSpec
     recurrent: bool
 
-    @property
-    def head_names(self) -> tuple:
-        return self.spec.names
-
 
 def features(obs):
     return obs["x"] if isinstance(obs, dict) else obs

@@ -45,12 +45,6 @@ def unflatten_paths(flat: dict[str, Any]) -> dict:
     return tree
 
 
-def subtree(tree: Tree, path: str) -> Tree:
-    node = tree
-    for key in path.split("."):
-        node = node[key]
-    return node
-
 
 def global_norm(tree: Tree) -> torch.Tensor:
     """L2 norm over every leaf, in float32, as a 0-d tensor (no host sync)."""
@@ -65,15 +59,3 @@ def is_floating(x: Any) -> bool:
 def cast_floating(tree: Tree, dtype: torch.dtype) -> Tree:
     """Cast floating-point leaves to ``dtype``; ints, bools and non-tensors pass through untouched."""
     return tree_map(lambda x: x.to(dtype) if is_floating(x) and x.dtype != dtype else x, tree)
-
-
-def zeros_like(tree: Tree) -> Tree:
-    return tree_map(torch.zeros_like, tree)
-
-
-def clone(tree: Tree) -> Tree:
-    return tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, tree)
-
-
-def num_params(tree: Tree) -> int:
-    return sum(x.numel() for x in leaves(tree) if isinstance(x, torch.Tensor))
