@@ -15,6 +15,7 @@ from torch.func import grad_and_value
 from kernel import heads, loss_scale, telemetry
 from kernel.optim import GradientTransformation, apply_updates
 from kernel.policy import Policy, masks
+from kernel.precision import parse as parse_precision
 from kernel.tree import tree_map
 
 
@@ -183,9 +184,7 @@ def make_update(config, policy: Policy, optimizer: GradientTransformation, group
     scale_state, metrics)``: ``update_epochs`` passes over the batch in shuffled minibatches of
     fixed size. The permutation comes from the explicit ``generator``; metrics are reduced over
     minibatches (means; counts summed; maxima maxed)."""
-    from kernel.precision import parse
-
-    dynamic = parse(config.precision).needs_loss_scale
+    dynamic = parse_precision(config.precision).needs_loss_scale
     grad_step = make_grad_step(policy, optimizer, config.clip_vloss, config.norm_adv, dynamic, groups,
                                config.norm_entropy)
     if config.compile:
