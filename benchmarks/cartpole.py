@@ -18,6 +18,8 @@ import sys
 import tempfile
 import time
 
+from benchmarks.results_io import write_record
+
 
 def one_seed(seed: int, threads: int, compile_: bool, total_steps: int, precision: str) -> dict:
     import torch
@@ -88,10 +90,7 @@ def main() -> None:
         "runs": runs,
         "all_solved": all(r["mean_return"] >= 475 for r in runs),
     }
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(record, f, indent=2)
-    print(f"wrote {args.out}")
+    write_record(args.out, record)
 
 
 if __name__ == "__main__":

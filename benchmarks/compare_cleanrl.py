@@ -12,14 +12,13 @@ and the ratios, all measured in this run.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 
 import numpy as np
 import torch
 import torch.nn as tnn
 
+from benchmarks.results_io import write_record
 from envs.cartpole import CartPole
 from kernel.config import Config
 from kernel.ppo import gae
@@ -135,10 +134,7 @@ def main() -> None:
               f"{r['sps_cpu']:>8,.0f} SPS cpu ({r['sps_cpu_vs_cleanrl']:.2f}x), compile {r['compile_s']:.1f} s, "
               f"return {r['mean_return_last100']:.1f}", flush=True)
     record = {"config": cfg.to_dict(), "threads": args.threads, "torch": torch.__version__, "results": results}
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(record, f, indent=2)
-    print(f"wrote {args.out}")
+    write_record(args.out, record)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,13 @@ with each baseline. Reports mean +- std of the episode return per policy. Writes
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import time
 
 import torch
 
 import envs
+from benchmarks.results_io import write_record
 from envs.seedbed import heuristic_actions, random_valid_actions
 
 
@@ -79,10 +78,7 @@ def main() -> None:
                                   for p, v in by_policy.items()}
     for p, v in results["mean_over_seeds"].items():
         print(f"{p:>14}: {v['mean']:6.2f} (std across seeds {v['std_across_seeds']:.2f})")
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {args.out}")
+    write_record(args.out, results)
 
 
 if __name__ == "__main__":
