@@ -387,13 +387,21 @@ def bench(env_name, modes, precisions, sizes, targets, iters, warmup, threads, d
     total = len(modes) * len(targets) * len(sizes) * len(precisions)
     progress = render.make_progress("bench", "cells")
     task = progress.add_task("bench", total=total)
+
+    def write(record):
+        if json_path:  # rewritten after every cell: a stopped run keeps what it measured
+            Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+            Path(json_path).write_text(json.dumps(record, indent=2) + "\n")
+
+    def on_cell(cell, partial):
+        progress.advance(task)
+        write(partial)
+
     with Live(progress, console=con, refresh_per_second=4):
-        record = run_bench(cfg, modes, precisions, sizes, targets, warmup, iters,
-                           on_cell=lambda cell: progress.advance(task))
+        record = run_bench(cfg, modes, precisions, sizes, targets, warmup, iters, on_cell=on_cell)
     con.print(render.bench_table(record))
+    write(record)
     if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(record, indent=2) + "\n")
         click.echo(f"wrote {json_path}")
 
 

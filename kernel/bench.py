@@ -147,22 +147,16 @@ def run_cell(config: Config, target: str, mode: str, precision: str, size: int, 
     return cell
 
 
-def run_bench(config: Config, modes, precisions, sizes, targets=TARGETS, warmup: int = 5, iters: int = 50,
-              on_cell=None) -> dict:
-    """All cells; ``speedup_vs_eager`` is filled from the eager cell of the same target/precision/size."""
-    cells = []
-    for target in targets:
-        for precision in precisions:
-            for size in sizes:
-                for mode in modes:
-                    cell = run_cell(config, target, mode, precision, size, warmup, iters)
-                    cells.append(cell)
-                    if on_cell:
-                        on_cell(cell)
+def with_speedups(cells: list) -> list:
+    """Fill ``speedup_vs_eager`` from the eager cell of the same target/precision/size (None until it exists)."""
     eager = {(c["target"], c["precision"], c["size"]): c["median_ms"] for c in cells if c["mode"] == "eager"}
     for c in cells:
         base = eager.get((c["target"], c["precision"], c["size"]))
         c["speedup_vs_eager"] = base / c["median_ms"] if base else None
+    return cells
+
+
+def record_for(config: Config, cells: list, complete: bool) -> dict:
     return {
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name(config.device) if torch.device(config.device).type == "cuda"
@@ -171,5 +165,21 @@ def run_bench(config: Config, modes, precisions, sizes, targets=TARGETS, warmup:
         "cpus": os.cpu_count(),
         "config": config.to_dict(),
         "sizes_mean": {"update": "minibatch rows", "rollout": "parallel envs"},
-        "cells": cells,
+        "complete": complete,
+        "cells": with_speedups(cells),
     }
+
+
+def run_bench(config: Config, modes, precisions, sizes, targets=TARGETS, warmup: int = 5, iters: int = 50,
+              on_cell=None) -> dict:
+    """All cells. ``on_cell(cell, partial_record)`` runs after each one, so a long run that is stopped
+    still leaves what it measured (the partial record says ``complete: false``)."""
+    cells = []
+    for target in targets:
+        for precision in precisions:
+            for size in sizes:
+                for mode in modes:
+                    cells.append(run_cell(config, target, mode, precision, size, warmup, iters))
+                    if on_cell:
+                        on_cell(cells[-1], record_for(config, cells, complete=False))
+    return record_for(config, cells, complete=True)

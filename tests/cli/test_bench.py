@@ -13,6 +13,7 @@ def test_bench_tiny_configuration_writes_consistent_json(tmp_path):
     assert result.exit_code == 0, result.output
     record = json.loads(out.read_text())
     assert {"torch", "device", "threads", "config", "cells"} <= set(record) and record["threads"] == 1
+    assert record["complete"] is True
     cells = record["cells"]
     assert {(c["target"], c["mode"]) for c in cells} == {(t, m) for t in ("update", "rollout")
                                                         for m in ("eager", "default", "reduce-overhead")}
