@@ -19,6 +19,7 @@ from kernel.ppo import hyper_tensors, make_grad_step
 from kernel.precision import parse
 from kernel.rollout import make_rollout
 from kernel.train import make_optimizer, policy_for
+from kernel.tree import tree_map
 
 MODES = ("eager", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
 TARGETS = ("update", "rollout")
@@ -94,7 +95,7 @@ def rollout_case(config: Config, precision: str, num_envs: int):
     policy = policy_for(config.replace(precision=precision), env)
     rollout = make_rollout(env, policy, 1, compile=False)
     g = torch.Generator().manual_seed(0)
-    params = policy.init(g)
+    params = tree_map(lambda x: x.to(env.device), policy.init(g))
     carry = rollout.init(g)
     noise = {h: torch.rand(num_envs, k, generator=g).to(env.device) for h, k in env.action_spec.sizes.items()}
     env_noise = torch.rand(env.noise_shape(), generator=g, dtype=env.dtype).to(env.device)
