@@ -33,12 +33,13 @@ def gae(rewards, values, next_values, terminated, truncated, gamma: float, lam: 
     not_terminated = 1.0 - terminated.to(values.dtype)
     not_done = 1.0 - (terminated | truncated).to(values.dtype)
     deltas = rewards + gamma * next_values * not_terminated - values
-    advantages = []
-    last = torch.zeros_like(values[0])
-    for t in range(values.shape[0] - 1, -1, -1):
-        last = deltas[t] + gamma * lam * not_done[t] * last
-        advantages.append(last)
-    advantages = torch.stack(advantages[::-1])
+    decay = (gamma * lam) * not_done
+    # One fused op per step, written in place: at RL sizes the loop is per-op overhead, not maths.
+    advantages = torch.empty_like(deltas)
+    adv, d, c = advantages.unbind(0), deltas.unbind(0), decay.unbind(0)  # all views made at once
+    adv[-1].copy_(d[-1])
+    for t in range(values.shape[0] - 2, -1, -1):
+        torch.addcmul(d[t], c[t], adv[t + 1], out=adv[t])
     return advantages, advantages + values
 
 
@@ -188,7 +189,9 @@ def make_update(config, policy: Policy, optimizer: GradientTransformation, group
     grad_step = make_grad_step(policy, optimizer, config.clip_vloss, config.norm_adv, dynamic, groups,
                                config.norm_entropy)
     if config.compile:
-        grad_step = torch.compile(grad_step, fullgraph=True)
+        # cpp_wrapper: the graph's glue (allocations, extern matmul calls) runs in C++, not Python;
+        # at PPO's minibatch sizes that glue costs as much as the arithmetic.
+        grad_step = torch.compile(grad_step, fullgraph=True, options={"cpp_wrapper": True})
     # Recurrent minibatches are whole env columns (time stays contiguous for replay).
     units = config.num_envs if policy.recurrent else config.batch_size
 

@@ -83,6 +83,16 @@ def make_rollout(env, policy: Policy, num_steps: int, compile: bool = True) -> R
         }
         return carry, record
 
+    def bootstrap(params, traj):
+        """Value of the observation each step really led to (pre-reset), with the state after that
+        step, in one batched forward: what a time-limit truncation bootstraps from."""
+        final_obs, after = traj.pop("final_obs"), traj.pop("hidden_after")
+        flat = lambda x: x.reshape(num_steps * n, *x.shape[2:])
+        no_start = torch.zeros(num_steps * n, dtype=torch.bool, device=env.device)
+        _, next_values, _ = policy.step(params, tree_map(flat, final_obs), tree_map(flat, after), no_start)
+        traj["next_values"] = next_values.reshape(num_steps, n)
+        return traj
+
     def segment(params, carry, action_noise, env_noise):
         def body(c, x):
             # Only the body's own arguments are checked: calling id() on the segment's real
@@ -90,14 +100,18 @@ def make_rollout(env, policy: Policy, num_steps: int, compile: bool = True) -> R
             return unaliased(act(params, c, x[0], x[1]), (c, x))
 
         # The initial carry may hold one tensor twice (CartPole's state is its obs): copy it.
-        return scan(body, tree_map(torch.clone, carry), (action_noise, env_noise))
+        carry, traj = scan(body, tree_map(torch.clone, carry), (action_noise, env_noise))
+        # Feed-forward: bootstrap in the same compiled call (no eager forward after it). The LSTM
+        # bootstrap stays outside: inductor 2.14.1's cpp_wrapper emits a duplicate C++ declaration
+        # for scan + LSTM step in one graph.
+        return carry, traj if policy.recurrent else bootstrap(params, traj)
 
     def looped(params, carry, action_noise, env_noise):
         records = []
         for t in range(num_steps):
             carry, record = act(params, carry, {h: u[t] for h, u in action_noise.items()}, env_noise[t])
             records.append(record)
-        return carry, {k: _stack([r[k] for r in records]) for k in records[0]}
+        return carry, bootstrap(params, {k: _stack([r[k] for r in records]) for k in records[0]})
 
     # cpp_wrapper: the scan's per-iteration bookkeeping runs in C++ (halves a CartPole segment).
     run_segment = torch.compile(segment, fullgraph=True, options={"cpp_wrapper": True}) if compile else looped
@@ -108,14 +122,9 @@ def make_rollout(env, policy: Policy, num_steps: int, compile: bool = True) -> R
         env_noise = _draw((num_steps, *env.noise_shape()), generator, env.device, env.dtype)
         hidden0 = carry["hidden"]
         carry, traj = run_segment(params, carry, action_noise, env_noise)
+        if "final_obs" in traj:
+            traj = bootstrap(params, traj)
         traj["hidden0"] = hidden0
-        # Value of the observation each step really led to (pre-reset), with the state after that
-        # step, in one batched forward: what a time-limit truncation bootstraps from.
-        final_obs, after = traj.pop("final_obs"), traj.pop("hidden_after")
-        flat = lambda x: x.reshape(num_steps * n, *x.shape[2:])
-        no_start = torch.zeros(num_steps * n, dtype=torch.bool, device=env.device)
-        _, next_values, _ = policy.step(params, tree_map(flat, final_obs), tree_map(flat, after), no_start)
-        traj["next_values"] = next_values.reshape(num_steps, n)
         return carry, traj
 
     return Rollout(init, collect, act)
