@@ -11,6 +11,9 @@ budget=${BUDGET_S:-520}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$(pwd)
 export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-$(nproc)}
+# torch 2.11's CUDA inductor asserts in loop reordering after fusion on the grad step (seen on an
+# H200, 2026-11-26); turning that pass off is the workaround.
+export TORCHINDUCTOR_LOOP_ORDERING_AFTER_FUSION=${TORCHINDUCTOR_LOOP_ORDERING_AFTER_FUSION:-0}
 start=$(date +%s)
 python3 -c "import torch, sys; print(sys.version.split()[0], 'torch', torch.__version__, torch.cuda.get_device_name())"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
