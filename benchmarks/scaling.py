@@ -52,7 +52,7 @@ def raw_stepping(num_envs: int, num_steps: int, repeats: int) -> dict:
 
     def body(state, x):
         step = env.step(state, x[0], x[1])
-        # reward summed so the scan has a per-step output; state cloned: it is also the obs
+        # the reward is the per-step output; the state is cloned because it is also the obs
         return {k: v.clone() for k, v in step.state.items()}, step.reward
 
     def scanned(state, actions, noise):

