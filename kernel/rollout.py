@@ -21,6 +21,7 @@ from torch._higher_order_ops import scan
 from torch.utils import _pytree as pytree
 
 from kernel import heads
+from kernel.hot import compile_hot
 from kernel.policy import Policy, masks
 from kernel.tree import tree_map
 
@@ -113,8 +114,8 @@ def make_rollout(env, policy: Policy, num_steps: int, compile: bool = True) -> R
             records.append(record)
         return carry, bootstrap(params, {k: _stack([r[k] for r in records]) for k in records[0]})
 
-    # cpp_wrapper: the scan's per-iteration bookkeeping runs in C++ (halves a CartPole segment).
-    run_segment = torch.compile(segment, fullgraph=True, options={"cpp_wrapper": True}) if compile else looped
+    # compile_hot's cpp_wrapper runs the scan's per-iteration bookkeeping in C++ (halves a CartPole segment).
+    run_segment = compile_hot(segment) if compile else looped
 
     @torch.no_grad()
     def collect(params, carry, generator):
