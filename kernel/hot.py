@@ -1,6 +1,8 @@
 """How the training loop compiles its hot functions (the rollout segment and the grad step).
 
-Both are called thousands of times per run on small tensors, so per-call overhead matters:
+Both are called thousands of times per run on small tensors, so per-call overhead matters. The
+C++ wrapper and the exp-based tanh apply on CPU only, where they were measured; CUDA keeps
+inductor's defaults there.
 - ``cpp_wrapper``: the generated glue (allocations, extern matmul calls, scan bookkeeping) runs
   in C++ instead of Python.
 - Tensor guards only: dynamo re-checks every input tensor's dtype, shape and strides on each call,
@@ -23,14 +25,16 @@ from __future__ import annotations
 import torch
 
 
-def hot_options() -> dict:
-    options = {"cpp_wrapper": True, "cpp.use_decompose_tanh": True,
-               "unsafe_marked_cacheable_functions": {"torch.ops.higher_order.scan": torch.__version__}}
+def hot_options(device="cpu") -> dict:
+    options = {"unsafe_marked_cacheable_functions": {"torch.ops.higher_order.scan": torch.__version__}}
+    if torch.device(device).type == "cpu":
+        # Measured on CPU only; on CUDA inductor's defaults stand (no GPU run has checked these).
+        options.update({"cpp_wrapper": True, "cpp.use_decompose_tanh": True})
     keep_tensor_guards = getattr(torch.compiler, "keep_tensor_guards_unsafe", None)  # torch >= 2.9
     if keep_tensor_guards is not None:
         options["guard_filter_fn"] = keep_tensor_guards
     return options
 
 
-def compile_hot(fn):
-    return torch.compile(fn, fullgraph=True, options=hot_options())
+def compile_hot(fn, device="cpu"):
+    return torch.compile(fn, fullgraph=True, options=hot_options(device))

@@ -190,7 +190,7 @@ def make_update(config, policy: Policy, optimizer: GradientTransformation, group
     grad_step = make_grad_step(policy, optimizer, config.clip_vloss, config.norm_adv, dynamic, groups,
                                config.norm_entropy)
     if config.compile:
-        grad_step = compile_hot(grad_step)
+        grad_step = compile_hot(grad_step, config.device)
     # Recurrent minibatches are whole env columns (time stays contiguous for replay).
     units = config.num_envs if policy.recurrent else config.batch_size
 

@@ -115,7 +115,7 @@ def make_rollout(env, policy: Policy, num_steps: int, compile: bool = True) -> R
         return carry, bootstrap(params, {k: _stack([r[k] for r in records]) for k in records[0]})
 
     # compile_hot's cpp_wrapper runs the scan's per-iteration bookkeeping in C++ (halves a CartPole segment).
-    run_segment = compile_hot(segment) if compile else looped
+    run_segment = compile_hot(segment, env.device) if compile else looped
 
     @torch.no_grad()
     def collect(params, carry, generator):

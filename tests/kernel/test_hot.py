@@ -3,7 +3,7 @@ instead of running a graph built for other inputs."""
 import torch
 import torch._dynamo
 
-from kernel.hot import compile_hot
+from kernel.hot import compile_hot, hot_options
 
 
 def scaled_sum(params, x):
@@ -19,3 +19,8 @@ def test_compile_hot_recompiles_on_new_shapes_and_dtypes():
     params = {"w": torch.arange(4.0), "b": torch.tensor(0.5)}
     x = torch.ones(2, 4)
     torch.testing.assert_close(f(params, x), scaled_sum(params, x))
+
+
+def test_cpu_only_options_stay_off_cuda():
+    assert hot_options("cpu")["cpp_wrapper"] and hot_options("cpu")["cpp.use_decompose_tanh"]
+    assert "cpp_wrapper" not in hot_options("cuda") and "cpp.use_decompose_tanh" not in hot_options("cuda")
