@@ -123,7 +123,7 @@ def make_rollout(env, policy: Policy, num_steps: int, compile: bool = True) -> R
         env_noise = _draw((num_steps, *env.noise_shape()), generator, env.device, env.dtype)
         hidden0 = carry["hidden"]
         carry, traj = run_segment(params, carry, action_noise, env_noise)
-        if "final_obs" in traj:
+        if compile and policy.recurrent:  # the compiled LSTM segment leaves bootstrapping to here
             traj = bootstrap(params, traj)
         traj["hidden0"] = hidden0
         return carry, traj
