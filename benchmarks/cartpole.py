@@ -19,6 +19,7 @@ import tempfile
 import time
 
 from benchmarks.results_io import write_record
+from kernel.tree import leaves
 
 
 def one_seed(seed: int, threads: int, compile_: bool, total_steps: int, precision: str) -> dict:
@@ -35,7 +36,7 @@ def one_seed(seed: int, threads: int, compile_: bool, total_steps: int, precisio
     summary["seed"] = seed
     summary["skipped_steps"] = int(state["loss_scale"]["skipped"])
     summary["final_loss_scale"] = float(state["loss_scale"]["scale"])
-    summary["params_finite"] = all(bool(x.isfinite().all()) for x in torch.utils._pytree.tree_leaves(state["params"]))
+    summary["params_finite"] = all(bool(x.isfinite().all()) for x in leaves(state["params"]))
     return summary
 
 
@@ -75,7 +76,8 @@ def main() -> None:
         solved = result["first_solved"]
         print(f"seed {seed}: mean return {result['mean_return']:.1f}, "
               f"first >=475 at {solved['env_steps'] if solved else 'never'} steps "
-              f"({solved['run_s']:.1f} s)" if solved else f"seed {seed}: mean return {result['mean_return']:.1f}, never >=475",
+              f"({solved['run_s']:.1f} s)" if solved
+              else f"seed {seed}: mean return {result['mean_return']:.1f}, never >=475",
               f"| compile {result['compile_s']:.1f} s, run {result['run_s']:.1f} s, {result['sps']:,.0f} SPS, "
               f"skipped {result['skipped_steps']}", flush=True)
     record = {

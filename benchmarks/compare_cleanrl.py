@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
 import torch.nn as tnn
 
@@ -24,7 +23,7 @@ from kernel.config import Config
 from kernel.ppo import gae
 
 
-def layer(i, o, std=np.sqrt(2)):
+def layer(i, o, std=2 ** 0.5):
     lin = tnn.Linear(i, o)
     tnn.init.orthogonal_(lin.weight, std)
     tnn.init.constant_(lin.bias, 0.0)

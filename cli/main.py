@@ -123,7 +123,7 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, pr
     flags = dict(env=env_name, num_envs=num_envs, num_steps=num_steps, total_steps=total_steps, seed=seed,
                  device=device, compile=compile_, precision=precision, policy=policy_kind)
     if resume:
-        ckpt_path, cfg, loaded, out = resume_point(resume, out, config_json, flags)
+        ckpt_path, cfg, saved_cfg, loaded, out = resume_point(resume, out, config_json, flags)
     else:
         cfg = resolve_config(config_json, flags)
         out = Path(out) if out else default_out(cfg)
@@ -148,6 +148,8 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, pr
     con.print(f"[bold]fkernel train[/] env={cfg.env} envs={cfg.num_envs}x{cfg.num_steps} "
               f"updates={cfg.num_updates} seed={cfg.seed} device={cfg.device} compile={cfg.compile} "
               f"precision={cfg.precision}" + (f" resuming at update {state['update']}" if resume else ""))
+    if resume and (note := schedule_change(saved_cfg, cfg, state["update"])):
+        con.print(note)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     checkpointer = Checkpointer(out, checkpoint_every, keep) if checkpoint_every else None
@@ -179,7 +181,8 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, pr
             groups = telemetry.group_table(e.metrics)
             live.console.print(render.grad_table(groups, "gradients at the stop",
                                                  group_dtypes(groups, parse(cfg.precision))))
-            kept = f"last good checkpoint: {e.last_checkpoint}" if e.last_checkpoint else "no checkpoint was written yet"
+            kept = (f"last good checkpoint: {e.last_checkpoint}" if e.last_checkpoint
+                    else "no checkpoint was written yet")
             raise click.ClickException(f"{e}; {kept}")
         finally:
             if writer is not None:
@@ -226,7 +229,23 @@ def resume_point(resume: str, out, config_json, flags: dict):
     check_device(wanted.device)
     if out is None:
         out = path.parent.parent if path.parent.name == CHECKPOINT_DIR else path.parent
-    return path, wanted, loaded, Path(out)
+    return path, wanted, saved, loaded, Path(out)
+
+
+def schedule_change(saved: config_mod.Config, cfg: config_mod.Config, update: int) -> str | None:
+    """What a new ``--total-steps`` does to an annealed learning rate on resume, or None.
+
+    The schedule is a function of the config (linear from ``lr`` at update 0 to 0 at the last
+    update), so a new total re-plans it from the resume point on: the rate jumps to the value the
+    new schedule has there.
+    """
+    from kernel.ppo import learning_rate
+
+    if not cfg.anneal_lr or saved.num_updates == cfg.num_updates:
+        return None
+    return (f"total steps changed from {saved.total_steps} to {cfg.total_steps}: the learning rate now anneals to 0 "
+            f"at update {cfg.num_updates} instead of {saved.num_updates}, so at update {update} it is "
+            f"{learning_rate(cfg, update):.3g} (the saved schedule had {learning_rate(saved, update):.3g})")
 
 
 @cli.command("eval")
@@ -338,7 +357,8 @@ def csv_list(text: str, name: str, cast=str, allowed=None) -> list:
         raise click.BadParameter(f"cannot read {text!r} as a comma-separated list", param_hint=name)
     bad = [v for v in values if allowed is not None and v not in allowed]
     if bad:
-        raise click.BadParameter(f"unknown {', '.join(map(str, bad))}; choose from {', '.join(allowed)}", param_hint=name)
+        raise click.BadParameter(f"unknown {', '.join(map(str, bad))}; choose from {', '.join(allowed)}",
+                                 param_hint=name)
     return values
 
 

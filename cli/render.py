@@ -73,7 +73,8 @@ def summary_table(summary: dict) -> Table:
     return table
 
 
-STATUS_STYLE = {"non-finite": "bold red", "dead": "bold yellow", "not relevant": "dim", "very large": "magenta", "large": "yellow",
+STATUS_STYLE = {"non-finite": "bold red", "dead": "bold yellow", "not relevant": "dim", "very large": "magenta",
+                "large": "yellow",
                 "vanishing": "yellow", "small": "cyan", "healthy": "green"}
 
 
@@ -90,7 +91,7 @@ def grad_table(groups: dict, title: str = "gradients", dtypes: dict | None = Non
         status = classify(stats)
         style = STATUS_STYLE[status]
 
-        def cell(key, digits=3, pct=False):
+        def cell(key, digits=3, pct=False, stats=stats):
             v = stats.get(key, float("nan"))
             text = f"{100 * v:.0f}%" if pct and math.isfinite(v) else fmt(v, digits)
             return f"[bold red]{text}[/]" if not math.isfinite(v) else text

@@ -224,7 +224,8 @@ class Seedbed:
         }
         final_obs = self.observe(after)
         fresh = self._fresh(noise)
-        next_state = {k: torch.where(truncated.reshape(-1, *[1] * (v.dim() - 1)), fresh[k], v) for k, v in after.items()}
+        next_state = {k: torch.where(truncated.reshape(-1, *[1] * (v.dim() - 1)), fresh[k], v)
+                      for k, v in after.items()}
         terminated = torch.zeros_like(truncated)
         return Step(next_state, self.observe(next_state), reward, terminated, truncated, final_obs)
 
@@ -253,7 +254,8 @@ def heuristic_actions(env: Seedbed, state: dict, generator: torch.Generator, min
     good = measured > 0
     rules = [
         (stage == HOLDING, lambda sel: torch.where(good[sel], FOSSILIZE, PRUNE)),
-        ((stage == TRAINING) & (state["train_steps"] >= min_training), lambda sel: torch.where(good[sel], ADVANCE, PRUNE)),
+        ((stage == TRAINING) & (state["train_steps"] >= min_training),
+         lambda sel: torch.where(good[sel], ADVANCE, PRUNE)),
         (stage == GERMINATED, lambda sel: torch.full_like(sel[:, 0], ADVANCE, dtype=torch.long)),
         (stage == BLENDING, lambda sel: torch.full_like(sel[:, 0], WAIT, dtype=torch.long)),
         (masks["slot"][:, GERMINATE], lambda sel: torch.full_like(sel[:, 0], GERMINATE, dtype=torch.long)),

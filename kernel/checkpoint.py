@@ -99,12 +99,24 @@ def load(path: str | Path) -> tuple[dict, dict]:
         flat = st_load(data)
         header = _header(data)
     except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt): {_first_line(e)}") from None
+        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt): "
+                              f"{_first_line(e)}") from None
     if header.get("format") != FORMAT or "fkernel" not in header:
         raise CheckpointError(f"{path} is a safetensors file but not an fkernel checkpoint (no fkernel metadata)")
-    if int(header.get("format_version", -1)) > FORMAT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint format {header['format_version']}; this fkernel reads <= {FORMAT_VERSION}")
-    return unflatten_sections(flat), json.loads(header["fkernel"])
+    version = header.get("format_version")
+    try:
+        version = int(version)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{path} has a checkpoint format_version that is not an integer: {version!r}") from None
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format {version}; this fkernel reads <= {FORMAT_VERSION}")
+    try:
+        meta = json.loads(header["fkernel"])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} has fkernel metadata that is not valid JSON: {e.msg}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} has fkernel metadata that is a JSON {type(meta).__name__}, not an object")
+    return unflatten_sections(flat), meta
 
 
 def _header(data: bytes) -> dict:

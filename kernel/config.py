@@ -52,7 +52,7 @@ class Config:
     def num_updates(self) -> int:
         return self.total_steps // self.batch_size
 
-    def replace(self, **changes) -> "Config":
+    def replace(self, **changes) -> Config:
         return validated(dataclasses.replace(self, **changes))
 
     def to_dict(self) -> dict:
@@ -61,7 +61,7 @@ class Config:
         return d
 
     @classmethod
-    def for_env(cls, env: str, **changes) -> "Config":
+    def for_env(cls, env: str, **changes) -> Config:
         """The env's recommended defaults (ENV_DEFAULTS), then ``changes``."""
         return validated(dataclasses.replace(cls(), **{"env": env, **ENV_DEFAULTS.get(env, {}), **changes}))
 

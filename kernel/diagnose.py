@@ -14,7 +14,6 @@ from kernel.ppo import gae, hyper_tensors, make_grad_step
 from kernel.precision import parse
 from kernel.train import build, init_state, make_batch, make_optimizer, policy_for
 
-
 MAX_HALVINGS = 24
 
 

@@ -10,8 +10,6 @@ rather than train on NaN gradients (the seed bug).
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 MASKED_LOGIT = -1e9
@@ -25,7 +23,7 @@ def check_float32(logits: torch.Tensor) -> None:
         )
 
 
-def masked_logits(logits: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def masked_logits(logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     check_float32(logits)
     if mask is None:
         return logits
@@ -35,17 +33,17 @@ def masked_logits(logits: torch.Tensor, mask: Optional[torch.Tensor] = None) -> 
     return torch.where(mask, logits, torch.full_like(logits, MASKED_LOGIT))
 
 
-def log_probs(logits: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def log_probs(logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Normalised log-probabilities of every action, ``[..., n]``."""
     return torch.log_softmax(masked_logits(logits, mask), dim=-1)
 
 
-def log_prob(logits: torch.Tensor, action: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def log_prob(logits: torch.Tensor, action: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Log-probability of ``action`` (integer, shape ``logits.shape[:-1]``)."""
     return log_probs(logits, mask).gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
 
 
-def entropy(logits: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def entropy(logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     logp = log_probs(logits, mask)
     return -(logp.exp() * logp).sum(-1)
 
@@ -56,7 +54,7 @@ def gumbel(uniform: torch.Tensor) -> torch.Tensor:
     return -torch.log(-torch.log(u))
 
 
-def sample(logits: torch.Tensor, uniform: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def sample(logits: torch.Tensor, uniform: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Gumbel-max sample from explicit uniform noise of the same shape as ``logits``.
 
     A masked action's score is ~-1e9 while a valid one's is at most a few tens below its logit,
@@ -65,5 +63,5 @@ def sample(logits: torch.Tensor, uniform: torch.Tensor, mask: Optional[torch.Ten
     return torch.argmax(masked_logits(logits, mask) + gumbel(uniform.to(logits.dtype)), dim=-1)
 
 
-def mode(logits: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def mode(logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     return torch.argmax(masked_logits(logits, mask), dim=-1)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 
 import envs
-from kernel.config import Config, from_dict
 from kernel import heads
+from kernel.config import Config, from_dict
 from kernel.policy import masks
 
 
@@ -28,7 +28,7 @@ def evaluate(config: Config, params: dict, episodes: int, greedy: bool = True, s
         if greedy:
             actions = heads.greedy(env.action_spec, logits, masks(obs))
         else:
-            noise = {h: torch.rand(l.shape, generator=generator) for h, l in logits.items()}
+            noise = {h: torch.rand(x.shape, generator=generator) for h, x in logits.items()}
             actions = heads.sample(env.action_spec, logits, noise, masks(obs))
         step = env.step(state, actions, torch.rand(env.noise_shape(), generator=generator, dtype=env.dtype))
         total += step.reward.float()
@@ -41,14 +41,22 @@ def evaluate(config: Config, params: dict, episodes: int, greedy: bool = True, s
 
 
 def load_policy(path) -> tuple[Config, dict, dict]:
-    """Config, params and metadata of a saved run (raises ``CheckpointError`` on a bad file)."""
+    """Config, params and metadata of a saved run. Raises ``CheckpointError`` on a bad file, and
+    when the params do not fit the policy the saved config builds (a missing or unexpected leaf, a
+    wrong shape or dtype, params saved for another env), naming every difference."""
     from kernel.checkpoint import CheckpointError, load
+    from kernel.resume import check_matches
+    from kernel.train import policy_for
 
     sections, meta = load(path)
     if "params" not in sections or "config" not in meta:
         raise CheckpointError(f"{path} holds no policy params or config")
     try:
         config = from_dict(meta["config"])
-    except (ValueError, TypeError) as e:
+        policy = policy_for(config, envs.make(config.env, 1))
+    except (ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"{path} has an unusable config: {e}") from None
+    expected = policy.init(torch.Generator().manual_seed(0))
+    check_matches({"params": expected}, {"params": sections["params"]}, path,
+                  against=f"the {config.env} policy its config builds")
     return config, sections["params"], meta

@@ -7,7 +7,6 @@ says on which steps it influences the env; its loss terms are averaged over thos
 """
 from __future__ import annotations
 
-
 import torch
 
 from kernel import distributions as D

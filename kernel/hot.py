@@ -1,40 +1,67 @@
 """How the training loop compiles its hot functions (the rollout segment and the grad step).
 
-Both are called thousands of times per run on small tensors, so per-call overhead matters. The
-C++ wrapper and the exp-based tanh apply on CPU only, where they were measured; CUDA keeps
-inductor's defaults there.
-- ``cpp_wrapper``: the generated glue (allocations, extern matmul calls, scan bookkeeping) runs
-  in C++ instead of Python.
-- Tensor guards only: dynamo re-checks every input tensor's dtype, shape and strides on each call,
-  but skips its other guards (dict keys, closure and global values), about 100 us of a ~0.8 ms
-  CartPole grad step. That is sound here because these functions are closures over a frozen
-  config and policy, and a run calls them with one fixed pytree structure; a changed tensor shape
-  or dtype still recompiles.
+Sound by construction: every function is compiled with dynamo's full guards, so a graph traced for
+one configuration (closure constants such as the activation, precision or max_grad_norm), one
+dict structure (an extra ``ent_coef/<head>`` key in ``hyper``) or one grad mode never runs for
+another; it recompiles instead. On top of that, :func:`compile_hot` gives every function it
+compiles a code object of its own. Dynamo keeps its cache of graphs per code object, and the
+grad steps of two configurations are closures over one code object: without a copy, every build in
+a process (a sweep, a notebook, a test session) would add an entry to one shared cache, each call
+would check the guards of every earlier build, and the ninth build would hit dynamo's recompile
+limit (an error under ``fullgraph=True``). With a copy, each build owns its cache, which is freed
+with the build.
+
+Options, each measured where it applies:
+- ``cpp_wrapper`` (CPU): the generated glue (allocations, extern matmul calls, scan bookkeeping)
+  runs in C++ instead of Python.
 - ``scan`` marked cacheable: inductor's FX graph cache skips graphs holding higher-order ops by
   default, so every new process recompiled the rollout segment (~4 s warm). The cache key covers
-  the scan body's code (a changed body misses the cache; checked), and the torch version is part
-  of the mark.
+  the scan body's code (a changed body misses the cache), and the torch version is part of the mark.
 - ``tanh`` as ``2 / (1 + exp(-2x)) - 1`` inside the generated C++ (inductor's
-  ``cpp.use_decompose_tanh``): Sleef's ``tanh`` costs ~4 ns per element on this project's CPU and
-  was the largest elementwise kernel of the grad step (~10% of it). Max abs error 1.8e-7 against
-  float64 over [-10, 10], vs 6e-8 for float32 ``torch.tanh``: fine for an activation. Eager mode
-  keeps ``torch.tanh``.
+  ``cpp.use_decompose_tanh``, CPU): Sleef's ``tanh`` costs ~4 ns per element on this project's
+  CPU and was the largest elementwise kernel of the grad step (~10% of it). Max abs error 1.8e-7
+  against float64 over [-10, 10], vs 6e-8 for float32 ``torch.tanh``: fine for an activation.
+  Eager mode keeps ``torch.tanh``.
+An option the installed torch does not know is left out (older releases lack some of them); the
+tests check that each one still does what it is here for.
 """
 from __future__ import annotations
 
+import types
+from collections.abc import Callable
+
 import torch
+import torch._inductor.config as inductor_config
+
+
+def known_option(name: str) -> bool:
+    """Whether the installed inductor has the (dotted) config option ``name``."""
+    node = inductor_config
+    for part in name.split("."):
+        if not hasattr(node, part):
+            return False
+        node = getattr(node, part)
+    return True
 
 
 def hot_options(device="cpu") -> dict:
-    options = {"unsafe_marked_cacheable_functions": {"torch.ops.higher_order.scan": torch.__version__}}
+    wanted = {"unsafe_marked_cacheable_functions": {"torch.ops.higher_order.scan": torch.__version__}}
     if torch.device(device).type == "cpu":
-        # Measured on CPU only; on CUDA inductor's defaults stand (no GPU run has checked these).
-        options.update({"cpp_wrapper": True, "cpp.use_decompose_tanh": True})
-    keep_tensor_guards = getattr(torch.compiler, "keep_tensor_guards_unsafe", None)  # torch >= 2.9
-    if keep_tensor_guards is not None:
-        options["guard_filter_fn"] = keep_tensor_guards
-    return options
+        # Measured on CPU only; on CUDA inductor's defaults stand.
+        wanted.update({"cpp_wrapper": True, "cpp.use_decompose_tanh": True})
+    return {name: value for name, value in wanted.items() if known_option(name)}
 
 
-def compile_hot(fn, device="cpu"):
-    return torch.compile(fn, fullgraph=True, options=hot_options(device))
+def own_code(fn: Callable) -> Callable:
+    """``fn`` with a private copy of its code object (same globals, closure, defaults): dynamo's
+    cache of compiled graphs then belongs to this function alone. Builtins pass through."""
+    if not isinstance(fn, types.FunctionType):
+        return fn
+    code = fn.__code__.replace()  # a new code object, equal in content
+    copy = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    copy.__kwdefaults__, copy.__qualname__, copy.__doc__ = fn.__kwdefaults__, fn.__qualname__, fn.__doc__
+    return copy
+
+
+def compile_hot(fn: Callable, device="cpu") -> Callable:
+    return torch.compile(own_code(fn), fullgraph=True, options=hot_options(device))

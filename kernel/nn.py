@@ -6,7 +6,7 @@ Initialisation follows CleanRL: orthogonal weights with a per-layer gain, zero b
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -8,15 +8,15 @@ eager mode, one graph under ``torch.compile``).
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Union
+from collections.abc import Callable
+from typing import NamedTuple, Union
 
 import torch
-from torch.utils import _pytree as pytree
 
-from kernel.tree import Tree, global_norm, tree_map
+from kernel.tree import Tree, flatten, global_norm, leaves_like, tree_map, unflatten
 
 Schedule = Callable[[torch.Tensor], torch.Tensor]
-ScalarOrSchedule = Union[float, Schedule]
+ScalarOrSchedule = Union[float, Schedule]  # noqa: UP007 (a runtime alias: py3.10 needs Union)
 
 
 class GradientTransformation(NamedTuple):
@@ -26,10 +26,6 @@ class GradientTransformation(NamedTuple):
     init: Callable[[Tree], Tree]
     update: Callable[..., tuple]
     name: str
-
-
-def _flat(tree: Tree):
-    return pytree.tree_flatten(tree)
 
 
 def clip_by_global_norm(max_norm: float) -> GradientTransformation:
@@ -59,9 +55,9 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
 
     def update(updates, state, params=None, **hyper):
         count = state["count"] + 1
-        g, spec = _flat(updates)
-        mu, _ = _flat(state["mu"])
-        nu, _ = _flat(state["nu"])
+        # Moments pair with gradients by path (leaves_like raises on other keys), never by dict order.
+        g, spec = flatten(updates)
+        mu, nu = leaves_like(state["mu"], spec), leaves_like(state["nu"], spec)
         mu = torch._foreach_lerp(mu, g, 1.0 - b1)
         nu = torch._foreach_mul(nu, b2)
         torch._foreach_addcmul_(nu, g, g, value=1.0 - b2)
@@ -75,10 +71,10 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
         torch._foreach_div_(out, bias1)
         new_state = {
             "count": count,
-            "mu": pytree.tree_unflatten(mu, spec),
-            "nu": pytree.tree_unflatten(nu, spec),
+            "mu": unflatten(spec, mu),
+            "nu": unflatten(spec, nu),
         }
-        return pytree.tree_unflatten(out, spec), new_state
+        return unflatten(spec, out), new_state
 
     return GradientTransformation(init, update, "adam")
 
@@ -129,9 +125,9 @@ def adam(learning_rate: ScalarOrSchedule | None, b1: float = 0.9, b2: float = 0.
 
 
 def apply_updates(params: Tree, updates: Tree) -> Tree:
-    p, spec = _flat(params)
-    u, _ = _flat(updates)
-    return pytree.tree_unflatten(torch._foreach_add(p, [x.to(y.dtype) for x, y in zip(u, p)]), spec)
+    p, spec = flatten(params)
+    u = leaves_like(updates, spec)
+    return unflatten(spec, torch._foreach_add(p, [x.to(y.dtype) for x, y in zip(u, p)]))
 
 
 def linear_schedule(init_value: float, end_value: float, transition_steps: int, every: int = 1) -> Schedule:

@@ -18,7 +18,8 @@ value are float32 whatever the compute dtype. Observations are a tensor, or a di
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 

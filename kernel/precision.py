@@ -12,8 +12,8 @@ masking, log-softmax, log-prob, entropy, value and loss never see a low-precisio
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

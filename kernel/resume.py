@@ -76,10 +76,10 @@ def differences(expected: dict, found: dict) -> list[str]:
     return sorted(out, key=rank)
 
 
-def check_matches(expected_sections: dict, sections: dict, path) -> None:
+def check_matches(expected_sections: dict, sections: dict, path, against: str = "this run's config") -> None:
     diffs = differences(checkpoint.flatten_sections(expected_sections), checkpoint.flatten_sections(sections))
     if diffs:
-        raise CheckpointError(f"{path} does not match this run's config ({len(diffs)} differences): {'; '.join(diffs)}")
+        raise CheckpointError(f"{path} does not match {against} ({len(diffs)} differences): {'; '.join(diffs)}")
 
 
 def fill(template, flat: dict, prefix: str = ""):

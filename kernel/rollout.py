@@ -14,16 +14,16 @@ segment stores its initial hidden state so the update can replay it exactly.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch._higher_order_ops import scan
-from torch.utils import _pytree as pytree
 
 from kernel import heads
 from kernel.hot import compile_hot
 from kernel.policy import Policy, masks
-from kernel.tree import tree_map
+from kernel.tree import leaves, tree_map
 
 
 class Rollout(NamedTuple):
@@ -48,7 +48,7 @@ def make_rollout(env, policy: Policy, num_steps: int, compile: bool = True) -> R
                  "start": torch.ones(n, dtype=torch.bool, device=env.device)}
         # Distinct tensors throughout (an env may return its state as its obs): the compiled
         # segment then sees the same aliasing on every call and never recompiles.
-        return unaliased(carry, ())
+        return unaliased(carry)
 
     def act(params, carry, action_noise, env_noise):
         logits, value, hidden = policy.step(params, carry["obs"], carry["hidden"], carry["start"])
@@ -96,8 +96,8 @@ def make_rollout(env, policy: Policy, num_steps: int, compile: bool = True) -> R
 
     def segment(params, carry, action_noise, env_noise):
         def body(c, x):
-            # Only the body's own arguments are checked: calling id() on the segment's real
-            # inputs (params, carry) would make dynamo guard on their identity and recompile.
+            # Only the body's own arguments are compared: testing the segment's real inputs
+            # (params, carry) for identity could make dynamo guard on them.
             return unaliased(act(params, c, x[0], x[1]), (c, x))
 
         # The initial carry may hold one tensor twice (CartPole's state is its obs): copy it.
@@ -131,21 +131,28 @@ def make_rollout(env, policy: Policy, num_steps: int, compile: bool = True) -> R
     return Rollout(init, collect, act)
 
 
-def unaliased(outputs, inputs):
-    """``outputs`` with every leaf that is also an input, or repeats an earlier output, cloned:
-    a scan body may not return aliases (an env may hand back one tensor as state and obs)."""
-    latest = {id(x): x for x in pytree.tree_leaves(inputs) if isinstance(x, torch.Tensor)}
-    leaves, spec = pytree.tree_flatten(outputs)
-    fresh = []
-    for x in leaves:
-        if isinstance(x, torch.Tensor):
-            key = id(x)
-            if key in latest:
-                # Clone the previous copy, not x again: two identical clone(x) nodes could be merged.
-                x = latest[key].clone()
-            latest[key] = x
-        fresh.append(x)
-    return pytree.tree_unflatten(fresh, spec)
+def unaliased(outputs, inputs=()):
+    """``outputs`` with every tensor leaf that is also an input, or repeats an earlier output,
+    copied: a scan body may not return an alias (the acting step passes the observation through
+    into its record, and an env may hand back one tensor as both state and obs).
+
+    Aliases are found with ``is``, not ``id()``: dynamo before 2.14 cannot take the ``id()`` of a
+    tensor made inside a scan body. A repeat copies the previous copy rather than the original, so
+    no two copy nodes are identical (the graph optimiser would merge those back into one tensor).
+    """
+    latest = [[x, x] for x in leaves(inputs) if isinstance(x, torch.Tensor)]  # [original, newest copy]
+
+    def fresh(x):
+        if not isinstance(x, torch.Tensor):
+            return x
+        for pair in latest:
+            if x is pair[0]:
+                pair[1] = pair[1].clone()
+                return pair[1]
+        latest.append([x, x])
+        return x
+
+    return tree_map(fresh, outputs)
 
 
 def _stack(items):

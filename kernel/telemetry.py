@@ -67,12 +67,14 @@ def grad_stats(grads: dict, params: dict, updates: dict, groups) -> dict:
 
 def reduce_metrics(history: list) -> dict:
     """Combine per-minibatch metric dicts: counts add up, maxima take the max, the rest average."""
-    out = {}
-    for key in history[0]:
-        stacked = torch.stack([m[key] for m in history]).float()
-        how = REDUCE.get(key.rsplit("/", 1)[-1], "sum" if key == "skipped" else "mean")
-        out[key] = stacked.sum() if how == "sum" else stacked.max() if how == "max" else stacked.mean()
-    return out
+    keys = list(history[0])
+    # One [steps, keys] table and three reductions, instead of a stack and a reduction per key.
+    table = torch.stack([torch.stack([m[k].float() for k in keys]) for m in history])
+    how = [REDUCE.get(k.rsplit("/", 1)[-1], "sum" if k == "skipped" else "mean") for k in keys]
+    is_sum = torch.tensor([h == "sum" for h in how], device=table.device)
+    is_max = torch.tensor([h == "max" for h in how], device=table.device)
+    reduced = torch.where(is_sum, table.sum(0), torch.where(is_max, table.amax(0), table.mean(0)))
+    return dict(zip(keys, reduced.unbind(0)))
 
 
 def group_table(metrics: dict) -> dict:

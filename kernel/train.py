@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -17,8 +18,8 @@ import envs
 from kernel import heads, loss_scale, optim
 from kernel.config import Config, validated
 from kernel.policy import Policy, make_policy
+from kernel.ppo import explained_variance, hyper_tensors, make_gae, make_update
 from kernel.precision import parse as parse_precision
-from kernel.ppo import explained_variance, gae, hyper_tensors, make_update
 from kernel.rollout import Rollout, finished_episodes, make_rollout
 from kernel.tree import tree_map
 
@@ -31,6 +32,7 @@ class Run(NamedTuple):
     policy: Policy
     optimizer: optim.GradientTransformation
     rollout: Rollout
+    advantages: Callable  # (rewards, values, next_values, terminated, truncated) -> (advantages, returns)
     update: Callable
 
 
@@ -55,8 +57,9 @@ def build(config: Config) -> Run:
     policy = policy_for(config, env)
     optimizer = make_optimizer(config)
     rollout = make_rollout(env, policy, config.num_steps, compile=config.compile)
+    advantages = make_gae(config.gamma, config.gae_lambda, config.compile, config.device)
     update = make_update(config, policy, optimizer)
-    return Run(config, env, policy, optimizer, rollout, update)
+    return Run(config, env, policy, optimizer, rollout, advantages, update)
 
 
 def init_state(run: Run) -> dict:
@@ -91,8 +94,8 @@ def iteration(run: Run, state: dict):
     and ``(metrics, trajectory)``; metrics are device tensors (no host sync here)."""
     cfg = run.config
     carry, traj = run.rollout.collect(state["params"], state["carry"], state["generator"])
-    advantages, returns = gae(traj["rewards"], traj["values"], traj["next_values"], traj["terminated"],
-                              traj["truncated"], cfg.gamma, cfg.gae_lambda)
+    advantages, returns = run.advantages(traj["rewards"], traj["values"], traj["next_values"], traj["terminated"],
+                                         traj["truncated"])
     batch = make_batch(traj, advantages, returns, run.policy.recurrent)
     hyper = hyper_tensors(cfg, state["update"], batch["returns"].device)
     params, opt_state, scale_state, metrics = run.update(state["params"], state["opt_state"], state["loss_scale"],
@@ -145,9 +148,9 @@ class NonFiniteRun(RuntimeError):
         self.metrics, self.last_checkpoint = metrics, last_checkpoint
 
 
-def train(config: Config, on_update: Optional[Callable[[UpdateLog], None]] = None, state: Optional[dict] = None,
-          run: Optional[Run] = None, checkpointer=None, max_bad_steps: Optional[int] = None,
-          until_update: Optional[int] = None):
+def train(config: Config, on_update: Callable[[UpdateLog], None] | None = None, state: dict | None = None,
+          run: Run | None = None, checkpointer=None, max_bad_steps: int | None = None,
+          until_update: int | None = None):
     """Train to ``config.total_steps`` (or to ``until_update``); returns ``(state, summary)``.
 
     ``state`` may be a restored checkpoint: the loop continues from its counters, generator and

@@ -1,28 +1,133 @@
 """Pytree helpers for params, optimizer state and batches (nested dicts of tensors).
 
-Paths join dict keys with "." (``"heads.action.w"``); telemetry and checkpoints use these names.
+Leaves pair by path, never by position. torch's ``_pytree`` flattens a dict in insertion order, so
+two dicts with the same keys built in another order flatten to differently ordered leaves, and a
+foreach optimizer fed both would pair a gradient with another leaf's moments. Here every flatten
+visits dict keys in sorted order (as JAX does), every function that takes several trees checks
+that their keys match (a mismatch raises :class:`StructureError` naming the paths), and outputs
+keep the first tree's own key order (so a compiled function sees the same dict layout every call).
+
+Containers are dicts, lists and tuples (named tuples included); ``None`` is an empty node; anything
+else is a leaf. Paths join dict keys with "." (``"heads.action.w"``); telemetry and checkpoints
+use these names.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import torch
-from torch.utils import _pytree as pytree
 
 Tree = Any
 
 
+class StructureError(ValueError):
+    """Two trees that must pair leaf for leaf have different keys or shapes of nesting."""
+
+
+def _is_namedtuple(x) -> bool:
+    return isinstance(x, tuple) and hasattr(type(x), "_fields")
+
+
+def _rebuild(node, items: list):
+    return type(node)(*items) if _is_namedtuple(node) else type(node)(items)
+
+
+def _path_name(path: tuple) -> str:
+    return ".".join(map(str, path)) or "<root>"
+
+
+def _check_same_node(node, other, path: tuple) -> None:
+    if isinstance(node, dict):
+        if not isinstance(other, dict):
+            raise StructureError(f"tree structures differ at {_path_name(path)}: dict vs {type(other).__name__}")
+        if node.keys() != other.keys():  # key sets (order-insensitive)
+            missing = sorted(map(str, node.keys() - other.keys()))
+            extra = sorted(map(str, other.keys() - node.keys()))
+            raise StructureError(f"tree structures differ at {_path_name(path)}: "
+                                 f"missing {missing or 'nothing'}, unexpected {extra or 'nothing'}")
+    elif isinstance(node, (list, tuple)):
+        if not isinstance(other, (list, tuple)) or len(other) != len(node):
+            raise StructureError(f"tree structures differ at {_path_name(path)}: "
+                                 f"{type(node).__name__} of {len(node)} vs {type(other).__name__}")
+    elif (node is None) != (other is None) or isinstance(other, (dict, list, tuple)):
+        raise StructureError(f"tree structures differ at {_path_name(path)}: "
+                             f"{type(node).__name__} vs {type(other).__name__}")
+
+
+def map_with_path(fn: Callable, tree: Tree, *rest: Tree, path: tuple = ()) -> Tree:
+    """``fn(path, leaf, *other_leaves)`` leaf-wise; ``rest`` pair with ``tree`` by key, and the
+    result keeps ``tree``'s structure and key order. ``path`` is a tuple of keys and indices."""
+    for other in rest:
+        _check_same_node(tree, other, path)
+    if isinstance(tree, dict):
+        return {k: map_with_path(fn, v, *(o[k] for o in rest), path=path + (k,)) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return _rebuild(tree, [map_with_path(fn, v, *(o[i] for o in rest), path=path + (i,))
+                               for i, v in enumerate(tree)])
+    if tree is None:
+        return None
+    return fn(path, tree, *rest)
+
+
 def tree_map(fn: Callable, tree: Tree, *rest: Tree) -> Tree:
-    """Apply ``fn`` leaf-wise over one or more trees of the same structure."""
-    return pytree.tree_map(fn, tree, *rest)
+    """Apply ``fn`` leaf-wise over one or more trees, pairing leaves by path (not by dict order)."""
+    return map_with_path(lambda _, *xs: fn(*xs), tree, *rest)
+
+
+def _items(tree: Tree, path: tuple = ()) -> Iterator[tuple]:
+    """``(path, leaf)`` in canonical order: dict keys sorted, sequences in index order."""
+    if isinstance(tree, dict):
+        for k in sorted(tree):
+            yield from _items(tree[k], path + (k,))
+    elif isinstance(tree, (list, tuple)):
+        for i, v in enumerate(tree):
+            yield from _items(v, path + (i,))
+    elif tree is not None:
+        yield path, tree
 
 
 def leaves(tree: Tree) -> list:
-    return pytree.tree_leaves(tree)
+    """Leaves in canonical (sorted-key) order: the same list whatever the dicts' insertion order."""
+    return [x for _, x in _items(tree)]
+
+
+class Treedef(NamedTuple):
+    """What :func:`unflatten` needs: the tree's skeleton (leaves replaced by their index in the
+    canonical order, dicts in their own key order) and the canonical list of leaf paths."""
+
+    skeleton: Tree
+    paths: tuple
+
+
+def flatten(tree: Tree) -> tuple[list, Treedef]:
+    """``(leaves, treedef)`` with leaves in canonical order; :func:`unflatten` inverts it."""
+    items = list(_items(tree))
+    index = {p: i for i, (p, _) in enumerate(items)}
+    skeleton = map_with_path(lambda p, _: index[p], tree)
+    return [x for _, x in items], Treedef(skeleton, tuple(index))
+
+
+def leaves_like(tree: Tree, treedef: Treedef) -> list:
+    """Leaves of ``tree`` in ``treedef``'s canonical order, so they pair by path with the leaves
+    ``treedef`` came from; :class:`StructureError` if the two trees have different leaf paths."""
+    items = list(_items(tree))
+    paths = tuple(p for p, _ in items)
+    if paths != treedef.paths:
+        missing = sorted(map(_path_name, set(treedef.paths) - set(paths)))
+        extra = sorted(map(_path_name, set(paths) - set(treedef.paths)))
+        raise StructureError(f"tree structures differ: missing {missing or 'nothing'}, "
+                             f"unexpected {extra or 'nothing'}")
+    return [x for _, x in items]
+
+
+def unflatten(treedef: Treedef, leaves: list) -> Tree:
+    return map_with_path(lambda _, i: leaves[i], treedef.skeleton)
 
 
 def flatten_with_paths(tree: Tree, prefix: str = "") -> dict[str, Any]:
-    """Flat ``{"a.b.c": leaf}`` view of a nested dict; key order follows insertion order."""
+    """Flat ``{"a.b.c": leaf}`` view of a nested dict; consumers look leaves up by path, so the
+    dict's order (insertion order) never pairs anything."""
     if isinstance(tree, dict):
         flat: dict[str, Any] = {}
         for key, sub in tree.items():
@@ -43,7 +148,6 @@ def unflatten_paths(flat: dict[str, Any]) -> dict:
             node = node.setdefault(key, {})
         node[last] = leaf
     return tree
-
 
 
 def global_norm(tree: Tree) -> torch.Tensor:

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from cli.main import cli
@@ -15,7 +16,7 @@ def invoke(*args):
 def assert_usage_error(result, *needles):
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
-    error_lines = [l for l in result.output.splitlines() if l.startswith("Error:")]
+    error_lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(error_lines) == 1, result.output
     for needle in needles:
         assert needle in error_lines[0], error_lines[0]
@@ -113,3 +114,40 @@ def test_telemetry_jsonl_and_grad_table(tmp_path):
     assert "gradients, update 1" not in result.output
     again = invoke("train", *TINY, "--out", str(tmp_path / "run2"), "--telemetry-dir", str(tel))
     assert_usage_error(again, "already exists")
+
+
+def saved_params(tmp_path, name, params, config):
+    from kernel import checkpoint
+
+    return str(checkpoint.save(tmp_path / f"{name}.safetensors", {"params": params}, {"config": config.to_dict()}))
+
+
+def cartpole_params(config):
+    import envs
+    from kernel.train import policy_for
+
+    return policy_for(config, envs.make(config.env, 1)).init(torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("command", ["eval", "grads"])
+def test_eval_and_grads_check_params_against_the_policy_their_config_builds(tmp_path, command):
+    from kernel.config import Config
+
+    config = Config()
+    good = cartpole_params(config)
+    missing = {**good, "value": {"w": good["value"]["w"]}}
+    wide = {**good, "value": {"w": torch.zeros(1, 65), "b": good["value"]["b"]}}
+    half = {**good, "value": {"w": good["value"]["w"].half(), "b": good["value"]["b"]}}
+    seedbed = Config.for_env("seedbed")
+    cases = [("missing", missing, config, "missing params/value.b"),
+             ("shape", wide, config, "shape of params/value.w is [1, 65], expected [1, 64]"),
+             ("dtype", half, config, "dtype of params/value.w is torch.float16, expected torch.float32"),
+             ("other-env", good, seedbed, "does not match the seedbed policy")]
+    for name, params, cfg, needle in cases:
+        path = saved_params(tmp_path, name, params, cfg)
+        extra = ["--episodes", "2"] if command == "eval" else ["--precision", "fp32", "--num-envs", "2",
+                                                                "--num-steps", "8"]
+        assert_usage_error(invoke(command, path, *extra), needle)
+    path = saved_params(tmp_path, "good", good, config)
+    extra = ["--episodes", "2"] if command == "eval" else ["--precision", "fp32", "--num-envs", "2", "--num-steps", "8"]
+    assert invoke(command, path, *extra).exit_code == 0

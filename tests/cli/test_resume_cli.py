@@ -65,6 +65,9 @@ def test_resume_refuses_conflicting_config_and_allows_total_steps(tmp_path):
     more = invoke("train", "--out", str(out), "--resume", "latest", "--total-steps", "160")
     assert more.exit_code == 0, more.output
     assert checkpoint.load(out / "params.safetensors")[1]["update"] == 5
+    # The annealed learning rate is re-planned for the new total, and the run says so.
+    said = " ".join(more.output.split())
+    assert "anneals to 0 at update 5 instead of 3, so at update 3 it is 0.0001 (the saved schedule had 0)" in said
 
 
 def test_resume_bad_inputs(tmp_path):
@@ -81,15 +84,20 @@ def test_resume_bad_inputs(tmp_path):
 
 
 def test_non_finite_run_stops_with_table_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    real_gae = kernel.train.gae
+    real_make_gae = kernel.train.make_gae
     calls = {"n": 0}
 
-    def poisoned_gae(*args, **kw):  # advantages turn NaN from the third update on
-        calls["n"] += 1
-        adv, ret = real_gae(*args, **kw)
-        return (adv * float("nan"), ret) if calls["n"] > 3 else (adv, ret)  # call 1 is the warm-up
+    def poisoned_make_gae(*args, **kw):  # advantages turn NaN from the third update on
+        real = real_make_gae(*args, **kw)
 
-    monkeypatch.setattr(kernel.train, "gae", poisoned_gae)
+        def advantages(*traj):
+            calls["n"] += 1
+            adv, ret = real(*traj)
+            return (adv * float("nan"), ret) if calls["n"] > 3 else (adv, ret)  # call 1 is the warm-up
+
+        return advantages
+
+    monkeypatch.setattr(kernel.train, "make_gae", poisoned_make_gae)
     out = tmp_path / "run"
     r = invoke("train", *TINY, "--total-steps", "640", "--out", str(out), "--checkpoint-every", "1",
                "--max-bad-steps", "6")

@@ -1,9 +1,25 @@
 import torch
 
 import envs
-from envs.seedbed import (ADVANCE, BLENDING, EMPTY, FOSSILIZE, FOSSILIZED, GERMINATE, GERMINATED, HOLDING, PRUNE,
-                          PRUNE_COOLDOWN, PRUNED, TEMPO_STEPS, TRAINING, WAIT, Seedbed, heuristic_actions,
-                          random_valid_actions)
+from envs.seedbed import (
+    ADVANCE,
+    BLENDING,
+    EMPTY,
+    FOSSILIZE,
+    FOSSILIZED,
+    GERMINATE,
+    GERMINATED,
+    HOLDING,
+    PRUNE,
+    PRUNE_COOLDOWN,
+    PRUNED,
+    TEMPO_STEPS,
+    TRAINING,
+    WAIT,
+    Seedbed,
+    heuristic_actions,
+    random_valid_actions,
+)
 
 
 def act(op, slot=0, blueprint=1, tempo=0, n=1):

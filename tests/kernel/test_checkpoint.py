@@ -60,3 +60,18 @@ def test_bad_files_give_one_line_errors(tmp_path, gen):
         with pytest.raises(C.CheckpointError, match=msg) as err:
             C.load(bad)
         assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("header, message", [
+    ({"format": C.FORMAT, "format_version": "1", "fkernel": "{not json"}, "metadata that is not valid JSON"),
+    ({"format": C.FORMAT, "format_version": "1", "fkernel": "[1, 2]"}, "metadata that is a JSON list"),
+    ({"format": C.FORMAT, "format_version": "one", "fkernel": "{}"}, "format_version that is not an integer"),
+    ({"format": C.FORMAT, "format_version": "1.5", "fkernel": "{}"}, "format_version that is not an integer"),
+    ({"format": C.FORMAT, "fkernel": "{}"}, "format_version that is not an integer: None"),
+])
+def test_bad_metadata_gives_one_line_errors(tmp_path, header, message):
+    path = tmp_path / "bad.safetensors"
+    save_file({"params/w": torch.zeros(2)}, str(path), metadata=header)
+    with pytest.raises(C.CheckpointError, match=message) as err:
+        C.load(path)
+    assert "\n" not in str(err.value)

@@ -1,5 +1,7 @@
+import pytest
 import torch
 
+from kernel import ppo
 from kernel.ppo import gae
 
 
@@ -53,3 +55,17 @@ def test_episode_end_stops_the_recursion():
     trunc = torch.zeros(2, 1, dtype=torch.bool)
     adv, _ = gae(r, v, nv, term, trunc, 1.0, 1.0)
     assert adv[0].item() == 1.0  # would be 2.0 if the second step leaked across the boundary
+
+
+@pytest.mark.parametrize("unroll_max", [256, 8])  # the unrolled recursion, then the reverse scan
+def test_compiled_gae_matches_python_loop(gen, monkeypatch, unroll_max):
+    monkeypatch.setattr(ppo, "UNROLL_MAX_STEPS", unroll_max)
+    T, N = 37, 3
+    rewards, values, next_values = (torch.randn(T, N, generator=gen) for _ in range(3))
+    terminated = torch.rand(T, N, generator=gen) < 0.1
+    truncated = (torch.rand(T, N, generator=gen) < 0.1) & ~terminated
+    adv, ret = ppo.make_gae(0.99, 0.95, compile=True)(rewards, values, next_values, terminated, truncated)
+    expected = torch.tensor(reference_gae(rewards.tolist(), values.tolist(), next_values.tolist(),
+                                          terminated.tolist(), truncated.tolist(), 0.99, 0.95))
+    torch.testing.assert_close(adv, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ret, expected + values, rtol=1e-5, atol=1e-5)

@@ -1,9 +1,12 @@
-"""The training loop's compile options keep the guards that matter: a new shape or dtype recompiles
-instead of running a graph built for other inputs."""
+"""The training loop's compile path keeps every guard that matters (closure constants, dict keys,
+grad mode, shapes and dtypes), gives each build its own graph cache, and each compile option does
+what it is there for."""
+import pytest
 import torch
 import torch._dynamo
+from torch._higher_order_ops import scan
 
-from kernel.hot import compile_hot, hot_options
+from kernel.hot import compile_hot, hot_options, known_option
 
 
 def scaled_sum(params, x):
@@ -11,7 +14,6 @@ def scaled_sum(params, x):
 
 
 def test_compile_hot_recompiles_on_new_shapes_and_dtypes():
-    torch._dynamo.reset()
     f = compile_hot(scaled_sum)
     params = {"w": torch.arange(3.0), "b": torch.tensor(1.0)}
     for x in (torch.ones(2, 3), torch.full((2, 3), 2.0), torch.ones(5, 3), torch.ones(5, 3, dtype=torch.float64)):
@@ -21,6 +23,84 @@ def test_compile_hot_recompiles_on_new_shapes_and_dtypes():
     torch.testing.assert_close(f(params, x), scaled_sum(params, x))
 
 
-def test_cpu_only_options_stay_off_cuda():
-    assert hot_options("cpu")["cpp_wrapper"] and hot_options("cpu")["cpp.use_decompose_tanh"]
+def make_affine(scale: float, shift: float):
+    def affine(x):
+        return x * scale + shift  # closure constants, as a grad step reads its config
+
+    return affine
+
+
+def test_each_build_gets_its_own_graph_even_at_a_recompile_limit_of_one():
+    # Builds from one factory share a code object; each must run its own constants, and no build
+    # may count against another's recompile limit.
+    x = torch.arange(4.0)
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for scale, shift in ((2.0, 0.0), (3.0, 1.0), (-1.0, 5.0)):
+            torch.testing.assert_close(compile_hot(make_affine(scale, shift))(x), x * scale + shift)
+
+
+def test_dict_keys_are_guarded():
+    def step(x, hyper):
+        return x * hyper["lr"] + hyper.get("ent_coef/op", 0.0)  # as the PPO loss reads per-head keys
+
+    f = compile_hot(step)
+    x = torch.ones(3)
+    base = {"lr": torch.tensor(2.0)}
+    torch.testing.assert_close(f(x, base), x * 2.0)
+    extra = dict(base, **{"ent_coef/op": torch.tensor(0.5)})
+    torch.testing.assert_close(f(x, extra), x * 2.0 + 0.5)
+
+
+def test_grad_mode_is_guarded():
+    f = compile_hot(lambda x: (x * 3.0).sum())
+    x = torch.ones(3, requires_grad=True)
+    with torch.no_grad():
+        assert not f(x).requires_grad
+    out = f(x)
+    assert out.requires_grad
+    out.backward()
+    torch.testing.assert_close(x.grad, torch.full((3,), 3.0))
+
+
+def test_options_unknown_to_the_installed_torch_are_left_out():
+    assert known_option("cpp_wrapper") and known_option("cpp.use_decompose_tanh")
+    assert not known_option("cpp.no_such_option") and not known_option("no_such_option")
+    assert set(hot_options("cpu")) == {"cpp_wrapper", "cpp.use_decompose_tanh", "unsafe_marked_cacheable_functions"}
     assert "cpp_wrapper" not in hot_options("cuda") and "cpp.use_decompose_tanh" not in hot_options("cuda")
+
+
+def test_decomposed_tanh_stays_accurate():
+    x = torch.linspace(-10, 10, 20001)
+    got = compile_hot(torch.tanh)(x)
+    err = (got.double() - torch.tanh(x.double())).abs().max().item()
+    assert err < 5e-7, err
+
+
+def scan_cumsum(xs):
+    def body(c, x):
+        c = c + x
+        return c, c.clone()
+
+    return scan(body, torch.zeros_like(xs[0]), xs)
+
+
+def test_scan_graphs_come_from_the_cache_in_a_new_build():
+    # A second build (own code object, so dynamo traces it again) must reuse the inductor output
+    # that the first build stored: what the scan mark is for (without it, graphs with a scan are
+    # never cached, and every process recompiles its rollout segment).
+    xs = torch.arange(12.0).reshape(4, 3)
+    compile_hot(scan_cumsum)(xs)
+    torch._dynamo.utils.counters.clear()
+    last, ys = compile_hot(scan_cumsum)(xs)
+    torch.testing.assert_close(ys, xs.cumsum(0))
+    inductor = torch._dynamo.utils.counters["inductor"]
+    assert inductor["fxgraph_cache_bypass"] == 0
+    assert inductor["fxgraph_cache_hit"] + torch._dynamo.utils.counters["aot_autograd"]["autograd_cache_hit"] >= 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_options_compile_and_match_eager():
+    f = compile_hot(scaled_sum, "cuda")
+    params = {"w": torch.arange(3.0, device="cuda"), "b": torch.tensor(1.0, device="cuda")}
+    x = torch.ones(2, 3, device="cuda")
+    torch.testing.assert_close(f(params, x), scaled_sum(params, x))

@@ -1,9 +1,10 @@
 import torch
 
-from kernel import checkpoint, loss_scale, optim
 from envs.base import ActionSpec, Head
+from kernel import checkpoint, loss_scale, optim
 from kernel.policy import make_policy
 from kernel.ppo import make_grad_step
+from kernel.tree import leaves
 
 T, F = torch.tensor(True), torch.tensor(False)
 
@@ -42,7 +43,7 @@ def test_non_finite_step_leaves_params_and_optimizer_state_untouched():
     step = make_grad_step(policy, tx, True, False)
     new_params, new_opt, scale, metrics = step(params, opt_state, loss_scale.init(False), batch, torch.arange(8), hyper)
     assert metrics["skipped"].item() == 1 and scale["skipped"].item() == 1
-    for a, b in zip(torch.utils._pytree.tree_leaves((params, opt_state)), torch.utils._pytree.tree_leaves((new_params, new_opt))):
+    for a, b in zip(leaves((params, opt_state)), leaves((new_params, new_opt))):
         assert torch.equal(a, b)
     assert torch.isnan(metrics["grad/heads.action/norm"])
 

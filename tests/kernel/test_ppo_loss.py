@@ -44,7 +44,8 @@ def test_ppo_loss_matches_hand_computed_example():
 def test_advantage_normalisation_is_per_minibatch():
     params = {"logits": torch.zeros(4, 2), "v": torch.zeros(4)}
     batch = {"obs": torch.zeros(4, 1), "actions": {"action": torch.zeros(4, dtype=torch.long)},
-             "head_logp": {"action": torch.full((4,), math.log(0.5))}, "values": torch.zeros(4), "returns": torch.zeros(4)}
+             "head_logp": {"action": torch.full((4,), math.log(0.5))}, "values": torch.zeros(4),
+             "returns": torch.zeros(4)}
     hyper = {"clip_coef": torch.tensor(0.2), "ent_coef": torch.tensor(0.0), "vf_coef": torch.tensor(0.0)}
     a = ppo_loss(params, dict(batch, advantages=torch.tensor([1.0, 2.0, 3.0, 4.0])), hyper, fixed_policy())[0]
     b = ppo_loss(params, dict(batch, advantages=torch.tensor([10.0, 20.0, 30.0, 40.0])), hyper, fixed_policy())[0]

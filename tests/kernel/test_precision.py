@@ -10,6 +10,7 @@ from kernel import loss_scale, nn, optim, telemetry
 from kernel.policy import make_policy
 from kernel.ppo import make_grad_step, ppo_loss
 from kernel.precision import PRESETS, Precision, cast, parse, with_precision
+from kernel.tree import leaves
 
 HEADS = {"op": 4, "slot": 3}
 SPEC = ActionSpec((Head("op", 4), Head("slot", 3)))
@@ -109,7 +110,7 @@ def test_every_head_gets_finite_nonzero_gradients(name, compiled, monkeypatch):
     for key in ("loss", "pg_loss", "v_loss", "entropy"):
         assert metrics[key].dtype == torch.float32
     # Master weights stay float32 and moved.
-    for a, b in zip(torch.utils._pytree.tree_leaves(new_params), torch.utils._pytree.tree_leaves(params)):
+    for a in leaves(new_params):
         assert a.dtype == torch.float32
     assert not torch.equal(new_params["heads"]["op"]["w"], params["heads"]["op"]["w"])
     if not compiled:
@@ -117,7 +118,7 @@ def test_every_head_gets_finite_nonzero_gradients(name, compiled, monkeypatch):
 
 
 def test_low_precision_logits_are_refused_inside_a_compiled_function_too():
-    f = torch.compile(lambda l, a: D.log_prob(l, a), fullgraph=True)
+    f = torch.compile(lambda logits, a: D.log_prob(logits, a), fullgraph=True)
     with pytest.raises(Exception, match="float32"):
         f(torch.zeros(4, 3, dtype=torch.float16), torch.zeros(4, dtype=torch.long))
 
@@ -137,7 +138,7 @@ def test_inference_forward_first_changes_nothing(name):
     with torch.no_grad():
         policy.step(params, batch["obs"], {}, None)  # telemetry-style inference forward, same precision
     after = grad(loss_fn)(params)
-    for a, b in zip(torch.utils._pytree.tree_leaves(clean), torch.utils._pytree.tree_leaves(after)):
+    for a, b in zip(leaves(clean), leaves(after)):
         assert torch.equal(a, b)
     for h in HEADS:
         assert after["heads"][h]["w"].abs().sum() > 0
@@ -158,7 +159,8 @@ def test_naive_float16_head_path_gives_non_finite_head_gradients_and_fkernel_doe
             masked = torch.where(batch["obs"]["masks"][h], logits, torch.tensor(-1e9).to(half))
             logp = torch.log_softmax(masked, -1)
             entropy = -(logp.exp() * logp).sum(-1)
-            total = total - logp.gather(-1, batch["actions"][h].unsqueeze(-1)).float().mean() - 0.01 * entropy.float().mean()
+            chosen = logp.gather(-1, batch["actions"][h].unsqueeze(-1)).float().mean()
+            total = total - chosen - 0.01 * entropy.float().mean()
         return total
 
     naive = grad(naive_loss)(params)

@@ -7,7 +7,6 @@ import textwrap
 
 import pytest
 import torch
-from torch.utils._pytree import tree_leaves
 
 import envs
 from envs.base import ActionSpec, Head
@@ -34,7 +33,7 @@ def assert_states_equal(a, b):
 def logged(cfg, **kw):
     logs = []
     state, _ = T.train(cfg, on_update=logs.append, **kw)
-    return state, {l.update: l.metrics for l in logs}
+    return state, {log.update: log.metrics for log in logs}
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 import envs
-from kernel.config import Config
 from kernel.policy import make_policy
 from kernel.rollout import make_rollout, unaliased
+from kernel.tree import leaves
 
 
 @pytest.mark.parametrize("env_name, kind", [("cartpole", "mlp"), ("seedbed", "lstm")])
@@ -22,7 +22,7 @@ def test_compiled_segment_matches_eager_loop(env_name, kind):
             carry, traj = rollout.collect(params, carry, g)
         results.append((carry, traj))
     (carry_e, traj_e), (carry_c, traj_c) = results
-    for a, b in zip(torch.utils._pytree.tree_leaves((carry_e, traj_e)), torch.utils._pytree.tree_leaves((carry_c, traj_c))):
+    for a, b in zip(leaves((carry_e, traj_e)), leaves((carry_c, traj_c))):
         if a.is_floating_point():
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
         else:

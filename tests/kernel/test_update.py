@@ -6,6 +6,7 @@ import torch._dynamo
 
 from kernel import train as T
 from kernel.config import Config
+from kernel.tree import leaves
 
 SMALL = Config(num_envs=4, num_steps=16, total_steps=4 * 16 * 3, update_epochs=2, num_minibatches=2,
                hidden=(16, 16), seed=3)
@@ -39,8 +40,8 @@ def compiled():
 def test_compiled_update_equals_eager(eager, compiled):
     (_, state_c, metrics_c), _ = compiled
     _, state_e, metrics_e = eager
-    flat_c = torch.utils._pytree.tree_leaves(state_c["params"])
-    flat_e = torch.utils._pytree.tree_leaves(state_e["params"])
+    flat_c = leaves(state_c["params"])
+    flat_e = leaves(state_e["params"])
     for c, e in zip(flat_c, flat_e):
         torch.testing.assert_close(c, e, rtol=1e-4, atol=1e-5)
     for mc, me in zip(metrics_c, metrics_e):
@@ -48,17 +49,17 @@ def test_compiled_update_equals_eager(eager, compiled):
             torch.testing.assert_close(mc[k], me[k], rtol=1e-3, atol=1e-5, equal_nan=True)
     # Params moved: the comparison is not between two untouched initialisations.
     init = T.init_state(T.build(SMALL.replace(compile=False)))["params"]
-    assert any(not torch.equal(a, b) for a, b in zip(torch.utils._pytree.tree_leaves(init), flat_e))
+    assert any(not torch.equal(a, b) for a, b in zip(leaves(init), flat_e))
 
 
 def test_no_recompilation_across_updates(compiled):
     _, stats = compiled
-    # Two compiled functions (acting step, grad step), each compiled exactly once.
-    assert stats.get("unique_graphs", 0) == 2
+    # Three compiled functions (rollout segment, advantages, grad step), each compiled exactly once.
+    assert stats.get("unique_graphs", 0) == 3
 
 
 def test_eager_run_is_reproducible_from_the_seed(eager):
     _, again, _ = three_updates(False)
-    for a, b in zip(torch.utils._pytree.tree_leaves(again["params"]),
-                    torch.utils._pytree.tree_leaves(eager[1]["params"])):
+    for a, b in zip(leaves(again["params"]),
+                    leaves(eager[1]["params"])):
         assert torch.equal(a, b)

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Run the test suite against another torch release.
+#
+#   tools/compat.sh TORCH_VERSION [TORCHVISION_VERSION] [-- PYTEST_ARGS...]
+#   tools/compat.sh 2.13.0                 # CPU build from this machine's package index
+#   tools/compat.sh 2.9.1 0.24.1 -- -x     # a CUDA build from the registry (several GB)
+#
+# Makes (or reuses) a virtualenv under ${FKERNEL_COMPAT_DIR:-$HOME/.cache/fkernel-compat} with that
+# torch, the project's other dependencies and its dev extras, then runs pytest from the repository
+# root with that venv's python. torchvision is installed only when its version is given (nothing in
+# the test suite imports it). The project itself is not installed into the venv: pytest puts the
+# repository root on sys.path. Each torch gets its own inductor cache next to the venv.
+set -euo pipefail
+if [ $# -lt 1 ] || [[ "$1" == -* ]]; then
+    echo "usage: tools/compat.sh TORCH_VERSION [TORCHVISION_VERSION] [-- PYTEST_ARGS...]" >&2
+    exit 2
+fi
+torch_version=$1; shift
+vision_version=""
+if [ $# -gt 0 ] && [ "$1" != "--" ]; then vision_version=$1; shift; fi
+if [ $# -gt 0 ] && [ "$1" == "--" ]; then shift; fi
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+base=${FKERNEL_COMPAT_DIR:-$HOME/.cache/fkernel-compat}
+venv=$base/torch-$torch_version
+pip_quiet=(--disable-pip-version-check -q)
+
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+fi
+have=$("$venv/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null || true)
+if [ "$have" != "$torch_version" ]; then
+    echo "installing torch==$torch_version into $venv" >&2
+    "$venv/bin/pip" install "${pip_quiet[@]}" "torch==$torch_version"
+fi
+if [ -n "$vision_version" ]; then
+    "$venv/bin/pip" install "${pip_quiet[@]}" "torch==$torch_version" "torchvision==$vision_version"
+fi
+# The project's other dependencies and dev extras, read from pyproject.toml (torch/torchvision excluded).
+deps=$("$venv/bin/python" - "$root/pyproject.toml" <<'PY'
+import sys, tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+wanted = project["dependencies"] + project["optional-dependencies"]["dev"]
+print("\n".join(d for d in wanted if not d.replace(" ", "").startswith(("torch>", "torch=", "torch<", "torchvision"))))
+PY
+)
+mapfile -t deps <<< "$deps"
+"$venv/bin/pip" install "${pip_quiet[@]}" "${deps[@]}"
+
+"$venv/bin/python" -c 'import torch; print("torch", torch.__version__, "from", torch.__file__)'
+cd "$root"
+export TORCHINDUCTOR_CACHE_DIR=$venv/inductor-cache
+exec "$venv/bin/python" -m pytest "$@"
