@@ -9,6 +9,7 @@ import torch
 
 from kernel import loss_scale, telemetry
 from kernel.config import Config
+from kernel.hot import own_code
 from kernel.policy import group_dtypes
 from kernel.ppo import gae, hyper_tensors, make_grad_step
 from kernel.precision import parse
@@ -43,7 +44,7 @@ def grads_by_precision(config: Config, precisions, params: dict | None = None, c
         step = make_grad_step(policy, optimizer, config.clip_vloss, config.norm_adv, precision.needs_loss_scale,
                               norm_entropy=config.norm_entropy)
         if compile:
-            step = torch.compile(step, fullgraph=True)
+            step = torch.compile(own_code(step), fullgraph=True)  # a graph cache of its own per precision
         scale_state = loss_scale.init(precision.needs_loss_scale, device=idx.device)
         for _ in range(MAX_HALVINGS if precision.needs_loss_scale else 1):
             # Halve the scale until the step is finite, as the first steps of an fp16 run do.
