@@ -17,6 +17,8 @@ Options, each measured where it applies:
 - ``scan`` marked cacheable: inductor's FX graph cache skips graphs holding higher-order ops by
   default, so every new process recompiled the rollout segment (~4 s warm). The cache key covers
   the scan body's code (a changed body misses the cache), and the torch version is part of the mark.
+- no loop reordering after fusion (CUDA): torch 2.11's CUDA inductor asserts in that pass on the
+  grad step.
 - ``tanh`` as ``2 / (1 + exp(-2x)) - 1`` inside the generated C++ (inductor's
   ``cpp.use_decompose_tanh``, CPU): Sleef's ``tanh`` costs ~4 ns per element on this project's
   CPU and was the largest elementwise kernel of the grad step (~10% of it). Max abs error 1.8e-7
@@ -49,6 +51,10 @@ def hot_options(device="cpu") -> dict:
     if torch.device(device).type == "cpu":
         # Measured on CPU only; on CUDA inductor's defaults stand.
         wanted.update({"cpp_wrapper": True, "cpp.use_decompose_tanh": True})
+    else:
+        # torch 2.11's CUDA inductor asserts in its loop-reordering pass on the grad step (seen on
+        # an H200); the pass only reorders loops for speed, so it is off for every version.
+        wanted["loop_ordering_after_fusion"] = False
     return {name: value for name, value in wanted.items() if known_option(name)}
 
 

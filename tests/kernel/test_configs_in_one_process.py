@@ -5,11 +5,7 @@ which has compiled other graphs before them. For each, the compiled rollout segm
 must equal the same functions run eagerly, and must be closer to their own eager result than to
 any other configuration's: a graph traced for another configuration cannot pass.
 
-Tolerances: fp32 rel 1e-5. Low precision: compiled and eager round the trunk's intermediate results
-at different points (inductor keeps fused elementwise chains in float32 and rounds once at the
-store; eager rounds after every op), so they may differ by a few units in the last place of the
-compute dtype: rel 4 * 2^-8 = 1.6e-2 for bf16, 4 * 2^-11 = 2e-3 for fp16. The head path is float32
-in both, so these bounds cover the whole step.
+Tolerances are those of ``compiled_vs_eager``.
 """
 import os
 import subprocess
@@ -17,11 +13,11 @@ import sys
 
 import pytest
 import torch
+from compiled_vs_eager import RTOL, assert_same_actions, one_step, shared_batch, signature
 
 from kernel import train as T
 from kernel.config import Config
-from kernel.ppo import hyper_tensors
-from kernel.tree import flatten_with_paths, leaves
+from kernel.tree import flatten_with_paths
 
 BASE = Config(num_envs=4, num_steps=8, total_steps=4 * 8 * 2, update_epochs=1, num_minibatches=2,
               hidden=(16, 16), seed=5)
@@ -34,26 +30,6 @@ CONFIGS = [
     ("no value clipping, raw advantages", {"clip_vloss": False, "norm_adv": False}),
     ("per-head entropy coefficient", {"ent_coef_heads": {"action": 0.5}}),
 ]
-RTOL = {"fp32": 1e-5, "bf16": 1.6e-2, "fp16": 2e-3}
-
-
-def one_step(run, state, batch):
-    """Rollout segment from the initial carry, then one grad step on ``batch``'s first minibatch."""
-    g = torch.Generator().manual_seed(11)
-    _, traj = run.rollout.collect(state["params"], state["carry"], g)
-    idx = torch.arange(run.config.batch_size // run.config.num_minibatches)
-    hyper = hyper_tensors(run.config, 0, idx.device)
-    params, opt_state, _, metrics = run.update.grad_step(state["params"], state["opt_state"], state["loss_scale"],
-                                                         batch, idx, hyper)
-    return traj, params, opt_state, metrics
-
-
-def signature(result) -> torch.Tensor:
-    """Everything compared, as one float64 vector."""
-    traj, params, opt_state, metrics = result
-    floats = [traj["values"], traj["head_logp"]["action"], traj["next_values"], metrics["loss"],
-              metrics["pg_loss"], metrics["v_loss"], *leaves(params), *leaves(opt_state)]
-    return torch.cat([x.detach().double().reshape(-1) for x in floats])
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +39,7 @@ def results():
         config = BASE.replace(**changes)
         compiled_run, eager_run = T.build(config), T.build(config.replace(compile=False))
         state = T.init_state(eager_run)
-        _, traj = eager_run.rollout.collect(state["params"], state["carry"], torch.Generator().manual_seed(3))
-        adv, ret = eager_run.advantages(traj["rewards"], traj["values"], traj["next_values"], traj["terminated"],
-                                        traj["truncated"])
-        batch = T.make_batch(traj, adv, ret)
+        batch = shared_batch(eager_run, state)
         compiled, eager = one_step(compiled_run, state, batch), one_step(eager_run, state, batch)
         out[name] = (config, compiled, eager)
     return out
@@ -76,8 +49,7 @@ def results():
 def test_compiled_equals_its_own_eager_result(results, name):
     config, compiled, eager = results[name]
     rtol = RTOL[config.precision]
-    traj_c, traj_e = compiled[0], eager[0]
-    assert torch.equal(traj_c["actions"]["action"], traj_e["actions"]["action"])
+    assert_same_actions(compiled, eager)
     got, want = signature(compiled), signature(eager)
     torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * want.abs().max().item())
     own = (got - want).abs().max()

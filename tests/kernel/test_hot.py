@@ -67,6 +67,7 @@ def test_options_unknown_to_the_installed_torch_are_left_out():
     assert not known_option("cpp.no_such_option") and not known_option("no_such_option")
     assert set(hot_options("cpu")) == {"cpp_wrapper", "cpp.use_decompose_tanh", "unsafe_marked_cacheable_functions"}
     assert "cpp_wrapper" not in hot_options("cuda") and "cpp.use_decompose_tanh" not in hot_options("cuda")
+    assert hot_options("cuda")["loop_ordering_after_fusion"] is False
 
 
 def test_decomposed_tanh_stays_accurate():

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The GPU check for the compiled steps, as one run that fits a 10-minute device lease:
+#   1. the CUDA tests (compiled equals eager for the rollout segment and the grad step, fp32, bf16
+#      and fp16, CartPole MLP and seedbed LSTM), plus the compile-path tests;
+#   2. CartPole's default run on CUDA (4 envs x 128 steps, 500k steps): compile time, steady SPS and
+#      whole-process wall time;
+#   3. CartPole with 2048 envs x 128 steps (about 10M steps);
+#   4. seedbed LSTM in bf16, briefly.
+# Each step is its own process with its own time limit, so a slow one loses that step, not the run.
+# Writes the pytest log, each run's summary.json and one combined JSON under $OUT.
+#   usage: OUT=benchmarks/results/cuda BUDGET_S=540 bash benchmarks/cuda_verify.sh
+set -u
+out=${OUT:-benchmarks/results/cuda}
+budget=${BUDGET_S:-540}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$(pwd)
+export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-$(nproc)}
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$(mktemp -d)}  # cold compiles, measured
+start=$(date +%s)
+python3 -c "import torch, sys; print(sys.version.split()[0], 'torch', torch.__version__, torch.cuda.get_device_name())" \
+  | tee "$out/verify-device.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$out/verify-device.txt" || true
+
+left() { echo $(( budget - ($(date +%s) - start) )); }
+
+step() {  # name, share of the time left (percent), command...
+  local name=$1 share=$2; shift 2
+  local limit=$(( $(left) * share / 100 ))
+  if (( limit < 20 )); then echo "skip $name: $(left)s left" | tee "$out/verify-$name.skipped"; return; fi
+  echo "== $name: limit ${limit}s"
+  local t0=$(date +%s.%N)
+  timeout --signal=INT --kill-after=10 "$limit" "$@" > "$out/verify-$name.log" 2>&1
+  local rc=$?
+  local t1=$(date +%s.%N)
+  python3 -c "import json,sys; json.dump({'rc': $rc, 'wall_s': $t1 - $t0, 'limit_s': $limit}, open(sys.argv[1], 'w'))" \
+    "$out/verify-$name.wall.json"
+  tail -5 "$out/verify-$name.log"
+  echo "== $name exit $rc after $(( $(date +%s) - start ))s"
+}
+
+train() {  # name, share, flags...
+  local name=$1 share=$2; shift 2
+  rm -rf "$out/run-$name"
+  step "$name" "$share" python3 -m cli.main train --device cuda --checkpoint-every 0 --out "$out/run-$name" "$@"
+  cp "$out/run-$name/summary.json" "$out/verify-$name.summary.json" 2>/dev/null || true
+  rm -rf "$out/run-$name"
+}
+
+step tests 35 python3 -m pytest -q -p no:cacheprovider tests/kernel/test_cuda.py tests/kernel/test_hot.py
+train cartpole-4env 35
+train cartpole-2048env 45 --num-envs 2048 --num-steps 128 --total-steps 10485760
+train seedbed-bf16 100 --env seedbed --precision bf16 --total-steps 100000
+
+python3 - "$out" <<'PY'
+import glob, json, os, sys
+out = sys.argv[1]
+record = {"device": open(os.path.join(out, "verify-device.txt")).read().strip()}
+for wall in sorted(glob.glob(os.path.join(out, "verify-*.wall.json"))):
+    name = os.path.basename(wall)[len("verify-"):-len(".wall.json")]
+    entry = json.load(open(wall))
+    summary = os.path.join(out, f"verify-{name}.summary.json")
+    if os.path.exists(summary):
+        entry["summary"] = json.load(open(summary))
+    record[name] = entry
+with open(os.path.join(out, "verify-cuda.json"), "w") as f:
+    json.dump(record, f, indent=2)
+print(json.dumps(record, indent=2))
+PY
