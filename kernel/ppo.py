@@ -196,6 +196,8 @@ def make_grad_step(policy: Policy, optimizer: GradientTransformation, clip_vloss
     apply the optimizer unless a loss or gradient is non-finite, in which case params and
     optimizer state stay as they were and the step is counted as skipped."""
 
+    head_names = tuple(h.name for h in policy.spec.heads)  # read here: older dynamo cannot trace the property
+
     def scaled_loss(params, mb, hyper, scale):
         loss, metrics = ppo_loss(params, mb, hyper, policy, clip_vloss, norm_adv, norm_entropy)
         return loss * scale, (loss, metrics)
@@ -209,7 +211,7 @@ def make_grad_step(policy: Policy, optimizer: GradientTransformation, clip_vloss
         updates, new_opt_state = optimizer.update(grads, opt_state, params, lr=hyper["lr"])
         new_params = apply_updates(params, updates)
         metrics.update(telemetry.grad_stats(grads, params, updates, groups or telemetry.default_groups(params)))
-        for h in policy.spec.names:  # so the gradient table can tell "not relevant" from "dead"
+        for h in head_names:  # so the gradient table can tell "not relevant" from "dead"
             if f"head/{h}/relevant" in metrics:
                 metrics[f"grad/heads.{h}/relevant"] = metrics.pop(f"head/{h}/relevant")
         metrics["skipped"] = (~finite).float()
