@@ -12,7 +12,7 @@ limit (an error under ``fullgraph=True``). With a copy, each build owns its cach
 with the build.
 
 Options, each measured where it applies:
-- ``cpp_wrapper`` (CPU): the generated glue (allocations, extern matmul calls, scan bookkeeping)
+- ``cpp_wrapper`` (CPU, torch >= 2.13): the generated glue (allocations, extern matmul calls, scan bookkeeping)
   runs in C++ instead of Python.
 - ``scan`` marked cacheable: inductor's FX graph cache skips graphs holding higher-order ops by
   default, so every new process recompiled the rollout segment (~4 s warm). The cache key covers
@@ -46,11 +46,19 @@ def known_option(name: str) -> bool:
     return True
 
 
+def cpp_wrapper_compiles_scan() -> bool:
+    """Inductor 2.11's C++ wrapper asserts on any graph holding a ``scan`` (measured); 2.13 and
+    2.14 compile it. 2.12 was never tried, so the wrapper is used from 2.13 on."""
+    return torch.torch_version.TorchVersion(torch.__version__) >= (2, 13)
+
+
 def hot_options(device="cpu") -> dict:
     wanted = {"unsafe_marked_cacheable_functions": {"torch.ops.higher_order.scan": torch.__version__}}
     if torch.device(device).type == "cpu":
         # Measured on CPU only; on CUDA inductor's defaults stand.
-        wanted.update({"cpp_wrapper": True, "cpp.use_decompose_tanh": True})
+        wanted["cpp.use_decompose_tanh"] = True
+        if cpp_wrapper_compiles_scan():
+            wanted["cpp_wrapper"] = True
     else:
         # torch 2.11's CUDA inductor asserts in its loop-reordering pass on the grad step (seen on
         # an H200); the pass only reorders loops for speed, so it is off for every version.
