@@ -1,8 +1,12 @@
 """seedbed: trained LSTM and MLP policies vs the random-valid and scripted-heuristic baselines.
 
-For each seed, trains with `Config.for_env("seedbed")` (policy lstm, then mlp), then plays
-`--episodes` fresh episodes with the trained policy (sampled actions, as trained, and greedy) and
-with each baseline. Reports mean +- std of the episode return per policy. Writes JSON.
+For each seed, trains with `Config.for_env("seedbed")` (policy lstm, then mlp; with
+`--head-average decisions relevant`, each policy once per way of averaging the per-head PPO terms),
+then plays `--episodes` fresh episodes with the trained policy (sampled actions, as trained, and
+greedy) and with each baseline. Reports mean +- std of the episode return per policy. Per training
+run it also records, over every update after the first, the smallest and largest fraction of
+batch steps where the op head had a real decision, and how often each gradient-table status was
+given (the live view's classification, against each group's running median). Writes JSON.
 
     python -m benchmarks.seedbed --seeds 0 1 2 --out benchmarks/results/seedbed.json
 """
@@ -20,7 +24,7 @@ from envs.seedbed import heuristic_actions, random_valid_actions
 
 
 def play_baseline(name: str, episodes: int, seed: int) -> torch.Tensor:
-    env = envs.make("seedbed", episodes)
+    env = envs.make("seedbed", episodes, desync=False)  # whole episodes
     g = torch.Generator().manual_seed(seed)
     state, obs = env.reset(torch.rand(env.noise_shape(), generator=g))
     total = torch.zeros(episodes)
@@ -30,6 +34,31 @@ def play_baseline(name: str, episodes: int, seed: int) -> torch.Tensor:
         total += s.reward
         state, obs = s.state, s.obs
     return total
+
+
+class TrainingWatch:
+    """``on_update`` callback: the op head's decision fraction per batch and the gradient-table
+    status counts over a run."""
+
+    def __init__(self, batch_size: int):
+        from kernel.telemetry import NormHistory
+
+        self.batch_size, self.history = batch_size, NormHistory()
+        self.fractions: list = []
+        self.statuses: dict = {}
+
+    def __call__(self, log) -> None:
+        from kernel.telemetry import group_table
+
+        if log.update > 1:
+            self.fractions.append(log.metrics["head/op/decision_steps"] / self.batch_size)
+        for group, status in self.history.statuses(group_table(log.metrics)).items():
+            counts = self.statuses.setdefault(group, {})
+            counts[status] = counts.get(status, 0) + 1
+
+    def record(self) -> dict:
+        return {"op_decision_fraction": {"min": min(self.fractions), "max": max(self.fractions)},
+                "grad_status_counts": self.statuses}
 
 
 def summary(x: torch.Tensor) -> dict:
@@ -43,6 +72,7 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=256)
     ap.add_argument("--total-steps", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--head-average", nargs="+", default=["decisions"], choices=["decisions", "relevant"])
     ap.add_argument("--out", default="benchmarks/results/seedbed.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -57,18 +87,19 @@ def main() -> None:
             r = summary(play_baseline(name, args.episodes, 1000 + seed))
             results["runs"].append({"policy": name, "seed": seed, **r})
             print(f"seed {seed} {name:>9}: {r['mean']:6.2f} +- {r['std']:.2f}", flush=True)
-        for kind in args.policies:
+        for kind, average in [(k, a) for k in args.policies for a in args.head_average]:
             extra = {"total_steps": args.total_steps} if args.total_steps else {}
-            cfg = Config.for_env("seedbed", seed=seed, policy=kind, **extra)
+            cfg = Config.for_env("seedbed", seed=seed, policy=kind, head_average=average, **extra)
+            watch = TrainingWatch(cfg.batch_size)
             start = time.perf_counter()
-            state, train_summary = T.train(cfg)
+            state, train_summary = T.train(cfg, on_update=watch)
             wall = time.perf_counter() - start
             for greedy in (False, True):
                 r = summary(evaluate(cfg, state["params"], args.episodes, greedy=greedy, seed=1000 + seed))
-                label = f"{kind}-{'greedy' if greedy else 'sampled'}"
+                label = f"{kind}{'' if average == 'decisions' else '-avg-relevant'}-{'greedy' if greedy else 'sampled'}"
                 results["runs"].append({"policy": label, "seed": seed, **r, "train_wall_s": wall,
                                         "compile_s": train_summary["compile_s"], "sps": train_summary["sps"],
-                                        "config": cfg.to_dict()})
+                                        **watch.record(), "config": cfg.to_dict()})
                 print(f"seed {seed} {label:>9}: {r['mean']:6.2f} +- {r['std']:.2f} "
                       f"(trained {wall:.0f} s, {train_summary['sps']:,.0f} SPS)", flush=True)
     by_policy: dict = {}

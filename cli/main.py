@@ -159,6 +159,7 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, pr
     if cfg.compile:
         con.print("compiling the rollout and update steps (first call; cached afterwards)...")
     dtypes = None
+    history = telemetry.NormHistory()  # each group's recent norms: the reference for its magnitude class
     with Live(render.live_view(progress), console=con, refresh_per_second=4, transient=False) as live:
 
         def on_update(log):
@@ -166,6 +167,8 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, pr
             progress.update(task, completed=log.update)
             live.update(render.live_view(progress, log))
             groups = telemetry.group_table(log.metrics)
+            for group, status in history.statuses(groups).items():
+                groups[group]["status"] = status
             if writer is not None:
                 scalars = {k: v for k, v in log.metrics.items() if not k.startswith("grad/")}
                 writer.write({"update": log.update, "env_steps": log.env_steps, "time_s": log.elapsed_s,
@@ -179,6 +182,8 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, pr
                                      max_bad_steps=max_bad_steps)
         except T.NonFiniteRun as e:
             groups = telemetry.group_table(e.metrics)
+            for group, status in history.statuses(groups).items():
+                groups[group]["status"] = status
             live.console.print(render.grad_table(groups, "gradients at the stop",
                                                  group_dtypes(groups, parse(cfg.precision))))
             kept = (f"last good checkpoint: {e.last_checkpoint}" if e.last_checkpoint
@@ -289,7 +294,20 @@ def eval_(checkpoint, episodes, stochastic, seed, as_json):
               help="Take the gradients with the compiled step (one compile per precision).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 def grads(checkpoint, env_name, precisions, num_envs, num_steps, seed, compile_, as_json):
-    """Gradient statistics per parameter group for one batch, under each precision side by side."""
+    """Gradient statistics per parameter group for one batch, under each precision side by side.
+
+    \b
+    Status of a group (first match wins):
+      non-finite    a NaN or Inf in its gradient
+      not relevant  a head that mattered on no step of the batch
+      forced        a head that mattered, but with one valid action each time (log-prob 0)
+      dead          real decisions (or not a head) and an all-zero gradient: an alarm
+      vanishing, small, healthy, large, very large
+                    the norm against the fp32 norm of the same group: below 0.01x, below
+                    0.2x, up to 5x, up to 20x, beyond (during training: against the group's
+                    running median over recent updates)
+      finite        no reference norm (the fp32 column, or the first updates of a run)
+    """
     from rich.columns import Columns
 
     from kernel.checkpoint import CheckpointError

@@ -73,22 +73,24 @@ def summary_table(summary: dict) -> Table:
     return table
 
 
-STATUS_STYLE = {"non-finite": "bold red", "dead": "bold yellow", "not relevant": "dim", "very large": "magenta",
-                "large": "yellow",
-                "vanishing": "yellow", "small": "cyan", "healthy": "green"}
+STATUS_STYLE = {"non-finite": "bold red", "dead": "bold yellow", "not relevant": "dim", "forced": "dim",
+                "very large": "magenta", "large": "yellow", "vanishing": "yellow", "small": "cyan", "healthy": "green",
+                "finite": "green"}
 
 
 def grad_table(groups: dict, title: str = "gradients", dtypes: dict | None = None) -> Table:
-    """``groups``: ``{group: {stat: float}}`` (kernel.telemetry.group_table). One row per group;
-    non-finite cells red, dead groups yellow, healthy green."""
+    """``groups``: ``{group: {stat: float}}`` (kernel.telemetry.group_table), each with a
+    ``"status"`` (else classified without a reference norm). One row per group; non-finite cells
+    red, dead groups yellow, healthy green. Heads show their relevant and decision steps (per
+    minibatch, averaged over the update)."""
     from kernel.telemetry import classify
 
     table = Table(title=title, padding=(0, 1), collapse_padding=True)
-    for col in ("group", "dtype", "norm", "max|g|", "NaN", "Inf", "zero", "upd/p", "status"):
+    for col in ("group", "dtype", "norm", "max|g|", "NaN", "Inf", "zero", "upd/p", "relevant", "decisions", "status"):
         left = col in ("group", "dtype", "status")
         table.add_column(col, justify="left" if left else "right", no_wrap=col in ("group", "status"))
     for group, stats in groups.items():
-        status = classify(stats)
+        status = stats.get("status") or classify(stats)
         style = STATUS_STYLE[status]
 
         def cell(key, digits=3, pct=False, stats=stats):
@@ -97,8 +99,9 @@ def grad_table(groups: dict, title: str = "gradients", dtypes: dict | None = Non
             return f"[bold red]{text}[/]" if not math.isfinite(v) else text
 
         counts = [f"[bold red]{int(stats[k])}[/]" if stats.get(k, 0) > 0 else "0" for k in ("nan", "inf")]
+        steps = [f"{stats[k]:.0f}" if k in stats else "-" for k in ("relevant", "decisions")]
         table.add_row(group, (dtypes or {}).get(group, "-"), cell("norm"), cell("max_abs"), *counts,
-                      cell("zero_frac", pct=True), cell("update_ratio", 2), f"[{style}]{status}[/]")
+                      cell("zero_frac", pct=True), cell("update_ratio", 2), *steps, f"[{style}]{status}[/]")
     return table
 
 

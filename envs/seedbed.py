@@ -25,6 +25,13 @@ Dynamics (one step = one controller decision, for every sub-environment at once)
 * Reward: accuracy change - ``RENT`` per live non-fossilized seed - a small cost per non-WAIT op;
   at the end of an episode, a bonus of ``FOSSIL_BONUS * max(q, 0)`` per fossilized seed.
 * Episodes last ``EPISODE_STEPS`` (50) steps and end by truncation (bootstrapped, not terminal).
+* Desynchronised starts (``desync=True``, the default): at ``reset`` each sub-environment starts
+  at a random step of its first episode (drawn from the reset noise), so the sub-environments are
+  spread over every phase of an episode instead of all starting together. Otherwise every batch
+  of a short rollout would hold the same phase of every episode: with 25-step rollouts, every
+  second batch would be episode ends, where a trained policy has fossilized its seeds and WAIT is
+  the only valid op. Later episodes are full length; pass ``desync=False`` to play whole episodes
+  from the first step (evaluation does).
 
 Action heads: op (5), slot (S), blueprint (B, default 8; blueprint 0 is NOOP and never valid),
 tempo (3). Relevance: slot matters unless op is WAIT; blueprint and tempo only for GERMINATE.
@@ -86,9 +93,10 @@ class Seedbed:
     description = "grow a host network by seeds: germinate, train, blend, fossilize or prune"
 
     def __init__(self, num_envs: int, device="cpu", dtype: torch.dtype = torch.float32, slots: int = 3,
-                 blueprints: int = 8, max_seeds: int = 3, episode_steps: int = EPISODE_STEPS):
+                 blueprints: int = 8, max_seeds: int = 3, episode_steps: int = EPISODE_STEPS, desync: bool = True):
         self.num_envs, self.device, self.dtype = num_envs, torch.device(device), dtype
         self.slots, self.blueprints, self.max_seeds, self.episode_steps = slots, blueprints, max_seeds, episode_steps
+        self.desync = desync
         self.action_spec = ActionSpec(
             (Head("op", NUM_OPS), Head("slot", slots), Head("blueprint", blueprints), Head("tempo", len(TEMPO_STEPS))),
             parent={"slot": "op"},
@@ -102,7 +110,8 @@ class Seedbed:
     # -- state -------------------------------------------------------------------------------
 
     def noise_shape(self) -> tuple:
-        return (self.num_envs, self.slots * self.blueprints + self.slots)
+        # Per env: episode quality noise (slots x blueprints), measurement noise (slots), start step.
+        return (self.num_envs, self.slots * self.blueprints + self.slots + 1)
 
     def _fresh(self, noise: torch.Tensor) -> dict:
         n, s, b = self.num_envs, self.slots, self.blueprints
@@ -122,6 +131,9 @@ class Seedbed:
 
     def reset(self, noise: torch.Tensor):
         state = self._fresh(noise)
+        if self.desync:
+            start = (noise[:, -1].to(self.dtype) * self.episode_steps).long().clamp(0, self.episode_steps - 1)
+            state["t"] = start.to(self.device)
         return state, self.observe(state)
 
     # -- observation and masks -----------------------------------------------------------------
@@ -206,7 +218,7 @@ class Seedbed:
         contributing = (new_stage == BLENDING) | (new_stage == HOLDING) | (new_stage == FOSSILIZED)
         accuracy = BASE_ACCURACY + (alpha * q * contributing.to(self.dtype)).sum(-1)
         shown = contributing | (new_stage == TRAINING)
-        z = normals(noise[:, self.slots * self.blueprints:].to(self.dtype))
+        z = normals(noise[:, self.slots * self.blueprints: self.slots * (self.blueprints + 1)].to(self.dtype))
         measured = torch.where(shown, q + z * MEASURE_SIGMA / torch.sqrt(1.0 + train_steps.to(self.dtype)),
                                torch.zeros_like(q))
 

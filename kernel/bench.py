@@ -83,7 +83,7 @@ def update_case(config: Config, precision: str, minibatch: int):
     args = (params, optimizer.init(params), loss_scale.init(p.needs_loss_scale, 2.0 ** 10, device=device), batch,
             torch.arange(units, device=device), hyper_tensors(cfg, 0, device))
     step = make_grad_step(run.policy, optimizer, cfg.clip_vloss, cfg.norm_adv, p.needs_loss_scale,
-                          norm_entropy=cfg.norm_entropy)
+                          norm_entropy=cfg.norm_entropy, head_average=cfg.head_average)
     return step, args, minibatch
 
 

@@ -29,6 +29,7 @@ class Config:
     ent_coef: float = 0.01
     ent_coef_heads: dict = field(default_factory=dict)  # per-head additions to ent_coef
     norm_entropy: bool = False  # divide each head's entropy by log(number of valid actions)
+    head_average: str = "decisions"  # per-head PPO terms average over "decisions" or all "relevant" steps
     vf_coef: float = 0.5
     norm_adv: bool = True
     hidden: tuple = (64, 64)
@@ -112,6 +113,8 @@ def validated(config: Config) -> Config:
         raise ValueError(f"lstm_size must be a positive integer, got {config.lstm_size!r}")
     if not all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in config.ent_coef_heads.items()):
         raise ValueError(f"ent_coef_heads must map head names to numbers, got {config.ent_coef_heads!r}")
+    if config.head_average not in ("decisions", "relevant"):
+        raise ValueError(f"head_average must be 'decisions' or 'relevant', got {config.head_average!r}")
     if config.activation not in ("tanh", "relu"):
         raise ValueError(f"activation must be 'tanh' or 'relu', got {config.activation!r}")
     from kernel.precision import parse

@@ -37,12 +37,13 @@ def grads_by_precision(config: Config, precisions, params: dict | None = None, c
     idx = torch.arange(units, device=batch["returns"].device)
     hyper = hyper_tensors(config, 0, idx.device)
     report = {}
-    for spec in precisions:
+    # fp32 first: the other precisions' magnitude classes are relative to it.
+    for spec in sorted(precisions, key=lambda s: parse(s).name != "fp32"):
         precision = parse(spec)
         policy = policy_for(config, run.env, precision)
         optimizer = make_optimizer(config)
         step = make_grad_step(policy, optimizer, config.clip_vloss, config.norm_adv, precision.needs_loss_scale,
-                              norm_entropy=config.norm_entropy)
+                              norm_entropy=config.norm_entropy, head_average=config.head_average)
         if compile:
             step = torch.compile(own_code(step), fullgraph=True)  # a graph cache of its own per precision
         scale_state = loss_scale.init(precision.needs_loss_scale, device=idx.device)
@@ -53,12 +54,15 @@ def grads_by_precision(config: Config, precisions, params: dict | None = None, c
                 break
             scale_state = new_scale
         groups = telemetry.group_table(metrics)
-        for stats in groups.values():
-            stats["status"] = telemetry.classify(stats)
+        # Magnitude classes compare with the fp32 gradient of the same batch, when it was asked for
+        # first; the fp32 column itself has no reference.
+        reference = report.get("fp32", {}).get("groups", {})
+        for group, stats in groups.items():
+            stats["status"] = telemetry.classify(stats, reference.get(group, {}).get("norm"))
         report[precision.name] = {
             "dtypes": group_dtypes(groups, precision),
             "groups": groups,
             "skipped": bool(metrics["skipped"] > 0),
             "loss_scale": float(metrics["loss_scale"]),
         }
-    return report
+    return {parse(spec).name: report[parse(spec).name] for spec in precisions}

@@ -13,6 +13,8 @@ from kernel.policy import masks
 def evaluate(config: Config, params: dict, episodes: int, greedy: bool = True, seed: int = 0) -> torch.Tensor:
     """Returns ``[episodes]`` float returns; each sub-environment plays exactly one episode."""
     env = envs.make(config.env, episodes, device=config.device)
+    if hasattr(env, "desync"):
+        env.desync = False  # whole episodes from the first step
     from kernel.train import policy_for
 
     policy = policy_for(config, env)

@@ -56,6 +56,21 @@ def relevance(spec, actions: dict) -> dict:
     return out
 
 
+def decisions(spec, actions: dict, masks: dict | None = None) -> dict:
+    """``{head: float [...]}``: 1 where the head mattered *and* had more than one valid action.
+
+    A relevant step with a single valid action is forced: its log-prob is 0 whatever the params,
+    so it carries no policy gradient. Only decision steps can tell a learning head from a dead one.
+    """
+    relevant = relevance(spec, actions)
+    out = {}
+    for h in spec.heads:
+        r, mask = relevant[h.name], head_mask(spec, masks, actions, h.name)
+        choice = mask.sum(-1) > 1 if mask is not None else torch.full_like(r, float(h.size > 1)).bool()
+        out[h.name] = r * choice.to(r.dtype)
+    return out
+
+
 def log_probs(spec, logits: dict, actions: dict, masks: dict | None = None) -> dict:
     return {h.name: D.log_prob(logits[h.name], actions[h.name], head_mask(spec, masks, actions, h.name))
             for h in spec.heads}

@@ -117,7 +117,7 @@ def evaluate(policy: Policy, params, batch: dict):
 
 
 def ppo_loss(params, batch: dict, hyper: dict, policy: Policy, clip_vloss: bool = True, norm_adv: bool = True,
-             norm_entropy: bool = False):
+             norm_entropy: bool = False, head_average: str = "decisions"):
     """Clipped-surrogate PPO loss over factored actions; returns ``(loss, metrics)`` as tensors.
 
     ``batch``: obs (tensor, or dict with "x" and "masks"), actions and head_logp (dicts per head),
@@ -125,8 +125,10 @@ def ppo_loss(params, batch: dict, hyper: dict, policy: Policy, clip_vloss: bool 
     ``hyper``: 0-d tensors clip_coef, ent_coef, vf_coef, ``ent_coef/<head>`` (added to the global
     coefficient), and lr (read by the optimizer).
 
-    Each head has its own ratio and clipped surrogate, averaged over the steps where the head is
-    relevant; the policy loss is their sum. With one always-relevant head this is textbook PPO.
+    Each head has its own ratio and clipped surrogate, averaged over its decision steps (relevant,
+    with more than one valid action; ``head_average="relevant"`` averages over every relevant step,
+    forced ones included, which only dilutes the mean); the policy loss is their sum. With one
+    always-relevant head this is textbook PPO.
     """
     spec = policy.spec
     logits, value, b = evaluate(policy, params, batch)
@@ -135,13 +137,15 @@ def ppo_loss(params, batch: dict, hyper: dict, policy: Policy, clip_vloss: bool 
     entropy_fn = heads.normalized_entropies if norm_entropy else heads.entropies
     head_entropy = entropy_fn(spec, logits, b["actions"], obs_masks)
     relevant = heads.relevance(spec, b["actions"])
+    decided = heads.decisions(spec, b["actions"], obs_masks)
+    weights = decided if head_average == "decisions" else relevant
     adv = normalize(b["advantages"]) if norm_adv else b["advantages"]
     clip = hyper["clip_coef"]
 
     metrics = {}
     pg_loss = entropy = entropy_bonus = joint_log_ratio = 0.0
     for h in spec.heads:
-        r = relevant[h.name]
+        r = weights[h.name]
         log_ratio = new_logp[h.name] - b["head_logp"][h.name]
         ratio = log_ratio.exp()
         surrogate = torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - clip, 1.0 + clip))
@@ -154,7 +158,8 @@ def ppo_loss(params, batch: dict, hyper: dict, policy: Policy, clip_vloss: bool 
             metrics[f"head/{h.name}/approx_kl"] = heads.masked_mean((ratio - 1) - log_ratio, r).detach()
             metrics[f"head/{h.name}/clip_frac"] = heads.masked_mean(((ratio - 1.0).abs() > clip).float(), r).detach()
             metrics[f"head/{h.name}/entropy"] = head_ent.detach()
-            metrics[f"head/{h.name}/relevant"] = r.sum().detach()  # in this minibatch
+        metrics[f"head/{h.name}/relevant"] = relevant[h.name].sum().detach()  # in this minibatch
+        metrics[f"head/{h.name}/decisions"] = decided[h.name].sum().detach()
 
     v_loss_unclipped = (value - b["returns"]) ** 2
     if clip_vloss:
@@ -191,7 +196,8 @@ def minibatch(batch: dict, idx: torch.Tensor, recurrent: bool) -> dict:
 
 
 def make_grad_step(policy: Policy, optimizer: GradientTransformation, clip_vloss: bool, norm_adv: bool,
-                   dynamic_scale: bool = False, groups=None, norm_entropy: bool = False) -> Callable:
+                   dynamic_scale: bool = False, groups=None, norm_entropy: bool = False,
+                   head_average: str = "decisions") -> Callable:
     """One minibatch step: gather rows ``idx`` of the batch, take the (loss-scaled) gradient, and
     apply the optimizer unless a loss or gradient is non-finite, in which case params and
     optimizer state stay as they were and the step is counted as skipped."""
@@ -199,7 +205,7 @@ def make_grad_step(policy: Policy, optimizer: GradientTransformation, clip_vloss
     head_names = tuple(h.name for h in policy.spec.heads)  # read here: older dynamo cannot trace the property
 
     def scaled_loss(params, mb, hyper, scale):
-        loss, metrics = ppo_loss(params, mb, hyper, policy, clip_vloss, norm_adv, norm_entropy)
+        loss, metrics = ppo_loss(params, mb, hyper, policy, clip_vloss, norm_adv, norm_entropy, head_average)
         return loss * scale, (loss, metrics)
 
     def grad_step(params, opt_state, scale_state, batch, idx, hyper):
@@ -211,9 +217,9 @@ def make_grad_step(policy: Policy, optimizer: GradientTransformation, clip_vloss
         updates, new_opt_state = optimizer.update(grads, opt_state, params, lr=hyper["lr"])
         new_params = apply_updates(params, updates)
         metrics.update(telemetry.grad_stats(grads, params, updates, groups or telemetry.default_groups(params)))
-        for h in head_names:  # so the gradient table can tell "not relevant" from "dead"
-            if f"head/{h}/relevant" in metrics:
-                metrics[f"grad/heads.{h}/relevant"] = metrics.pop(f"head/{h}/relevant")
+        for h in head_names:  # so the gradient table can tell "not relevant" and "forced" from "dead"
+            for count in ("relevant", "decisions"):
+                metrics[f"grad/heads.{h}/{count}"] = metrics.pop(f"head/{h}/{count}")
         metrics["skipped"] = (~finite).float()
         metrics["loss_scale"] = scale_state["scale"]
         params = loss_scale.select(finite, new_params, params)
@@ -230,7 +236,7 @@ def make_update(config, policy: Policy, optimizer: GradientTransformation, group
     minibatches (means; counts summed; maxima maxed)."""
     dynamic = parse_precision(config.precision).needs_loss_scale
     grad_step = make_grad_step(policy, optimizer, config.clip_vloss, config.norm_adv, dynamic, groups,
-                               config.norm_entropy)
+                               config.norm_entropy, config.head_average)
     if config.compile:
         grad_step = compile_hot(grad_step, config.device)
     # Recurrent minibatches are whole env columns (time stays contiguous for replay).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 import torch
@@ -117,26 +118,65 @@ class JsonlWriter:
         self._f.close()
 
 
-# Gradient-norm bands, low to high: below VANISHING is vanishing, below SMALL small, up to HEALTHY
-# healthy, up to LARGE large, beyond that very large. Norms are before clipping.
-VANISHING, SMALL, HEALTHY, LARGE = 0.01, 0.1, 2.0, 5.0
+# Magnitude classes compare a group's gradient norm (before clipping) with a reference norm of the
+# same group: its running median over recent updates while training, the fp32 gradient of the same
+# batch in `fkernel grads`. Absolute bands would mean little: a value head's gradient scales with
+# the returns, a trunk's with its width. Ratio to the reference, low to high: below VANISHING is
+# vanishing, below SMALL small, up to LARGE healthy, up to VERY_LARGE large, beyond that very large.
+VANISHING, SMALL, LARGE, VERY_LARGE = 0.01, 0.2, 5.0, 20.0
+STATUSES = ("non-finite", "not relevant", "forced", "dead", "vanishing", "small", "healthy", "large", "very large",
+            "finite")
 
 
-def classify(stats: dict) -> str:
-    """One word per group: non-finite, not relevant, dead, vanishing, small, healthy, large or very
-    large. A head with no relevant step in the batch (``relevant == 0``) is expected to get no
-    gradient: it is "not relevant", not "dead"."""
+def classify(stats: dict, reference: float | None = None) -> str:
+    """One word per group, first match wins:
+
+    - ``non-finite``: a NaN or Inf in the gradient;
+    - ``not relevant``: a head with no step where it mattered (``relevant == 0``): no gradient expected;
+    - ``forced``: a head that mattered, but every such step had one valid action
+      (``decisions == 0``): its log-prob is 0, so no gradient is expected either;
+    - ``dead``: real decisions (or a group that is not a head) and still an all-zero gradient: an alarm;
+    - ``vanishing`` / ``small`` / ``healthy`` / ``large`` / ``very large``: the norm against
+      ``reference`` (see the bands above);
+    - ``finite``: no reference norm yet (the first updates of a run).
+    """
     norm = stats.get("norm", float("nan"))
     if stats.get("nan", 0) > 0 or stats.get("inf", 0) > 0 or not math.isfinite(norm):
         return "non-finite"
     if stats.get("relevant", 1.0) == 0:
         return "not relevant"
+    if stats.get("decisions", 1.0) == 0:
+        return "forced"
     if stats.get("zero_frac", 0.0) >= 1.0:
         return "dead"
-    if norm < VANISHING:
+    if reference is None or not math.isfinite(reference) or reference <= 0:
+        return "finite"
+    ratio = norm / reference
+    if ratio < VANISHING:
         return "vanishing"
-    if norm < SMALL:
+    if ratio < SMALL:
         return "small"
-    if norm <= HEALTHY:
+    if ratio <= LARGE:
         return "healthy"
-    return "large" if norm <= LARGE else "very large"
+    return "large" if ratio <= VERY_LARGE else "very large"
+
+
+class NormHistory:
+    """Each group's recent gradient norms; :meth:`statuses` classifies an update's groups against
+    the running median of the updates before it (after ``min_updates`` of them), then records it."""
+
+    def __init__(self, window: int = 50, min_updates: int = 5):
+        self.window, self.min_updates = window, min_updates
+        self.norms: dict = {}
+
+    def reference(self, group: str) -> float | None:
+        seen = self.norms.get(group, [])
+        return statistics.median(seen) if len(seen) >= self.min_updates else None
+
+    def statuses(self, groups: dict) -> dict:
+        out = {g: classify(stats, self.reference(g)) for g, stats in groups.items()}
+        for g, stats in groups.items():
+            norm = stats.get("norm", float("nan"))
+            if out[g] not in ("non-finite", "not relevant", "forced", "dead") and math.isfinite(norm):
+                self.norms[g] = (self.norms.get(g, []) + [norm])[-self.window:]
+        return out

@@ -17,7 +17,7 @@ import torch
 import envs
 from kernel import heads, loss_scale, optim
 from kernel.config import Config, validated
-from kernel.policy import Policy, make_policy
+from kernel.policy import Policy, make_policy, masks
 from kernel.ppo import explained_variance, hyper_tensors, make_gae, make_update
 from kernel.precision import parse as parse_precision
 from kernel.rollout import Rollout, finished_episodes, make_rollout
@@ -102,8 +102,11 @@ def iteration(run: Run, state: dict):
                                                          batch, state["generator"], hyper)
     metrics["explained_var"] = explained_variance(traj["values"].reshape(-1), returns.reshape(-1))
     if len(run.env.action_spec.heads) > 1:
-        for name, r in heads.relevance(run.env.action_spec, traj["actions"]).items():
+        spec, obs_masks = run.env.action_spec, masks(traj["obs"])
+        for name, r in heads.relevance(spec, traj["actions"]).items():
             metrics[f"head/{name}/relevant_steps"] = r.sum()  # in the whole batch
+        for name, d in heads.decisions(spec, traj["actions"], obs_masks).items():
+            metrics[f"head/{name}/decision_steps"] = d.sum()
     metrics["skipped_total"] = scale_state["skipped"]
     new_state = dict(state, params=params, opt_state=opt_state, loss_scale=scale_state, carry=carry,
                      update=state["update"] + 1, env_steps=state["env_steps"] + cfg.batch_size)

@@ -67,7 +67,7 @@ def test_prune_frees_the_slot_after_the_cooldown_and_needs_an_old_enough_seed():
 
 
 def test_invalid_action_acts_as_wait_and_episode_truncates_at_50_with_reset():
-    env = Seedbed(2)
+    env = Seedbed(2, desync=False)  # both start at step 0
     state, _ = env.reset(noise(env))
     s = env.step(state, act(FOSSILIZE, n=2), noise(env))  # nothing is holding: invalid
     assert (s.state["stage"] == EMPTY).all() and torch.allclose(s.reward, torch.zeros(2))
@@ -109,3 +109,48 @@ def test_baselines_rank_as_designed():
     random = play(lambda env, st, obs, g: random_valid_actions(env, obs, g))
     heuristic = play(lambda env, st, obs, g: heuristic_actions(env, st, g))
     assert heuristic > random + 5
+
+
+def op_decision_fractions(desync: bool, batches: int = 10, num_envs: int = 32, num_steps: int = 25) -> list:
+    """Per 25-step batch of a scripted-controller run, the fraction of steps where the op head had
+    more than one valid action."""
+    env = Seedbed(num_envs, desync=desync)
+    g = torch.Generator().manual_seed(0)
+    state, obs = env.reset(torch.rand(env.noise_shape(), generator=g))
+    fractions = []
+    for _ in range(batches):
+        decisions = 0
+        for _ in range(num_steps):
+            decisions += int((obs["masks"]["op"].sum(-1) > 1).sum())
+            step = env.step(state, heuristic_actions(env, state, g), torch.rand(env.noise_shape(), generator=g))
+            state, obs = step.state, step.obs
+        fractions.append(decisions / (num_steps * num_envs))
+    return fractions
+
+
+def test_desynchronised_starts_keep_every_batch_mixed():
+    # The first two batches still hold the first, fresh-start episodes (empty slots: many choices).
+    mixed = op_decision_fractions(desync=True)[2:]
+    assert all(0.2 <= f <= 0.8 for f in mixed), mixed
+    # In lockstep, episode starts and ends alternate between batches: the same check fails.
+    lockstep = op_decision_fractions(desync=False)[2:]
+    assert not all(0.2 <= f <= 0.8 for f in lockstep), lockstep
+
+
+def test_desync_spreads_first_episode_starts_and_later_episodes_are_full():
+    env = Seedbed(64, episode_steps=10)
+    g = torch.Generator().manual_seed(1)
+    state, _ = env.reset(torch.rand(env.noise_shape(), generator=g))
+    assert len(set(state["t"].tolist())) > 5 and int(state["t"].max()) < 10
+    lengths = torch.zeros(64, dtype=torch.long)
+    ends = []
+    for _ in range(30):
+        step = env.step(state, {h.name: torch.zeros(64, dtype=torch.long) for h in env.action_spec.heads},
+                        torch.rand(env.noise_shape(), generator=g))
+        lengths += 1
+        ends.append(lengths[step.truncated].clone())
+        lengths[step.truncated] = 0
+        state = step.state
+    later = torch.cat(ends[10:])
+    assert len(later) > 0 and (later == 10).all()
+    assert int(Seedbed(8, desync=False).reset(torch.rand(8, env.noise_shape()[1]))[0]["t"].max()) == 0
