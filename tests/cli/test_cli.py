@@ -109,7 +109,8 @@ def test_telemetry_jsonl_and_grad_table(tmp_path):
     for r in records:
         assert {"loss", "approx_kl", "clip_frac", "loss_scale", "skipped", "skipped_total"} <= set(r)
         assert set(r["grads"]) == {"trunk", "heads.action", "value"}
-        assert {"norm", "max_abs", "nan", "inf", "zero_frac", "update_ratio"} == set(r["grads"]["trunk"])
+        assert {"norm", "max_abs", "nan", "inf", "zero_frac", "update_ratio", "status"} == set(r["grads"]["trunk"])
+        assert {"relevant", "decisions", "status"} <= set(r["grads"]["heads.action"])
     assert "gradients, update 2" in result.output and "bf16" in result.output
     assert "gradients, update 1" not in result.output
     again = invoke("train", *TINY, "--out", str(tmp_path / "run2"), "--telemetry-dir", str(tel))
