@@ -24,7 +24,11 @@ Dynamics (one step = one controller decision, for every sub-environment at once)
   longer a seed trains.
 * Reward: accuracy change - ``RENT`` per live non-fossilized seed - a small cost per non-WAIT op;
   at the end of an episode, a bonus of ``FOSSIL_BONUS * max(q, 0)`` per fossilized seed.
-* Episodes last ``EPISODE_STEPS`` (50) steps and end by truncation (bootstrapped, not terminal).
+* Episodes last ``EPISODE_STEPS`` (50) steps. The horizon is part of the task (the observation
+  carries ``t / EPISODE_STEPS`` and the fossil bonus is paid at the end), so the last step is
+  *terminal*: nothing follows it. Bootstrapping there instead, from the value of a final
+  observation that no training step ever visits, let value targets drift upward and collapse
+  MLP policies late in training.
 * Desynchronised starts (``desync=True``, the default): at ``reset`` each sub-environment starts
   at a random step of its first episode (drawn from the reset noise), so the sub-environments are
   spread over every phase of an episode instead of all starting together. Otherwise every batch
@@ -225,9 +229,9 @@ class Seedbed:
         renting = (new_stage >= GERMINATED) & (new_stage <= HOLDING)
         reward = (accuracy - s["accuracy"]) - RENT * renting.sum(-1).to(self.dtype) - self.op_cost[op]
         t = s["t"] + 1
-        truncated = t >= self.episode_steps
+        ended = t >= self.episode_steps
         fossil_worth = (q.clamp(min=0.0) * (new_stage == FOSSILIZED).to(self.dtype)).sum(-1)
-        reward = reward + torch.where(truncated, FOSSIL_BONUS * fossil_worth, torch.zeros_like(reward))
+        reward = reward + torch.where(ended, FOSSIL_BONUS * fossil_worth, torch.zeros_like(reward))
 
         after = {
             "stage": new_stage, "blueprint": s["blueprint"], "tempo": s["tempo"], "stage_age": stage_age,
@@ -236,10 +240,9 @@ class Seedbed:
         }
         final_obs = self.observe(after)
         fresh = self._fresh(noise)
-        next_state = {k: torch.where(truncated.reshape(-1, *[1] * (v.dim() - 1)), fresh[k], v)
+        next_state = {k: torch.where(ended.reshape(-1, *[1] * (v.dim() - 1)), fresh[k], v)
                       for k, v in after.items()}
-        terminated = torch.zeros_like(truncated)
-        return Step(next_state, self.observe(next_state), reward, terminated, truncated, final_obs)
+        return Step(next_state, self.observe(next_state), reward, ended, torch.zeros_like(ended), final_obs)
 
 
 # -- baselines -------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ def test_prune_frees_the_slot_after_the_cooldown_and_needs_an_old_enough_seed():
     assert state["stage"][0, 0].item() == EMPTY
 
 
-def test_invalid_action_acts_as_wait_and_episode_truncates_at_50_with_reset():
+def test_invalid_action_acts_as_wait_and_episode_terminates_at_50_with_reset():
     env = Seedbed(2, desync=False)  # both start at step 0
     state, _ = env.reset(noise(env))
     s = env.step(state, act(FOSSILIZE, n=2), noise(env))  # nothing is holding: invalid
@@ -75,7 +75,7 @@ def test_invalid_action_acts_as_wait_and_episode_truncates_at_50_with_reset():
     for t in range(2, 51):
         s = env.step(state, act(WAIT, n=2), noise(env, t))
         state = s.state
-    assert s.truncated.all() and not s.terminated.any()
+    assert s.terminated.all() and not s.truncated.any()  # the horizon is part of the task
     assert (state["t"] == 0).all() and (s.final_obs["x"][:, -1] == 1.0).all()
 
 
@@ -148,8 +148,8 @@ def test_desync_spreads_first_episode_starts_and_later_episodes_are_full():
         step = env.step(state, {h.name: torch.zeros(64, dtype=torch.long) for h in env.action_spec.heads},
                         torch.rand(env.noise_shape(), generator=g))
         lengths += 1
-        ends.append(lengths[step.truncated].clone())
-        lengths[step.truncated] = 0
+        ends.append(lengths[step.terminated].clone())
+        lengths[step.terminated] = 0
         state = step.state
     later = torch.cat(ends[10:])
     assert len(later) > 0 and (later == 10).all()
