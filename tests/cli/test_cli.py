@@ -152,3 +152,13 @@ def test_eval_and_grads_check_params_against_the_policy_their_config_builds(tmp_
     path = saved_params(tmp_path, "good", good, config)
     extra = ["--episodes", "2"] if command == "eval" else ["--precision", "fp32", "--num-envs", "2", "--num-steps", "8"]
     assert invoke(command, path, *extra).exit_code == 0
+
+
+@pytest.mark.parametrize("command", ["eval", "grads", "inspect"])
+def test_checkpoint_with_bad_metadata_is_a_one_line_usage_error(tmp_path, command):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "list-meta.safetensors"
+    save_file({"params/w": torch.zeros(2)}, str(path), metadata={"format": "fkernel-checkpoint",
+                                                                 "format_version": "1", "fkernel": "[1, 2]"})
+    assert_usage_error(invoke(command, str(path)), "metadata that is a JSON list")
