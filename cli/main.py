@@ -16,7 +16,9 @@ from kernel import config as config_mod
 
 
 def console() -> Console:
-    return Console(stderr=False)
+    con = Console(stderr=False)
+    # Piped to a file or a CI log: no terminal width to respect, so keep table rows whole.
+    return con if con.is_terminal else Console(stderr=False, width=150)
 
 
 def usage_error(e: Exception) -> click.UsageError:
@@ -420,8 +422,6 @@ def bench(env_name, modes, precisions, sizes, targets, iters, warmup, threads, d
         raise click.UsageError(f"{json_path} already exists; choose another --json path")
     cfg = config_mod.Config.for_env(env_name, device=device)
     con = console()
-    if not con.is_terminal:
-        con = Console(width=150)  # piped to a file: no terminal width to respect, keep rows whole
     total = len(modes) * len(targets) * len(sizes) * len(precisions)
     progress = render.make_progress("bench", "cells")
     task = progress.add_task("bench", total=total)
