@@ -1,6 +1,6 @@
 """seedbed: a batched, torch-native simulation of growing a host network by seeds.
 
-Modelled on the project the seed ticket comes from: a controller grows a host network by planting
+Modelled on morphogenetic network training: a controller grows a host network by planting
 "seeds" (small modules built from a blueprint) into slots, training them, blending them in, and
 then fossilizing (keeping) or pruning them.
 

@@ -6,7 +6,7 @@ exact 0 in float32, so masked actions still have probability exactly 0.
 
 Every function refuses non-float32 logits: the head path is float32 by contract (see
 ``kernel/precision.py``), and a regression that lets low-precision logits through must fail loudly
-rather than train on NaN gradients (the seed bug).
+rather than train on NaN gradients.
 """
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 cast transforms; no autocast region anywhere.
 
 Why explicit casts: autocast keeps a hidden cache of low-precision weight copies for the length of
-its region. In the project our seed ticket came from, a ``no_grad`` telemetry forward filled that
-cache first, the training forward reused the copies (which have no autograd link), and every Linear
+its region. In a training loop where a ``no_grad`` telemetry forward ran first, that forward
+filled the cache, the training forward reused the copies (which have no autograd link), and every Linear
 in the action heads got ``grad=None``. A cast here is an ordinary differentiable op on the tensor it
 is given: no cache, no region, gradients always flow back into the float32 master weights.
 
