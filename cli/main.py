@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import deque
 from pathlib import Path
 
 import click
@@ -103,17 +104,22 @@ OVERRIDABLE_ON_RESUME = ("total_steps", "compile", "device")
 @click.option("--grad-table-every", type=int, default=0, show_default=True,
               help="Print the per-group gradient table every N updates (0: never).")
 @click.option("--telemetry-dir", type=click.Path(file_okay=False), default=None,
-              help="Write one JSON line per update (losses, KL, loss scale, skipped steps, grad stats).")
+              help="Where telemetry.jsonl goes: one JSON line per update (losses, KL, loss scale, skipped "
+                   "steps, grad stats; what `fkernel plot` draws). [default: the run folder]")
+@click.option("--tensorboard", "tensorboard_dir", type=click.Path(file_okay=False), default=None,
+              help="Also write TensorBoard event files here (needs the [tensorboard] extra).")
 @click.option("--threads", type=int, default=None,
               help="torch intra-op threads (results are bit-reproducible for a fixed thread count). "
                    "[default: torch's choice]")
 def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, precision, policy_kind, config_json,
-          out, checkpoint_every, keep, resume, max_bad_steps, grad_table_every, telemetry_dir, threads):
+          out, checkpoint_every, keep, resume, max_bad_steps, grad_table_every, telemetry_dir, tensorboard_dir,
+          threads):
     """Train a PPO agent; defaults are PureJaxRL's CartPole configuration."""
-    from kernel import telemetry
+    from kernel import curves, telemetry
     from kernel import train as T
     from kernel.checkpoint import CheckpointError
     from kernel.policy import group_dtypes
+    from kernel.ppo import learning_rate
     from kernel.precision import parse
     from kernel.resume import Checkpointer, checkpoint_path, restore_state, save_state
 
@@ -131,10 +137,15 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, pr
         out = Path(out) if out else default_out(cfg)
         if out.exists() and any(out.iterdir()):
             raise click.UsageError(f"output folder {out} already holds files; choose another --out or --resume")
-    telemetry_path = Path(telemetry_dir) / "telemetry.jsonl" if telemetry_dir else None
-    if telemetry_path is not None and telemetry_path.exists() and not resume:
+    telemetry_path = Path(telemetry_dir or out) / curves.TELEMETRY
+    if telemetry_path.exists() and not resume:
         raise click.UsageError(f"{telemetry_path} already exists; choose another --telemetry-dir")
 
+    if tensorboard_dir:
+        try:
+            curves.require("tensorboard", "tensorboard")
+        except curves.MissingExtra as e:
+            raise click.UsageError(str(e))
     run = T.build(cfg)
     state = T.init_state(run)
     if resume:
@@ -155,7 +166,9 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, pr
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     checkpointer = Checkpointer(out, checkpoint_every, keep) if checkpoint_every else None
-    writer = telemetry.JsonlWriter(telemetry_path) if telemetry_path else None
+    writer = telemetry.JsonlWriter(telemetry_path)
+    board = curves.TensorboardLog(tensorboard_dir) if tensorboard_dir else None
+    returns_seen: deque = deque(maxlen=60)  # for the live view's sparkline
     progress = render.make_progress()
     task = progress.add_task("train", total=cfg.num_updates, completed=state["update"])
     if cfg.compile:
@@ -167,14 +180,16 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, pr
         def on_update(log):
             nonlocal dtypes
             progress.update(task, completed=log.update)
-            live.update(render.live_view(progress, log))
+            returns_seen.append(log.mean_return)
+            live.update(render.live_view(progress, log, list(returns_seen)))
             groups = telemetry.group_table(log.metrics)
             for group, status in history.statuses(groups).items():
                 groups[group]["status"] = status
-            if writer is not None:
-                scalars = {k: v for k, v in log.metrics.items() if not k.startswith("grad/")}
-                writer.write({"update": log.update, "env_steps": log.env_steps, "time_s": log.elapsed_s,
-                              "mean_return": log.mean_return, **scalars, "grads": groups})
+            scalars = {k: v for k, v in log.metrics.items() if not k.startswith("grad/")}
+            writer.write({"update": log.update, "env_steps": log.env_steps, "time_s": log.elapsed_s,
+                          "mean_return": log.mean_return, **scalars, "grads": groups})
+            if board is not None:
+                board.write(log, learning_rate(cfg, log.update - 1))
             if grad_table_every and log.update % grad_table_every == 0:
                 dtypes = dtypes or group_dtypes(groups, parse(cfg.precision))
                 live.console.print(render.grad_table(groups, f"gradients, update {log.update}", dtypes))
@@ -192,8 +207,9 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, pr
                     else "no checkpoint was written yet")
             raise click.ClickException(f"{e}; {kept}")
         finally:
-            if writer is not None:
-                writer.close()
+            writer.close()
+            if board is not None:
+                board.close()
     if checkpointer is not None and checkpointer.last != checkpoint_path(out, state["update"]):
         checkpointer.save(cfg, state)  # so `--resume latest` continues from the true end
     path = save_state(out / "params.safetensors", cfg, state)
@@ -441,6 +457,36 @@ def bench(env_name, modes, precisions, sizes, targets, iters, warmup, threads, d
     write(record)
     if json_path:
         click.echo(f"wrote {json_path}")
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="PNG to write. [default: <first run folder>/curves.png]")
+def plot(run_dirs, out_path):
+    """Draw a run's curves into one PNG: mean return against env steps, loss terms, and per-group
+    gradient norms with non-finite, dead and forced updates marked. Several run folders share the
+    figure (e.g. fp32 vs bf16). Needs the [plot] extra."""
+    from kernel import curves
+    from kernel.config import read_json_object
+
+    out_path = Path(out_path) if out_path else Path(run_dirs[0]) / "curves.png"
+    if out_path.suffix.lower() != ".png":
+        raise click.BadParameter(f"must end in .png, got {out_path.name}", param_hint="--out")
+    solved = set()
+    for run_dir in run_dirs:
+        try:
+            curves.read_telemetry(run_dir)
+            config_file = Path(run_dir) / "config.json"
+            env = read_json_object(config_file).get("env", "") if config_file.exists() else ""
+        except (OSError, ValueError) as e:
+            raise click.BadParameter(str(e).splitlines()[0], param_hint="RUN_DIRS")
+        solved.add(getattr(envs.REGISTRY.get(env), "solved_return", None))
+    try:
+        curves.plot_runs(list(run_dirs), out_path, solved.pop() if len(solved) == 1 else None)
+    except curves.MissingExtra as e:
+        raise click.UsageError(str(e))
+    click.echo(f"wrote {out_path}")
 
 
 @cli.command("envs")

@@ -49,8 +49,30 @@ def metrics_table(log) -> Table:
     return table
 
 
-def live_view(progress: Progress, log=None) -> Group:
-    return Group(progress, metrics_table(log)) if log is not None else Group(progress)
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list) -> str:
+    """One block character per value, scaled between the finite minimum and maximum."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return ""
+    low, high = min(finite), max(finite)
+    span = (high - low) or 1.0
+    return "".join(" " if not math.isfinite(v) else SPARK[min(len(SPARK) - 1, int((v - low) / span * len(SPARK)))]
+                   for v in values)
+
+
+def live_view(progress: Progress, log=None, returns: list | None = None) -> Group:
+    """Progress bar, the latest metrics and a sparkline of the mean return over recent updates."""
+    if log is None:
+        return Group(progress)
+    parts = [progress, metrics_table(log)]
+    if returns:
+        finite = [v for v in returns if math.isfinite(v)]
+        span = f" ({min(finite):.1f} .. {max(finite):.1f})" if finite else ""
+        parts.append(f"mean return, last {len(returns)} updates{span}: {sparkline(returns)}")
+    return Group(*parts)
 
 
 def summary_table(summary: dict) -> Table:

@@ -174,7 +174,7 @@ def train(config: Config, on_update: Callable[[UpdateLog], None] | None = None, 
     start = time.perf_counter()
     while state["update"] < last:
         state, (metrics, traj) = iteration(run, state)
-        returns, _ = finished_episodes(traj)
+        returns, lengths = finished_episodes(traj)
         window.extend(returns.tolist())
         state["returns_window"] = list(window)
         elapsed = time.perf_counter() - start
@@ -183,6 +183,8 @@ def train(config: Config, on_update: Callable[[UpdateLog], None] | None = None, 
                 and mean_return >= solved:
             state["first_solved"] = {"update": state["update"], "env_steps": state["env_steps"], "run_s": elapsed}
         host = to_host(metrics) if (on_update is not None or max_bad_steps) else {}
+        if on_update is not None:  # mean length of the episodes that ended in this update
+            host["episode_length"] = float(lengths.float().mean()) if len(lengths) else float("nan")
         if max_bad_steps and int(state["loss_scale"]["bad_streak"]) >= max_bad_steps:
             last_good = checkpointer.last if checkpointer is not None else None
             raise NonFiniteRun(

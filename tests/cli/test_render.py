@@ -58,3 +58,11 @@ def test_grads_json_reports_each_precision_and_group():
 def test_grads_rejects_bad_precision():
     result = CliRunner().invoke(cli, ["grads", "--precision", "fp32,fp8"])
     assert result.exit_code == 2 and "fp8" in result.output and "Traceback" not in result.output
+
+
+def test_sparkline_scales_between_min_and_max():
+    from cli.render import SPARK, sparkline
+
+    assert sparkline([0.0, 5.0, 10.0]) == SPARK[0] + SPARK[4] + SPARK[-1]
+    assert sparkline([float("nan"), 3.0, 3.0]) == " " + SPARK[0] * 2
+    assert sparkline([]) == ""
