@@ -6,7 +6,7 @@
 #   tools/compat.sh 2.9.1 0.24.1 -- -x     # a CUDA build from the registry (several GB)
 #
 # Makes (or reuses) a virtualenv under ${FKERNEL_COMPAT_DIR:-$HOME/.cache/fkernel-compat} with that
-# torch, the project's other dependencies and its dev extras, then runs pytest from the repository
+# torch, the project's other dependencies and its dev, tensorboard and plot extras, then runs pytest from the repository
 # root with that venv's python. torchvision is installed only when its version is given (nothing in
 # the test suite imports it). The project itself is not installed into the venv: pytest puts the
 # repository root on sys.path. Each torch gets its own inductor cache next to the venv.
@@ -36,11 +36,13 @@ fi
 if [ -n "$vision_version" ]; then
     "$venv/bin/pip" install "${pip_quiet[@]}" "torch==$torch_version" "torchvision==$vision_version"
 fi
-# The project's other dependencies and dev extras, read from pyproject.toml (torch/torchvision excluded).
+# The project's other dependencies and the extras the tests use, read from pyproject.toml
+# (torch/torchvision excluded).
 deps=$("$venv/bin/python" - "$root/pyproject.toml" <<'PY'
 import sys, tomllib
 project = tomllib.load(open(sys.argv[1], "rb"))["project"]
-wanted = project["dependencies"] + project["optional-dependencies"]["dev"]
+extras = project["optional-dependencies"]
+wanted = project["dependencies"] + extras["dev"] + extras["tensorboard"] + extras["plot"]
 print("\n".join(d for d in wanted if not d.replace(" ", "").startswith(("torch>", "torch=", "torch<", "torchvision"))))
 PY
 )
