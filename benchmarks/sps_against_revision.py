@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.results_io import write_record
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -63,11 +65,9 @@ def main() -> None:
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     result = {"command": "fkernel train --threads 1 " + " ".join(args.flags), "rev": args.rev, "this_tree_head": head,
               "runs": runs, "median_sps": medians, "ratio_this_over_rev": medians["this tree"] / medians[args.rev]}
-    text = json.dumps(result, indent=2)
-    print(text)
+    print(json.dumps(result, indent=2))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+        write_record(str(args.json), result)
 
 
 if __name__ == "__main__":

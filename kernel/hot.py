@@ -38,10 +38,7 @@ import torch._inductor.config as inductor_config
 
 
 def known_option(name: str) -> bool:
-    """Whether the installed inductor has the (dotted) config option ``name`` (``guard_filter_fn``
-    is dynamo's, not a config option: always passed)."""
-    if name == "guard_filter_fn":
-        return True
+    """Whether the installed inductor has the (dotted) config option ``name``."""
     node = inductor_config
     for part in name.split("."):
         if not hasattr(node, part):
@@ -66,8 +63,7 @@ def skip_module_global_guards(entries) -> list:
 
 
 def hot_options(device="cpu") -> dict:
-    wanted = {"unsafe_marked_cacheable_functions": {"torch.ops.higher_order.scan": torch.__version__},
-              "guard_filter_fn": skip_module_global_guards}
+    wanted = {"unsafe_marked_cacheable_functions": {"torch.ops.higher_order.scan": torch.__version__}}
     if torch.device(device).type == "cpu":
         # Measured on CPU only; on CUDA inductor's defaults stand.
         wanted["cpp.use_decompose_tanh"] = True
@@ -77,7 +73,9 @@ def hot_options(device="cpu") -> dict:
         # torch 2.11's CUDA inductor asserts in its loop-reordering pass on the grad step (seen on
         # an H200); the pass only reorders loops for speed, so it is off for every version.
         wanted["loop_ordering_after_fusion"] = False
-    return {name: value for name, value in wanted.items() if known_option(name)}
+    options = {name: value for name, value in wanted.items() if known_option(name)}
+    # Dynamo's option, not an inductor config, so it is not looked up there.
+    return dict(options, guard_filter_fn=skip_module_global_guards)
 
 
 def own_code(fn: Callable) -> Callable:
