@@ -2,7 +2,7 @@
 all changing data lives in the ``state`` it returns)."""
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 
@@ -46,3 +46,34 @@ class ActionSpec(NamedTuple):
     @property
     def sizes(self) -> dict:
         return {h.name: h.size for h in self.heads}
+
+
+@runtime_checkable
+class Env(Protocol):
+    """The contract between an environment and the kernel.
+
+    ``num_envs`` sub-environments step together. All randomness enters as ``noise`` tensors of
+    ``noise_shape()`` (uniform in [0, 1), drawn by the caller from its explicit random state), so
+    ``reset`` and ``step`` are pure functions of their arguments; the env object itself holds
+    only configuration. Actions are ``{head: long [num_envs]}`` for the heads of ``action_spec``
+    (one head: a bare tensor is accepted too). Observations are a ``[num_envs, obs_dim]`` tensor,
+    or a dict with ``"x"`` (that tensor) and ``"masks"`` (``{head: bool mask}``, see
+    :class:`ActionSpec`). ``solved_return``: the mean return over 100 episodes at which the task
+    counts as solved, or ``None``.
+    """
+
+    name: str
+    num_envs: int
+    device: torch.device
+    dtype: torch.dtype
+    action_spec: ActionSpec
+    obs_dim: int
+    solved_return: float | None
+
+    def noise_shape(self) -> tuple: ...
+
+    def reset(self, noise: torch.Tensor) -> tuple[Any, Any]:
+        """``(state, obs)`` for fresh sub-environments."""
+
+    def step(self, state: Any, action: Any, noise: torch.Tensor) -> Step:
+        """Advance every sub-environment one step; finished ones are reset inside (see :class:`Step`)."""

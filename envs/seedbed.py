@@ -45,9 +45,7 @@ Masks (in ``obs["masks"]``): op: WAIT always; GERMINATE needs an empty slot and 
 HOLDING seed; PRUNE needs a live non-fossilized seed at least one step old. ``slot`` masks are
 ``[N, 5, S]``, one row per op (the WAIT row allows every slot; it is irrelevant there).
 
-Baselines: :func:`random_valid_actions` (uniform over valid actions) and
-:func:`heuristic_actions` (germinate random blueprints, advance, fossilize when the measured
-contribution is positive, otherwise prune).
+Scripted baselines to compare a trained policy with live in :mod:`kernel.baselines`.
 """
 from __future__ import annotations
 
@@ -94,6 +92,7 @@ def normals(uniform: torch.Tensor) -> torch.Tensor:
 
 class Seedbed:
     name = "seedbed"
+    solved_return = None  # no fixed bar: compare with the scripted baselines (kernel.baselines)
     description = "grow a host network by seeds: germinate, train, blend, fossilize or prune"
 
     def __init__(self, num_envs: int, device="cpu", dtype: torch.dtype = torch.float32, slots: int = 3,
@@ -243,47 +242,3 @@ class Seedbed:
         next_state = {k: torch.where(ended.reshape(-1, *[1] * (v.dim() - 1)), fresh[k], v)
                       for k, v in after.items()}
         return Step(next_state, self.observe(next_state), reward, ended, torch.zeros_like(ended), final_obs)
-
-
-# -- baselines -------------------------------------------------------------------------------
-
-def random_valid_actions(env: Seedbed, obs: dict, generator: torch.Generator) -> dict:
-    """Uniform over valid actions, head by head (op first, then the slot row that op selects)."""
-    from kernel import heads
-
-    zeros = {h.name: torch.zeros(env.num_envs, h.size, device=env.device) for h in env.action_spec.heads}
-    noise = {h.name: torch.rand(env.num_envs, h.size, generator=generator).to(env.device)
-             for h in env.action_spec.heads}
-    return heads.sample(env.action_spec, zeros, noise, obs["masks"])
-
-
-def heuristic_actions(env: Seedbed, state: dict, generator: torch.Generator, min_training: int = 3) -> dict:
-    """Scripted controller. Per env, first applicable rule wins:
-    1. a HOLDING seed: FOSSILIZE it if its measured contribution > 0, else PRUNE it;
-    2. a seed that trained ``min_training`` steps: ADVANCE it to blending if measured > 0, else PRUNE;
-    3. a GERMINATED seed: ADVANCE it to training;  4. a BLENDING seed: WAIT for the ramp;
-    5. room for a seed: GERMINATE a random blueprint in the first empty slot, middle tempo;  6. WAIT.
-    """
-    n, dev = env.num_envs, env.device
-    stage, measured, masks = state["stage"], state["measured"], env.masks(state)
-    good = measured > 0
-    rules = [
-        (stage == HOLDING, lambda sel: torch.where(good[sel], FOSSILIZE, PRUNE)),
-        ((stage == TRAINING) & (state["train_steps"] >= min_training),
-         lambda sel: torch.where(good[sel], ADVANCE, PRUNE)),
-        (stage == GERMINATED, lambda sel: torch.full_like(sel[:, 0], ADVANCE, dtype=torch.long)),
-        (stage == BLENDING, lambda sel: torch.full_like(sel[:, 0], WAIT, dtype=torch.long)),
-        (masks["slot"][:, GERMINATE], lambda sel: torch.full_like(sel[:, 0], GERMINATE, dtype=torch.long)),
-    ]
-    op = torch.full((n,), WAIT, dtype=torch.long, device=dev)
-    slot = torch.zeros(n, dtype=torch.long, device=dev)
-    decided = torch.zeros(n, dtype=torch.bool, device=dev)
-    for where, choose in rules:
-        hit = where.any(-1) & ~decided
-        first = where.long().argmax(-1)
-        sel = F.one_hot(first, env.slots).bool()
-        op = torch.where(hit, choose(sel), op)
-        slot = torch.where(hit, first, slot)
-        decided |= hit
-    blueprint = torch.randint(1, env.blueprints, (n,), generator=generator).to(dev)
-    return {"op": op, "slot": slot, "blueprint": blueprint, "tempo": torch.full_like(op, 1)}

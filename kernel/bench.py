@@ -16,7 +16,7 @@ from kernel import loss_scale
 from kernel.config import Config
 from kernel.diagnose import one_batch
 from kernel.ppo import hyper_tensors, make_grad_step
-from kernel.precision import parse
+from kernel.precision import Precision
 from kernel.rollout import make_rollout
 from kernel.train import make_optimizer, policy_for
 from kernel.tree import tree_map
@@ -70,24 +70,24 @@ def compiled(fn, mode: str):
     return torch.compile(fn, mode=mode, fullgraph=True)
 
 
-def update_case(config: Config, precision: str, minibatch: int):
+def update_case(config: Config, precision: Precision, minibatch: int):
     """A grad + optimizer step on a real rollout batch of ``minibatch`` rows."""
     envs_needed = max(1, math.ceil(minibatch / config.num_steps))
     cfg = config.replace(num_envs=envs_needed, total_steps=envs_needed * config.num_steps, num_minibatches=1,
                          precision=precision)
     run, params, batch = one_batch(cfg)
-    p = parse(precision)
     optimizer = make_optimizer(cfg)
     device = batch["returns"].device
     units = envs_needed if run.policy.recurrent else minibatch
-    args = (params, optimizer.init(params), loss_scale.init(p.needs_loss_scale, 2.0 ** 10, device=device), batch,
-            torch.arange(units, device=device), hyper_tensors(cfg, 0, device))
-    step = make_grad_step(run.policy, optimizer, cfg.clip_vloss, cfg.norm_adv, p.needs_loss_scale,
-                          norm_entropy=cfg.norm_entropy, head_average=cfg.head_average)
+    args = (params, optimizer.init(params), loss_scale.for_precision(precision.needs_loss_scale, 2.0 ** 10, device),
+            batch, torch.arange(units, device=device), hyper_tensors(cfg, torch.zeros((), dtype=torch.int64,
+                                                                                      device=device)))
+    step = make_grad_step(run.policy, optimizer, cfg.clip_vloss, cfg.norm_adv, norm_entropy=cfg.norm_entropy,
+                          head_average=cfg.head_average)
     return step, args, minibatch
 
 
-def rollout_case(config: Config, precision: str, num_envs: int):
+def rollout_case(config: Config, precision: Precision, num_envs: int):
     """One acting step (policy forward, sampling, env step) for ``num_envs`` environments."""
     import envs
 
@@ -121,7 +121,7 @@ def measure(fn, args, device, warmup: int, iters: int) -> tuple[float, dict, lis
     return first, after_first, sorted(times)
 
 
-def run_cell(config: Config, target: str, mode: str, precision: str, size: int, warmup: int, iters: int) -> dict:
+def run_cell(config: Config, target: str, mode: str, precision: Precision, size: int, warmup: int, iters: int) -> dict:
     device = torch.device(config.device)
     fn, args, rows = (update_case if target == "update" else rollout_case)(config, precision, size)
     torch._dynamo.reset()
@@ -132,7 +132,7 @@ def run_cell(config: Config, target: str, mode: str, precision: str, size: int, 
     counts = dynamo_counts()  # anything compiled after the first call is a recompile
     median = percentile(times, 0.5)
     cell = {
-        "target": target, "mode": mode, "precision": precision, "size": size,
+        "target": target, "mode": mode, "precision": precision.name, "size": size,
         "compile_s": first if mode != "eager" else 0.0,
         "first_call_s": first,
         "median_ms": 1e3 * median, "p10_ms": 1e3 * percentile(times, 0.1), "p90_ms": 1e3 * percentile(times, 0.9),

@@ -37,9 +37,12 @@ def versions() -> dict:
 
 
 def flatten_sections(sections: dict) -> dict:
-    """``{"params": tree, ...}`` -> ``{"params/trunk.actor.l0.w": tensor, ...}``."""
+    """``{"params": tree, "rng": tensor, ...}`` -> ``{"params/trunk.actor.l0.w": tensor, "rng": tensor, ...}``."""
     flat = {}
     for section, tree in sections.items():
+        if isinstance(tree, torch.Tensor):  # a section that is one tensor (a run's random key)
+            flat[section] = tree
+            continue
         for path, leaf in flatten_with_paths(tree).items():
             flat[f"{section}/{path}"] = leaf
     return flat
@@ -47,10 +50,14 @@ def flatten_sections(sections: dict) -> dict:
 
 def unflatten_sections(flat: dict) -> dict:
     grouped: dict = {}
+    whole = {}
     for key, value in flat.items():
-        section, _, path = key.partition("/")
-        grouped.setdefault(section, {})[path] = value
-    return {section: unflatten_paths(paths) for section, paths in grouped.items()}
+        section, slash, path = key.partition("/")
+        if slash:
+            grouped.setdefault(section, {})[path] = value
+        else:
+            whole[section] = value
+    return {**{section: unflatten_paths(paths) for section, paths in grouped.items()}, **whole}
 
 
 def to_bytes(sections: dict, meta: dict) -> bytes:

@@ -9,6 +9,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kernel.precision import Precision, parse
+
 
 @dataclass(frozen=True)
 class Config:
@@ -36,7 +38,7 @@ class Config:
     activation: str = "tanh"
     policy: str = "mlp"  # "mlp" or "lstm"
     lstm_size: int = 64
-    precision: str = "fp32"
+    precision: Precision = Precision()  # given as "fp32", "bf16", ...: parsed once, by validated()
     seed: int = 0
     device: str = "cpu"
     compile: bool = True
@@ -57,8 +59,10 @@ class Config:
         return validated(dataclasses.replace(self, **changes))
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["hidden"] = list(self.hidden)
+        d["ent_coef_heads"] = dict(self.ent_coef_heads)
+        d["precision"] = str(self.precision)
         return d
 
     @classmethod
@@ -82,7 +86,8 @@ POSITIVE_INTS = ("num_envs", "num_steps", "total_steps", "update_epochs", "num_m
 
 
 def validated(config: Config) -> Config:
-    """Return ``config`` unchanged or raise ``ValueError`` naming the first problem found."""
+    """Return ``config`` (its precision parsed into a :class:`Precision`) or raise ``ValueError``
+    naming the first problem found."""
     for name in POSITIVE_INTS:
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -117,12 +122,11 @@ def validated(config: Config) -> Config:
         raise ValueError(f"head_average must be 'decisions' or 'relevant', got {config.head_average!r}")
     if config.activation not in ("tanh", "relu"):
         raise ValueError(f"activation must be 'tanh' or 'relu', got {config.activation!r}")
-    from kernel.precision import parse
-
-    try:
-        parse(config.precision)
-    except ValueError as e:
-        raise ValueError(f"precision: {e}") from None
+    if not isinstance(config.precision, Precision):
+        try:
+            config = dataclasses.replace(config, precision=parse(config.precision))
+        except (ValueError, AttributeError) as e:
+            raise ValueError(f"precision: {e}") from None
     return config
 
 
@@ -136,6 +140,8 @@ def from_dict(values: dict, base: Config | None = None) -> Config:
             raise ValueError(f"hidden must be a list of positive integers, got {values['hidden']!r}")
         values["hidden"] = tuple(values["hidden"])
     for name, value in values.items():
+        if name == "precision" and isinstance(value, (str, Precision)):
+            continue  # parsed by validated()
         expected = type(getattr(base or Config(), name))
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             values[name] = float(value)

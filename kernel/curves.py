@@ -32,15 +32,15 @@ SCALAR_TAGS = {
     "loss": "losses/loss", "pg_loss": "losses/policy_loss", "v_loss": "losses/value_loss",
     "entropy": "losses/entropy", "approx_kl": "losses/approx_kl", "clip_frac": "losses/clipfrac",
     "explained_var": "losses/explained_variance", "loss_scale": "charts/loss_scale",
-    "skipped_total": "charts/skipped_steps", "episode_length": "charts/episode_length",
+    "skipped_total": "charts/skipped_steps", "episode_length": "charts/episode_length", "lr": "charts/learning_rate",
 }
 
 
-def scalars(log, learning_rate: float) -> dict:
+def scalars(log) -> dict:
     """``{tag: float}`` for one ``kernel.train.UpdateLog``: charts, losses, per-head terms and
     per-group gradient statistics (``grads/<group>/<stat>``)."""
     m = log.metrics
-    out = {"charts/mean_return": log.mean_return, "charts/SPS": log.sps, "charts/learning_rate": learning_rate}
+    out = {"charts/mean_return": log.mean_return, "charts/SPS": log.sps}
     out.update({tag: m[key] for key, tag in SCALAR_TAGS.items() if key in m})
     for key, value in m.items():
         if key.startswith("head/"):  # head/<name>/<stat>
@@ -59,8 +59,8 @@ class TensorboardLog:
 
         self.writer = SummaryWriter(log_dir=str(folder))
 
-    def write(self, log, learning_rate: float) -> None:
-        for tag, value in scalars(log, learning_rate).items():
+    def write(self, log) -> None:
+        for tag, value in scalars(log).items():
             self.writer.add_scalar(tag, value, global_step=log.env_steps)
 
     def close(self) -> None:

@@ -7,52 +7,51 @@ from __future__ import annotations
 
 import torch
 
-from kernel import loss_scale, telemetry
+from kernel import loss_scale, rng, telemetry
 from kernel.config import Config
 from kernel.hot import own_code
 from kernel.policy import group_dtypes
-from kernel.ppo import gae, hyper_tensors, make_grad_step
-from kernel.precision import parse
-from kernel.train import build, init_state, make_batch, make_optimizer, policy_for
+from kernel.ppo import hyper_tensors, make_grad_step
+from kernel.precision import Precision
+from kernel.train import build, collect, init_state, make_optimizer, policy_for
 
 MAX_HALVINGS = 24
 
 
 def one_batch(config: Config, params: dict | None = None):
-    """Params (fresh from the seed unless given) and one flattened PPO batch from one rollout."""
+    """Params (fresh from the seed unless given) and one PPO batch from one rollout, made by the
+    same collection step as training (eager)."""
     run = build(config.replace(compile=False))
     state = init_state(run)
-    params = params if params is not None else state["params"]
-    _, traj = run.rollout.collect(params, state["carry"], state["generator"])
-    adv, ret = gae(traj["rewards"], traj["values"], traj["next_values"], traj["terminated"], traj["truncated"],
-                   config.gamma, config.gae_lambda)
-    return run, params, make_batch(traj, adv, ret, run.policy.recurrent)
+    params = params if params is not None else state.params
+    _, _, batch = collect(run, params, state.carry, rng.generator(state.rng))
+    return run, params, batch
 
 
-def grads_by_precision(config: Config, precisions, params: dict | None = None, compile: bool = False) -> dict:
+def grads_by_precision(config: Config, precisions: list[Precision], params: dict | None = None,
+                       compile: bool = False) -> dict:
     """``{precision name: {"dtypes": {group: dtype}, "groups": {group: {stat: float, "status": str}},
     "skipped": bool}}`` for one full-batch gradient step per precision."""
     run, params, batch = one_batch(config, params)
     units = config.num_envs if run.policy.recurrent else config.batch_size
     idx = torch.arange(units, device=batch["returns"].device)
-    hyper = hyper_tensors(config, 0, idx.device)
+    hyper = hyper_tensors(config, torch.zeros((), dtype=torch.int64, device=idx.device))
     report = {}
     # fp32 first: the other precisions' magnitude classes are relative to it.
-    for spec in sorted(precisions, key=lambda s: parse(s).name != "fp32"):
-        precision = parse(spec)
+    for precision in sorted(precisions, key=lambda p: p.name != "fp32"):
         policy = policy_for(config, run.env, precision)
         optimizer = make_optimizer(config)
-        step = make_grad_step(policy, optimizer, config.clip_vloss, config.norm_adv, precision.needs_loss_scale,
-                              norm_entropy=config.norm_entropy, head_average=config.head_average)
+        step = make_grad_step(policy, optimizer, config.clip_vloss, config.norm_adv, norm_entropy=config.norm_entropy,
+                              head_average=config.head_average)
         if compile:
             step = torch.compile(own_code(step), fullgraph=True)  # a graph cache of its own per precision
-        scale_state = loss_scale.init(precision.needs_loss_scale, device=idx.device)
+        scale = loss_scale.for_precision(precision.needs_loss_scale, device=idx.device)
         for _ in range(MAX_HALVINGS if precision.needs_loss_scale else 1):
             # Halve the scale until the step is finite, as the first steps of an fp16 run do.
-            _, _, new_scale, metrics = step(params, optimizer.init(params), scale_state, batch, idx, hyper)
+            _, _, new_scale, metrics = step(params, optimizer.init(params), scale, batch, idx, hyper)
             if not bool(metrics["skipped"] > 0):
                 break
-            scale_state = new_scale
+            scale = new_scale
         groups = telemetry.group_table(metrics)
         # Magnitude classes compare with the fp32 gradient of the same batch, when it was asked for
         # first; the fp32 column itself has no reference.
@@ -65,4 +64,4 @@ def grads_by_precision(config: Config, precisions, params: dict | None = None, c
             "skipped": bool(metrics["skipped"] > 0),
             "loss_scale": float(metrics["loss_scale"]),
         }
-    return {parse(spec).name: report[parse(spec).name] for spec in precisions}
+    return {p.name: report[p.name] for p in precisions}

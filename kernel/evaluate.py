@@ -4,41 +4,32 @@ from __future__ import annotations
 import torch
 
 import envs
-from kernel import heads
+from kernel import rng
 from kernel.config import Config, from_dict
-from kernel.policy import masks
+from kernel.rollout import draw, make_rollout
 
 
 @torch.no_grad()
 def evaluate(config: Config, params: dict, episodes: int, greedy: bool = True, seed: int = 0) -> torch.Tensor:
-    """Returns ``[episodes]`` float returns; each sub-environment plays exactly one episode."""
+    """Returns ``[episodes]`` float returns; each sub-environment plays exactly one episode, with the
+    same acting step as training (:func:`kernel.rollout.make_rollout`)."""
+    from kernel.train import policy_for
+
     env = envs.make(config.env, episodes, device=config.device)
     if hasattr(env, "desync"):
         env.desync = False  # whole episodes from the first step
-    from kernel.train import policy_for
-
-    policy = policy_for(config, env)
-    generator = torch.Generator().manual_seed(seed)
-    state, obs = env.reset(torch.rand(env.noise_shape(), generator=generator, dtype=env.dtype))
-    hidden = policy.initial_hidden(episodes, env.device)
-    start = torch.ones(episodes, dtype=torch.bool)
-    total = torch.zeros(episodes)
-    final = torch.zeros(episodes)
-    finished = torch.zeros(episodes, dtype=torch.bool)
+    rollout = make_rollout(env, policy_for(config, env), 1, compile=False, greedy=greedy)
+    generator = rng.generator(rng.key(seed))
+    carry = rollout.init(generator)
+    final = torch.zeros(episodes, device=env.device)
+    finished = torch.zeros(episodes, dtype=torch.bool, device=env.device)
     while not bool(finished.all()):
-        logits, _, hidden = policy.step(params, obs, hidden, start)
-        if greedy:
-            actions = heads.greedy(env.action_spec, logits, masks(obs))
-        else:
-            noise = {h: torch.rand(x.shape, generator=generator) for h, x in logits.items()}
-            actions = heads.sample(env.action_spec, logits, noise, masks(obs))
-        step = env.step(state, actions, torch.rand(env.noise_shape(), generator=generator, dtype=env.dtype))
-        total += step.reward.float()
-        done = step.terminated | step.truncated
-        final = torch.where(done & ~finished, total, final)
+        action_noise = {h: draw((episodes, k), generator, env.device) for h, k in env.action_spec.sizes.items()}
+        carry, record = rollout.act(params, carry, action_noise, draw(env.noise_shape(), generator, env.device,
+                                                                      env.dtype))
+        done = record["terminated"] | record["truncated"]
+        final = torch.where(done & ~finished, record["episode_return"], final)
         finished |= done
-        total = torch.where(done, torch.zeros_like(total), total)
-        state, obs, start = step.state, step.obs, done
     return final
 
 

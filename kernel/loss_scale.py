@@ -1,31 +1,80 @@
-"""Functional dynamic loss scale and non-finite-step guard.
+"""Loss scaling in jmp's shape: a loss scale is a value with ``scale``, ``unscale`` and ``adjust``.
 
-State is data: ``scale`` (float32), ``good_steps`` (finite steps since the last change),
-``skipped`` (non-finite steps so far) and ``bad_streak`` (consecutive non-finite steps). Every
-decision is a ``torch.where`` inside the compiled step, so nothing syncs with the host.
+float16 needs :class:`DynamicLossScale`: small gradients underflow its 5-bit exponent unless the
+loss is multiplied up before differentiation. bfloat16 and float32 use :class:`NoOpLossScale`.
+Both are named tuples of tensors (pytrees), so they live in the training state, are checkpointed
+by path and pass through a compiled step as inputs. ``adjust`` is a ``torch.where``: no host sync.
 
-float16 needs the scale: small gradients underflow its 5-bit exponent. bfloat16 and float32 keep
-the scale at 1, but the guard still applies: a step with a non-finite loss or gradient leaves
-params and optimizer state untouched and is counted.
+Skipping a step whose gradient is not finite is the optimizer's business
+(:func:`kernel.optim.apply_if_finite`); the loss scale only reacts to it.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
 from kernel.tree import Tree, leaves, tree_map
 
 INITIAL_SCALE = 2.0 ** 16
-GROWTH_INTERVAL = 2000
-FACTOR = 2.0
 
 
-def init(dynamic: bool, initial_scale: float = INITIAL_SCALE, device=None) -> dict:
-    return {
-        "scale": torch.tensor(initial_scale if dynamic else 1.0, dtype=torch.float32, device=device),
-        "good_steps": torch.zeros((), dtype=torch.int64, device=device),
-        "skipped": torch.zeros((), dtype=torch.int64, device=device),
-        "bad_streak": torch.zeros((), dtype=torch.int64, device=device),
-    }
+class NoOpLossScale(NamedTuple):
+    """A scale of 1 that never changes."""
+
+    def scale(self, tree: Tree) -> Tree:
+        return tree
+
+    def unscale(self, tree: Tree) -> Tree:
+        return tree
+
+    def adjust(self, grads_finite: torch.Tensor) -> NoOpLossScale:
+        return self
+
+    def value(self, device=None) -> torch.Tensor:
+        return torch.ones((), dtype=torch.float32, device=device)
+
+
+class DynamicLossScale(NamedTuple):
+    """``loss_scale`` doubles after ``PERIOD`` finite steps in a row and halves on a non-finite one
+    (never below ``MIN_SCALE``); ``counter`` holds the finite steps since the last change."""
+
+    loss_scale: torch.Tensor
+    counter: torch.Tensor
+
+    PERIOD = 2000
+    FACTOR = 2.0
+    MIN_SCALE = 1.0
+
+    def scale(self, tree: Tree) -> Tree:
+        return tree_map(lambda x: x * self.loss_scale.to(x.dtype), tree)
+
+    def unscale(self, tree: Tree) -> Tree:
+        inv = 1.0 / self.loss_scale
+        return tree_map(lambda g: g * inv.to(g.dtype), tree)
+
+    def adjust(self, grads_finite: torch.Tensor) -> DynamicLossScale:
+        one_more = self.counter + 1
+        grow = one_more >= self.PERIOD
+        scale = torch.where(grads_finite, torch.where(grow, self.loss_scale * self.FACTOR, self.loss_scale),
+                            torch.clamp(self.loss_scale / self.FACTOR, min=self.MIN_SCALE))
+        counter = torch.where(grads_finite & ~grow, one_more, torch.zeros_like(one_more))
+        return DynamicLossScale(scale, counter)
+
+    def value(self, device=None) -> torch.Tensor:
+        return self.loss_scale
+
+
+LossScale = NoOpLossScale | DynamicLossScale
+
+
+def dynamic(initial_scale: float = INITIAL_SCALE, device=None) -> DynamicLossScale:
+    return DynamicLossScale(torch.tensor(initial_scale, dtype=torch.float32, device=device),
+                            torch.zeros((), dtype=torch.int64, device=device))
+
+
+def for_precision(needs_loss_scale: bool, initial_scale: float = INITIAL_SCALE, device=None) -> LossScale:
+    return dynamic(initial_scale, device) if needs_loss_scale else NoOpLossScale()
 
 
 def all_finite(tree: Tree) -> torch.Tensor:
@@ -34,28 +83,6 @@ def all_finite(tree: Tree) -> torch.Tensor:
     return torch.stack(flags).all()
 
 
-def unscale(grads: Tree, state: dict) -> Tree:
-    inv = 1.0 / state["scale"]
-    return tree_map(lambda g: g * inv.to(g.dtype), grads)
-
-
-def update(state: dict, finite: torch.Tensor, dynamic: bool, growth_interval: int = GROWTH_INTERVAL,
-           factor: float = FACTOR) -> dict:
-    """Grow the scale after ``growth_interval`` finite steps in a row; shrink it on a non-finite one."""
-    good = torch.where(finite, state["good_steps"] + 1, torch.zeros_like(state["good_steps"]))
-    scale = state["scale"]
-    if dynamic:
-        grow = good >= growth_interval
-        scale = torch.where(finite, torch.where(grow, scale * factor, scale), scale / factor)
-        good = torch.where(grow, torch.zeros_like(good), good)
-    return {
-        "scale": scale,
-        "good_steps": good,
-        "skipped": state["skipped"] + (~finite).long(),
-        "bad_streak": torch.where(finite, torch.zeros_like(state["bad_streak"]), state["bad_streak"] + 1),
-    }
-
-
 def select(finite: torch.Tensor, new: Tree, old: Tree) -> Tree:
-    """``new`` where the step was finite, else ``old``: a skipped step changes nothing."""
+    """``new`` where ``finite``, else ``old``, leaf by leaf."""
     return tree_map(lambda n, o: torch.where(finite, n, o), new, old)

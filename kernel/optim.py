@@ -13,7 +13,7 @@ from typing import NamedTuple, Union
 
 import torch
 
-from kernel.tree import Tree, flatten, global_norm, leaves_like, tree_map, unflatten
+from kernel.tree import Tree, flatten, global_norm, leaves, leaves_like, tree_map, unflatten
 
 Schedule = Callable[[torch.Tensor], torch.Tensor]
 ScalarOrSchedule = Union[float, Schedule]  # noqa: UP007 (a runtime alias: py3.10 needs Union)
@@ -124,10 +124,56 @@ def adam(learning_rate: ScalarOrSchedule | None, b1: float = 0.9, b2: float = 0.
     return chain(*parts, scale_by_adam(b1, b2, eps), scale_by_learning_rate(learning_rate))
 
 
+def apply_if_finite(inner: GradientTransformation) -> GradientTransformation:
+    """Skip a step whose gradients are not finite, as optax's ``apply_if_finite`` does: the updates
+    become zeros and ``inner``'s state stays as it was, so params and optimizer state come out of
+    the step unchanged. The state counts skipped steps (``total_notfinite``) and the current run of
+    them (``notfinite_count``); the training loop decides when a run of skips means stop.
+
+    ``update(..., finite=flag)`` takes the caller's verdict instead (e.g. gradients *and* the loss
+    finite); without it the gradients are checked here.
+    """
+
+    def init(params):
+        zero = torch.zeros((), dtype=torch.int64)
+        return {"inner": inner.init(params), "notfinite_count": zero, "total_notfinite": zero.clone(),
+                "last_finite": torch.ones((), dtype=torch.bool)}
+
+    def update(updates, state, params=None, finite=None, **hyper):
+        if finite is None:
+            finite = torch.stack([torch.isfinite(x).all() for x in leaves(updates)]).all()
+        new_updates, new_inner = inner.update(updates, state["inner"], params, **hyper)
+        kept = tree_map(lambda n, o: torch.where(finite, n, o), new_inner, state["inner"])
+        zeros = tree_map(lambda u: torch.where(finite, u, torch.zeros_like(u)), new_updates)
+        bad = (~finite).long()
+        return zeros, {
+            "inner": kept,
+            "notfinite_count": (state["notfinite_count"] + 1) * bad,
+            "total_notfinite": state["total_notfinite"] + bad,
+            "last_finite": finite,
+        }
+
+    return GradientTransformation(init, update, "apply_if_finite")
+
+
+def skipped_steps(opt_state: Tree) -> torch.Tensor:
+    """Steps :func:`apply_if_finite` skipped so far (0-d tensor)."""
+    return opt_state["total_notfinite"]
+
+
+def consecutive_skips(opt_state: Tree) -> torch.Tensor:
+    """Steps :func:`apply_if_finite` skipped since the last finite one (0-d tensor)."""
+    return opt_state["notfinite_count"]
+
+
 def apply_updates(params: Tree, updates: Tree) -> Tree:
     p, spec = flatten(params)
     u = leaves_like(updates, spec)
     return unflatten(spec, torch._foreach_add(p, [x.to(y.dtype) for x, y in zip(u, p)]))
+
+
+def constant_schedule(value: float) -> Schedule:
+    return lambda count: torch.full((), value, dtype=torch.float32, device=count.device)
 
 
 def linear_schedule(init_value: float, end_value: float, transition_steps: int, every: int = 1) -> Schedule:

@@ -13,11 +13,11 @@ import torch
 from torch._higher_order_ops import scan
 from torch.func import grad_and_value
 
-from kernel import heads, loss_scale, telemetry
+from kernel import heads, telemetry
 from kernel.hot import compile_hot
-from kernel.optim import GradientTransformation, apply_updates
+from kernel.loss_scale import all_finite
+from kernel.optim import GradientTransformation, Schedule, apply_updates, constant_schedule, linear_schedule
 from kernel.policy import Policy, masks
-from kernel.precision import parse as parse_precision
 from kernel.tree import tree_map
 
 # ---------------------------------------------------------------------------------------------
@@ -196,75 +196,76 @@ def minibatch(batch: dict, idx: torch.Tensor, recurrent: bool) -> dict:
 
 
 def make_grad_step(policy: Policy, optimizer: GradientTransformation, clip_vloss: bool, norm_adv: bool,
-                   dynamic_scale: bool = False, groups=None, norm_entropy: bool = False,
-                   head_average: str = "decisions") -> Callable:
-    """One minibatch step: gather rows ``idx`` of the batch, take the (loss-scaled) gradient, and
-    apply the optimizer unless a loss or gradient is non-finite, in which case params and
-    optimizer state stay as they were and the step is counted as skipped."""
+                   groups=None, norm_entropy: bool = False, head_average: str = "decisions") -> Callable:
+    """``grad_step(params, opt_state, scale, batch, idx, hyper) -> (params, opt_state, scale,
+    metrics)``: gather rows ``idx`` of the batch, take the gradient of the loss scaled by ``scale``
+    (a :mod:`kernel.loss_scale` value), unscale it and hand it to ``optimizer``. Wrapped in
+    :func:`kernel.optim.apply_if_finite`, the optimizer skips a step whose loss or gradient is
+    not finite; the loss scale adjusts to the same verdict."""
 
     head_names = tuple(h.name for h in policy.spec.heads)  # read here: older dynamo cannot trace the property
 
     def scaled_loss(params, mb, hyper, scale):
         loss, metrics = ppo_loss(params, mb, hyper, policy, clip_vloss, norm_adv, norm_entropy, head_average)
-        return loss * scale, (loss, metrics)
+        return scale.scale(loss), (loss, metrics)
 
-    def grad_step(params, opt_state, scale_state, batch, idx, hyper):
+    def grad_step(params, opt_state, scale, batch, idx, hyper):
         mb = minibatch(batch, idx, policy.recurrent)
-        grads, (_, (loss, metrics)) = grad_and_value(scaled_loss, has_aux=True)(
-            params, mb, hyper, scale_state["scale"])
-        grads = loss_scale.unscale(grads, scale_state)
-        finite = loss_scale.all_finite(grads) & torch.isfinite(loss)
-        updates, new_opt_state = optimizer.update(grads, opt_state, params, lr=hyper["lr"])
-        new_params = apply_updates(params, updates)
+        grads, (_, (loss, metrics)) = grad_and_value(scaled_loss, has_aux=True)(params, mb, hyper, scale)
+        grads = scale.unscale(grads)
+        finite = all_finite(grads) & torch.isfinite(loss)
+        updates, opt_state = optimizer.update(grads, opt_state, params, lr=hyper["lr"], finite=finite)
         metrics.update(telemetry.grad_stats(grads, params, updates, groups or telemetry.default_groups(params)))
         for h in head_names:  # so the gradient table can tell "not relevant" and "forced" from "dead"
             for count in ("relevant", "decisions"):
                 metrics[f"grad/heads.{h}/{count}"] = metrics.pop(f"head/{h}/{count}")
         metrics["skipped"] = (~finite).float()
-        metrics["loss_scale"] = scale_state["scale"]
-        params = loss_scale.select(finite, new_params, params)
-        opt_state = loss_scale.select(finite, new_opt_state, opt_state)
-        return params, opt_state, loss_scale.update(scale_state, finite, dynamic_scale), metrics
+        metrics["loss_scale"] = scale.value(loss.device)
+        return apply_updates(params, updates), opt_state, scale.adjust(finite), metrics
 
     return grad_step
 
 
 def make_update(config, policy: Policy, optimizer: GradientTransformation, groups=None) -> Callable:
-    """``update(params, opt_state, scale_state, batch, generator, hyper) -> (params, opt_state,
-    scale_state, metrics)``: ``update_epochs`` passes over the batch in shuffled minibatches of
+    """``update(params, opt_state, scale, batch, generator, hyper) -> (params, opt_state,
+    scale, metrics)``: ``update_epochs`` passes over the batch in shuffled minibatches of
     fixed size. The permutation comes from the explicit ``generator``; metrics are reduced over
     minibatches (means; counts summed; maxima maxed)."""
-    dynamic = parse_precision(config.precision).needs_loss_scale
-    grad_step = make_grad_step(policy, optimizer, config.clip_vloss, config.norm_adv, dynamic, groups,
-                               config.norm_entropy, config.head_average)
+    grad_step = make_grad_step(policy, optimizer, config.clip_vloss, config.norm_adv, groups, config.norm_entropy,
+                               config.head_average)
     if config.compile:
         grad_step = compile_hot(grad_step, config.device)
     # Recurrent minibatches are whole env columns (time stays contiguous for replay).
     units = config.num_envs if policy.recurrent else config.batch_size
 
-    def update(params, opt_state, scale_state, batch, generator, hyper):
+    def update(params, opt_state, scale, batch, generator, hyper):
         device = batch["returns"].device
         history = []
         # Every epoch's permutation from one draw (argsort of uniforms): one op instead of one per epoch.
         keys = torch.rand(config.update_epochs, units, generator=generator, device=generator.device)
         for perm in keys.argsort(dim=1).to(device):
             for idx in perm.view(config.num_minibatches, units // config.num_minibatches):
-                params, opt_state, scale_state, metrics = grad_step(params, opt_state, scale_state, batch, idx, hyper)
+                params, opt_state, scale, metrics = grad_step(params, opt_state, scale, batch, idx, hyper)
                 history.append(metrics)
-        return params, opt_state, scale_state, telemetry.reduce_metrics(history)
+        return params, opt_state, scale, telemetry.reduce_metrics(history)
 
     update.grad_step = grad_step
     return update
 
 
-def learning_rate(config, update: int) -> float:
-    """CleanRL / PureJaxRL annealing: linear from ``lr`` to 0, stepped once per update."""
-    return config.lr * (1.0 - update / config.num_updates) if config.anneal_lr else config.lr
+def learning_rate_schedule(config) -> Schedule:
+    """CleanRL / PureJaxRL annealing: linear from ``lr`` to 0 over the run, stepped once per update."""
+    if not config.anneal_lr:
+        return constant_schedule(config.lr)
+    return linear_schedule(config.lr, 0.0, config.num_updates)
 
 
-def hyper_tensors(config, update: int, device) -> dict:
-    """Values a schedule may change, as 0-d tensors so a new value never recompiles."""
+def hyper_tensors(config, update: torch.Tensor) -> dict:
+    """The values the loss and optimizer read, as 0-d tensors on ``update``'s device, so a new
+    value never recompiles: the learning rate at PPO update ``update`` (0-d int64) and the
+    coefficients."""
     values = {k: float(getattr(config, k)) for k in ("clip_coef", "ent_coef", "vf_coef")}
     values.update({f"ent_coef/{h}": float(c) for h, c in config.ent_coef_heads.items()})
-    values["lr"] = learning_rate(config, update)
-    return {k: torch.tensor(v, device=device) for k, v in values.items()}
+    hyper = {k: torch.tensor(v, device=update.device) for k, v in values.items()}
+    hyper["lr"] = learning_rate_schedule(config)(update)
+    return hyper

@@ -61,7 +61,10 @@ class Precision:
     @property
     def name(self) -> str:
         short = SHORT_NAMES[self.compute_dtype]
-        return short if short in PRESETS else f"params={self.param_dtype},compute={self.compute_dtype}"
+        if short in PRESETS and self == PRESETS[short]:
+            return short
+        dtype_name = lambda d: str(d).removeprefix("torch.")
+        return f"params={dtype_name(self.param_dtype)},compute={dtype_name(self.compute_dtype)}"
 
     def __str__(self) -> str:
         return self.name

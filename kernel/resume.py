@@ -1,10 +1,10 @@
 """Saving and restoring a whole training run, so a resumed run continues as if it never stopped.
 
-A run checkpoint holds every piece of the explicit training state: params, optimizer state, loss
-scale, the rollout carry (env state, last observation, running episode stats), the generator's
-state and the rolling window of episode returns; counters and the config go in the metadata.
-Restoring checks every tensor's path, shape and dtype against what the config builds and reports
-all differences at once.
+A run checkpoint is the training state flattened by path (every field of
+:class:`kernel.state.TrainState`: params, optimizer state, loss scale, rollout carry, random key,
+update count) plus the host :class:`kernel.state.Progress`: its return window as a tensor, its
+counters and the config in the metadata. Restoring checks every tensor's path, shape and dtype
+against the state the config builds and reports all differences at once.
 """
 from __future__ import annotations
 
@@ -16,34 +16,30 @@ import torch
 from kernel import checkpoint
 from kernel.checkpoint import CheckpointError
 from kernel.config import Config, from_dict
-from kernel.tree import flatten_with_paths, tree_map
+from kernel.state import Progress, TrainState
+from kernel.tree import as_dicts, fill, flatten_with_paths, tree_map
 
 CHECKPOINT_DIR = "checkpoints"
 NAME = re.compile(r"^ckpt-(\d+)\.safetensors$")
 # Sections whose shapes legitimately vary between checkpoints of the same config.
 VARIABLE = ("stats/",)
 # Differences are listed params first: they explain the optimizer-state ones that mirror them.
-SECTION_ORDER = ("params", "carry", "loss_scale", "rng", "stats", "opt_state")
+SECTION_ORDER = ("params", "carry", "loss_scale", "rng", "step", "stats", "opt_state")
 
 
-def state_sections(state: dict) -> dict:
-    return {
-        "params": state["params"],
-        "opt_state": state["opt_state"],
-        "loss_scale": state["loss_scale"],
-        "carry": state["carry"],
-        "rng": {"generator": state["generator"].get_state()},
-        "stats": {"returns_window": torch.tensor(state.get("returns_window", []), dtype=torch.float32)},
-    }
+def state_sections(state: TrainState, progress: Progress | None = None) -> dict:
+    sections = as_dicts(state)
+    sections["stats"] = {"returns_window": torch.tensor((progress or Progress()).returns, dtype=torch.float32)}
+    return sections
 
 
-def state_meta(config: Config, state: dict) -> dict:
-    return {"config": config.to_dict(), "env": config.env, "update": state["update"],
-            "env_steps": state["env_steps"], "first_solved": state.get("first_solved")}
+def state_meta(config: Config, progress: Progress) -> dict:
+    return {"config": config.to_dict(), "env": config.env, "update": progress.update,
+            "env_steps": progress.env_steps, "first_solved": progress.first_solved}
 
 
-def save_state(path, config: Config, state: dict) -> Path:
-    return checkpoint.save(path, state_sections(state), state_meta(config, state))
+def save_state(path, config: Config, state: TrainState, progress: Progress) -> Path:
+    return checkpoint.save(path, state_sections(state, progress), state_meta(config, progress))
 
 
 def read_config(meta: dict, path) -> Config:
@@ -82,31 +78,24 @@ def check_matches(expected_sections: dict, sections: dict, path, against: str = 
         raise CheckpointError(f"{path} does not match {against} ({len(diffs)} differences): {'; '.join(diffs)}")
 
 
-def fill(template, flat: dict, prefix: str = ""):
-    """Rebuild ``template``'s structure (empty dicts included) with leaves taken from ``flat``."""
-    if isinstance(template, dict):
-        return {k: fill(v, flat, f"{prefix}{k}.") for k, v in template.items()}
-    return flat[prefix[:-1]]
-
-
-def restore_state(path, run, fresh_state: dict, loaded: tuple | None = None) -> dict:
-    """Load ``path`` into a state shaped like ``fresh_state`` (built from ``run.config``);
-    ``loaded`` is ``checkpoint.load(path)``'s result when the caller already has it."""
+def restore_state(path, run, fresh_state: TrainState, loaded: tuple | None = None) -> tuple[TrainState, Progress]:
+    """Load ``path`` into a state shaped like ``fresh_state`` (built from ``run.config``) and its
+    progress record; ``loaded`` is ``checkpoint.load(path)``'s result when the caller already has it."""
     sections, meta = loaded or checkpoint.load(path)
-    expected = state_sections(fresh_state)
-    check_matches(expected, sections, path)
-    device = torch.device(run.config.device)
-    state = dict(fresh_state)
-    for name in ("params", "opt_state", "loss_scale", "carry"):
-        state[name] = tree_map(lambda x: x.to(device), fill(fresh_state[name], flatten_with_paths(sections[name])))
-    generator = torch.Generator(device="cpu")
-    generator.set_state(sections["rng"]["generator"])
-    state["generator"] = generator
-    state["returns_window"] = sections["stats"]["returns_window"].tolist()
-    state["update"] = int(meta["update"])
-    state["env_steps"] = int(meta["env_steps"])
-    state["first_solved"] = meta.get("first_solved")
-    return state
+    if isinstance(sections.get("rng"), dict):  # the old layout kept a torch.Generator's state there
+        raise CheckpointError(f"{path} was saved by an older fkernel whose random state cannot be resumed "
+                              "(its params still work with `fkernel eval`)")
+    check_matches(state_sections(fresh_state), sections, path)
+    flat = flatten_with_paths(as_dicts({k: v for k, v in sections.items() if k != "stats"}))
+    state = fill(fresh_state, flat)
+    # The key stays on the CPU; everything else goes to the run's device.
+    state = tree_map(lambda x: x.to(run.config.device), state._replace(rng=None))._replace(rng=state.rng)
+    progress = Progress(int(meta["update"]), int(meta["env_steps"]),
+                        tuple(sections["stats"]["returns_window"].tolist()), meta.get("first_solved"))
+    if int(state.step) != progress.update:
+        raise CheckpointError(f"{path} is inconsistent: its state is at update {int(state.step)}, "
+                              f"its metadata at {progress.update}")
+    return state, progress
 
 
 def checkpoint_path(run_dir, update: int) -> Path:
@@ -136,11 +125,11 @@ class Checkpointer:
         self.run_dir, self.every, self.keep = Path(run_dir), every, keep
         self.last: Path | None = latest_checkpoint(run_dir)
 
-    def maybe_save(self, config: Config, state: dict) -> Path | None:
-        return None if state["update"] % self.every else self.save(config, state)
+    def maybe_save(self, config: Config, state: TrainState, progress: Progress) -> Path | None:
+        return None if progress.update % self.every else self.save(config, state, progress)
 
-    def save(self, config: Config, state: dict) -> Path:
-        self.last = save_state(checkpoint_path(self.run_dir, state["update"]), config, state)
+    def save(self, config: Config, state: TrainState, progress: Progress) -> Path:
+        self.last = save_state(checkpoint_path(self.run_dir, progress.update), config, state, progress)
         for old in list_checkpoints(self.run_dir)[: -self.keep]:
             old.unlink(missing_ok=True)
         return self.last

@@ -32,16 +32,17 @@ class Rollout(NamedTuple):
     act: Callable  # the single acting step (pure, uncompiled)
 
 
-def _draw(shape, generator, device, dtype=torch.float32):
+def draw(shape, generator, device, dtype=torch.float32):
     return torch.rand(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
 
 
-def make_rollout(env, policy: Policy, num_steps: int, compile: bool = True) -> Rollout:
+def make_rollout(env, policy: Policy, num_steps: int, compile: bool = True, greedy: bool = False) -> Rollout:
+    """``greedy``: act with each head's most likely valid action instead of sampling (evaluation)."""
     spec = env.action_spec
     n = env.num_envs
 
     def init(generator):
-        env_state, obs = env.reset(_draw(env.noise_shape(), generator, env.device, env.dtype))
+        env_state, obs = env.reset(draw(env.noise_shape(), generator, env.device, env.dtype))
         zeros = torch.zeros(n, dtype=torch.float32, device=env.device)
         carry = {"env": env_state, "obs": obs, "ep_return": zeros, "ep_length": zeros.long(),
                  "hidden": policy.initial_hidden(n, env.device),
@@ -53,7 +54,10 @@ def make_rollout(env, policy: Policy, num_steps: int, compile: bool = True) -> R
     def act(params, carry, action_noise, env_noise):
         logits, value, hidden = policy.step(params, carry["obs"], carry["hidden"], carry["start"])
         obs_masks = masks(carry["obs"])
-        actions = heads.sample(spec, logits, action_noise, obs_masks)
+        if greedy:
+            actions = heads.greedy(spec, logits, obs_masks)
+        else:
+            actions = heads.sample(spec, logits, action_noise, obs_masks)
         head_logp = heads.log_probs(spec, logits, actions, obs_masks)
         step = env.step(carry["env"], actions, env_noise)
         done = step.terminated | step.truncated
@@ -119,8 +123,8 @@ def make_rollout(env, policy: Policy, num_steps: int, compile: bool = True) -> R
 
     @torch.no_grad()
     def collect(params, carry, generator):
-        action_noise = {h: _draw((num_steps, n, k), generator, env.device) for h, k in spec.sizes.items()}
-        env_noise = _draw((num_steps, *env.noise_shape()), generator, env.device, env.dtype)
+        action_noise = {h: draw((num_steps, n, k), generator, env.device) for h, k in spec.sizes.items()}
+        env_noise = draw((num_steps, *env.noise_shape()), generator, env.device, env.dtype)
         hidden0 = carry["hidden"]
         carry, traj = run_segment(params, carry, action_noise, env_noise)
         if compile and policy.recurrent:  # the compiled LSTM segment leaves bootstrapping to here
@@ -161,7 +165,8 @@ def _stack(items):
     return torch.stack(items)
 
 
-def finished_episodes(traj: dict):
-    """Returns and lengths of the episodes that ended in this trajectory (one host sync)."""
-    done = traj["terminated"] | traj["truncated"]
-    return traj["episode_return"][done], traj["episode_length"][done]
+def finished_episodes(episodes: dict):
+    """Returns and lengths of the episodes that ended in a segment (one host sync); ``episodes``
+    holds ``[T, N]`` tensors "return", "length" and "done"."""
+    done = episodes["done"]
+    return episodes["return"][done], episodes["length"][done]

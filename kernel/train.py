@@ -1,32 +1,34 @@
-"""The driver: rollout -> advantages -> update -> log, PureJaxRL's ``make_train(config)`` shape.
+"""PPO training, PureJaxRL's ``make_train(config)`` shape.
 
-``build(config)`` wires the pure pieces (env, policy, optimizer, rollout, update);
-``init_state`` makes the explicit training state; ``iteration`` advances it by one PPO update;
-``train`` loops and reports through a callback. Nothing here reads global RNG: one
-``torch.Generator`` seeded from ``config.seed`` drives init, action noise, env noise and shuffles.
+``make_train(config)`` builds the pure pieces once and returns them: ``init(seed) -> state``,
+``iteration(state) -> (state, metrics)`` and ``train(...)``, the host loop around them.
+:func:`iteration` is one PPO update and reads top to bottom: random key -> rollout -> advantages
+-> batch -> hyperparameters -> epochs of minibatch steps -> metrics. It never changes its input:
+all randomness comes from the state's key, which it splits into the next key and this update's.
 """
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 import torch
 
 import envs
-from kernel import heads, loss_scale, optim
+from kernel import heads, loss_scale, optim, rng
 from kernel.config import Config, validated
 from kernel.policy import Policy, make_policy, masks
 from kernel.ppo import explained_variance, hyper_tensors, make_gae, make_update
-from kernel.precision import parse as parse_precision
+from kernel.precision import Precision
 from kernel.rollout import Rollout, finished_episodes, make_rollout
+from kernel.state import Progress, TrainState
 from kernel.tree import tree_map
-
-RETURN_WINDOW = 100
 
 
 class Run(NamedTuple):
+    """The pure pieces one config builds (compiled functions included); no changing data."""
+
     config: Config
     env: object
     policy: Policy
@@ -35,20 +37,28 @@ class Run(NamedTuple):
     advantages: Callable  # (rewards, values, next_values, terminated, truncated) -> (advantages, returns)
     update: Callable
 
+    @property
+    def precision(self) -> Precision:
+        return self.config.precision
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.config.device)
+
 
 def make_optimizer(config: Config) -> optim.GradientTransformation:
     # lr=None: the learning rate arrives as a tensor each step (kernel.ppo.hyper_tensors).
-    return optim.adam(None, eps=config.adam_eps, max_grad_norm=config.max_grad_norm)
+    return optim.apply_if_finite(optim.adam(None, eps=config.adam_eps, max_grad_norm=config.max_grad_norm))
 
 
-def policy_for(config: Config, env, precision=None) -> Policy:
+def policy_for(config: Config, env, precision: Precision | None = None) -> Policy:
     names = set(env.action_spec.names)
     unknown = sorted(set(config.ent_coef_heads) - names)
     if unknown:
         raise ValueError(f"ent_coef_heads names unknown head(s) {', '.join(unknown)}; "
                          f"{config.env} has {', '.join(sorted(names))}")
     return make_policy(env.obs_dim, env.action_spec, config.hidden, config.activation,
-                       parse_precision(precision or config.precision), config.policy, config.lstm_size)
+                       precision or config.precision, config.policy, config.lstm_size)
 
 
 def build(config: Config) -> Run:
@@ -62,21 +72,19 @@ def build(config: Config) -> Run:
     return Run(config, env, policy, optimizer, rollout, advantages, update)
 
 
-def init_state(run: Run) -> dict:
-    generator = torch.Generator(device="cpu").manual_seed(run.config.seed)
-    device = torch.device(run.config.device)
-    params = tree_map(lambda x: x.to(device), run.policy.init(generator))
-    return {
-        "params": params,
-        "opt_state": tree_map(lambda x: x.to(device), run.optimizer.init(params)),
-        "loss_scale": loss_scale.init(parse_precision(run.config.precision).needs_loss_scale, device=device),
-        "carry": run.rollout.init(generator),
-        "generator": generator,
-        "update": 0,
-        "env_steps": 0,
-        "returns_window": [],  # last RETURN_WINDOW finished-episode returns
-        "first_solved": None,
-    }
+def init_state(run: Run, seed: int | None = None) -> TrainState:
+    """The state before the first update; ``seed`` defaults to the config's."""
+    params_key, env_key, run_key = rng.split(rng.key(run.config.seed if seed is None else seed), 3)
+    to_device = partial(tree_map, lambda x: x.to(run.device))
+    params = to_device(run.policy.init(rng.generator(params_key)))
+    return TrainState(
+        params=params,
+        opt_state=to_device(run.optimizer.init(params)),
+        loss_scale=loss_scale.for_precision(run.precision.needs_loss_scale, device=run.device),
+        carry=run.rollout.init(rng.generator(env_key)),
+        rng=run_key,
+        step=torch.zeros((), dtype=torch.int64, device=run.device),
+    )
 
 
 def make_batch(traj: dict, advantages, returns, recurrent: bool = False) -> dict:
@@ -89,46 +97,56 @@ def make_batch(traj: dict, advantages, returns, recurrent: bool = False) -> dict
     return tree_map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
 
 
-def iteration(run: Run, state: dict):
-    """One PPO update: collect a segment, compute advantages, run the epochs. Returns the new state
-    and ``(metrics, trajectory)``; metrics are device tensors (no host sync here)."""
-    cfg = run.config
-    carry, traj = run.rollout.collect(state["params"], state["carry"], state["generator"])
+def collect(run: Run, params, carry, generator: torch.Generator):
+    """One rollout segment and the PPO batch made from it: ``(carry, trajectory, batch)``."""
+    carry, traj = run.rollout.collect(params, carry, generator)
     advantages, returns = run.advantages(traj["rewards"], traj["values"], traj["next_values"], traj["terminated"],
                                          traj["truncated"])
-    batch = make_batch(traj, advantages, returns, run.policy.recurrent)
-    hyper = hyper_tensors(cfg, state["update"], batch["returns"].device)
-    params, opt_state, scale_state, metrics = run.update(state["params"], state["opt_state"], state["loss_scale"],
-                                                         batch, state["generator"], hyper)
-    metrics["explained_var"] = explained_variance(traj["values"].reshape(-1), returns.reshape(-1))
+    return carry, traj, make_batch(traj, advantages, returns, run.policy.recurrent)
+
+
+def trajectory_metrics(run: Run, traj: dict, batch: dict) -> dict:
+    """What the segment itself says: value fit, per-head relevance, and its episodes (``[T, N]``)."""
+    metrics = {"explained_var": explained_variance(traj["values"].reshape(-1), batch["returns"].reshape(-1))}
     if len(run.env.action_spec.heads) > 1:
         spec, obs_masks = run.env.action_spec, masks(traj["obs"])
         for name, r in heads.relevance(spec, traj["actions"]).items():
             metrics[f"head/{name}/relevant_steps"] = r.sum()  # in the whole batch
         for name, d in heads.decisions(spec, traj["actions"], obs_masks).items():
             metrics[f"head/{name}/decision_steps"] = d.sum()
-    metrics["skipped_total"] = scale_state["skipped"]
-    new_state = dict(state, params=params, opt_state=opt_state, loss_scale=scale_state, carry=carry,
-                     update=state["update"] + 1, env_steps=state["env_steps"] + cfg.batch_size)
-    return new_state, (metrics, traj)
+    metrics["episodes"] = {"return": traj["episode_return"], "length": traj["episode_length"],
+                           "done": traj["terminated"] | traj["truncated"]}
+    return metrics
 
 
-def warmup(run: Run, state: dict) -> float:
-    """Compile every compiled function by running one throwaway iteration; returns seconds.
+def iteration(run: Run, state: TrainState) -> tuple[TrainState, dict]:
+    """One PPO update. Metrics are device tensors (no host sync here): 0-d scalars, plus
+    ``metrics["episodes"]`` with the segment's ``[T, N]`` episode returns, lengths and ends."""
+    next_key, key = rng.split(state.rng)
+    generator = rng.generator(key)
+    carry, traj, batch = collect(run, state.params, state.carry, generator)
+    hyper = hyper_tensors(run.config, state.step)
+    params, opt_state, scale, metrics = run.update(state.params, state.opt_state, state.loss_scale, batch,
+                                                   generator, hyper)
+    metrics.update(trajectory_metrics(run, traj, batch))
+    metrics["lr"] = hyper["lr"]
+    metrics["skipped_total"] = optim.skipped_steps(opt_state)
+    return TrainState(params, opt_state, scale, carry, next_key, state.step + 1), metrics
 
-    The functions are pure, so running them on the real state with a throwaway generator leaves
-    that state untouched.
-    """
+
+def warmup(run: Run, state: TrainState) -> float:
+    """Compile every compiled function by running one iteration and dropping its result (the
+    iteration is pure, so ``state`` is untouched); returns seconds."""
     if not run.config.compile:
         return 0.0
     start = time.perf_counter()
-    iteration(run, dict(state, generator=torch.Generator().manual_seed(0)))
+    iteration(run, state)
     return time.perf_counter() - start
 
 
 def to_host(metrics: dict) -> dict:
-    """Device metrics -> Python floats in one transfer (one sync on CUDA, not one per key)."""
-    keys = list(metrics)
+    """The 0-d device metrics -> Python floats in one transfer (one sync on CUDA, not one per key)."""
+    keys = [k for k, v in metrics.items() if isinstance(v, torch.Tensor) and v.dim() == 0]
     return dict(zip(keys, torch.stack([metrics[k].float() for k in keys]).tolist()))
 
 
@@ -141,6 +159,7 @@ class UpdateLog(NamedTuple):
     mean_return: float  # over the last RETURN_WINDOW finished episodes (nan before the first)
     episodes: int
     metrics: dict  # host floats
+    groups: dict | None = None  # the gradient table with statuses, filled by kernel.runs
 
 
 class NonFiniteRun(RuntimeError):
@@ -151,61 +170,75 @@ class NonFiniteRun(RuntimeError):
         self.metrics, self.last_checkpoint = metrics, last_checkpoint
 
 
-def train(config: Config, on_update: Callable[[UpdateLog], None] | None = None, state: dict | None = None,
-          run: Run | None = None, checkpointer=None, max_bad_steps: int | None = None,
-          until_update: int | None = None):
-    """Train to ``config.total_steps`` (or to ``until_update``); returns ``(state, summary)``.
+class Trained(NamedTuple):
+    state: TrainState
+    progress: Progress
+    summary: dict
 
-    ``state`` may be a restored checkpoint: the loop continues from its counters, generator and
-    return window exactly as if it had never stopped. ``checkpointer`` (kernel.resume.Checkpointer)
-    saves the state periodically. After ``max_bad_steps`` consecutive non-finite minibatch steps
-    (all skipped, so the params are still finite) the run stops with :class:`NonFiniteRun`.
-    ``summary`` holds compile and run seconds, SPS, the final mean return and, for envs with a
-    ``solved_return`` (CartPole: 475), the first point at which the rolling mean reached it.
+
+def train(run: Run, state: TrainState | None = None, progress: Progress | None = None,
+          on_update: Callable[[UpdateLog], None] | None = None, checkpointer=None, max_bad_steps: int | None = None,
+          until_update: int | None = None) -> Trained:
+    """Iterate to ``config.total_steps`` (or to ``until_update``).
+
+    ``state`` and ``progress`` may come from a checkpoint (kernel.resume): the loop continues
+    exactly as if it had never stopped. ``checkpointer`` (kernel.resume.Checkpointer) saves
+    periodically. After ``max_bad_steps`` consecutive non-finite minibatch steps (all skipped, so
+    the params are still finite) the run stops with :class:`NonFiniteRun`. The summary holds
+    compile and run seconds, SPS, the final mean return and, for envs with a ``solved_return``
+    (CartPole: 475), the first point at which the rolling mean reached it.
     """
-    run = run or build(config)
     cfg = run.config
-    state = state or init_state(run)
+    state = state if state is not None else init_state(run)
+    progress = progress or Progress()
     compile_s = warmup(run, state)
-    window: deque = deque(state["returns_window"], maxlen=RETURN_WINDOW)
-    start_steps = state["env_steps"]
+    start_steps = progress.env_steps
     last = min(cfg.num_updates, until_update or cfg.num_updates)
     solved = getattr(run.env, "solved_return", None)
     start = time.perf_counter()
-    while state["update"] < last:
-        state, (metrics, traj) = iteration(run, state)
-        returns, lengths = finished_episodes(traj)
-        window.extend(returns.tolist())
-        state["returns_window"] = list(window)
+    while progress.update < last:
+        state, metrics = iteration(run, state)
+        returns, lengths = finished_episodes(metrics["episodes"])
         elapsed = time.perf_counter() - start
-        mean_return = sum(window) / len(window) if window else float("nan")
-        if solved is not None and state["first_solved"] is None and len(window) == RETURN_WINDOW \
-                and mean_return >= solved:
-            state["first_solved"] = {"update": state["update"], "env_steps": state["env_steps"], "run_s": elapsed}
+        progress = progress.advanced(cfg.batch_size, returns.tolist(), solved, elapsed)
         host = to_host(metrics) if (on_update is not None or max_bad_steps) else {}
         if on_update is not None:  # mean length of the episodes that ended in this update
             host["episode_length"] = float(lengths.float().mean()) if len(lengths) else float("nan")
-        if max_bad_steps and int(state["loss_scale"]["bad_streak"]) >= max_bad_steps:
+        if max_bad_steps and (streak := int(optim.consecutive_skips(state.opt_state))) >= max_bad_steps:
             last_good = checkpointer.last if checkpointer is not None else None
-            raise NonFiniteRun(
-                f"stopped at update {state['update']}: {int(state['loss_scale']['bad_streak'])} consecutive steps "
-                f"had a non-finite loss or gradient (all skipped; params are still finite)", host, last_good)
+            raise NonFiniteRun(f"stopped at update {progress.update}: {streak} consecutive steps had a non-finite "
+                               f"loss or gradient (all skipped; params are still finite)", host, last_good)
         if checkpointer is not None:
-            checkpointer.maybe_save(cfg, state)
+            checkpointer.maybe_save(cfg, state, progress)
         if on_update is not None:
-            steps = state["env_steps"] - start_steps
-            on_update(UpdateLog(state["update"], cfg.num_updates, state["env_steps"], elapsed,
-                                steps / max(elapsed, 1e-9), mean_return, len(window), host))
+            on_update(UpdateLog(progress.update, cfg.num_updates, progress.env_steps, elapsed,
+                                (progress.env_steps - start_steps) / max(elapsed, 1e-9), progress.mean_return,
+                                len(progress.returns), host))
     run_s = time.perf_counter() - start
     summary = {
         "compile_s": compile_s,
         "run_s": run_s,
-        "env_steps": state["env_steps"],
-        "sps": (state["env_steps"] - start_steps) / max(run_s, 1e-9),
-        "mean_return": sum(window) / len(window) if window else float("nan"),
-        "episodes_in_window": len(window),
-        "first_solved": state["first_solved"],
+        "env_steps": progress.env_steps,
+        "sps": (progress.env_steps - start_steps) / max(run_s, 1e-9),
+        "mean_return": progress.mean_return,
+        "episodes_in_window": len(progress.returns),
+        "first_solved": progress.first_solved,
         "solved_return": solved,
-        "skipped_steps": int(state["loss_scale"]["skipped"]),
+        "skipped_steps": int(optim.skipped_steps(state.opt_state)),
     }
-    return state, summary
+    return Trained(state, progress, summary)
+
+
+class Trainer(NamedTuple):
+    """What :func:`make_train` returns: the built run and its pure functions."""
+
+    run: Run
+    init: Callable[..., TrainState]  # (seed=None) -> state
+    iteration: Callable[[TrainState], tuple[TrainState, dict]]
+    train: Callable[..., Trained]  # (state=None, progress=None, on_update=None, ...) -> Trained
+
+
+def make_train(config: Config) -> Trainer:
+    """Build ``config`` once (env, policy, optimizer, compiled steps) and return its functions."""
+    run = build(config)
+    return Trainer(run, partial(init_state, run), partial(iteration, run), partial(train, run))

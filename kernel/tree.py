@@ -138,6 +138,25 @@ def flatten_with_paths(tree: Tree, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
+def as_dicts(tree: Tree) -> Tree:
+    """Named tuples turned into dicts of their fields, all the way down (a checkpoint's layout)."""
+    if _is_namedtuple(tree):
+        return {k: as_dicts(v) for k, v in tree._asdict().items()}
+    if isinstance(tree, dict):
+        return {k: as_dicts(v) for k, v in tree.items()}
+    return tree
+
+
+def fill(template: Tree, flat: dict[str, Any], prefix: str = "") -> Tree:
+    """``template``'s structure (named tuples and empty dicts included) with each leaf taken from
+    ``flat`` by its dotted path: the inverse of ``flatten_with_paths(as_dicts(template))``."""
+    if _is_namedtuple(template):
+        return type(template)(*(fill(v, flat, f"{prefix}{k}.") for k, v in template._asdict().items()))
+    if isinstance(template, dict):
+        return {k: fill(v, flat, f"{prefix}{k}.") for k, v in template.items()}
+    return flat[prefix[:-1]]
+
+
 def unflatten_paths(flat: dict[str, Any]) -> dict:
     """Inverse of :func:`flatten_with_paths`."""
     tree: dict = {}

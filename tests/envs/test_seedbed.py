@@ -17,9 +17,8 @@ from envs.seedbed import (
     TRAINING,
     WAIT,
     Seedbed,
-    heuristic_actions,
-    random_valid_actions,
 )
+from kernel.baselines import heuristic_actions, random_valid_actions
 
 
 def act(op, slot=0, blueprint=1, tempo=0, n=1):

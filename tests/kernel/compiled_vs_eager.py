@@ -18,20 +18,18 @@ RTOL = {"fp32": 1e-5, "bf16": 1.6e-2, "fp16": 2e-3}
 
 def shared_batch(eager_run, state) -> dict:
     """One PPO batch from an eager rollout, for both sides to take a grad step on."""
-    _, traj = eager_run.rollout.collect(state["params"], state["carry"], torch.Generator().manual_seed(3))
-    adv, ret = eager_run.advantages(traj["rewards"], traj["values"], traj["next_values"], traj["terminated"],
-                                    traj["truncated"])
-    return T.make_batch(traj, adv, ret, eager_run.policy.recurrent)
+    _, _, batch = T.collect(eager_run, state.params, state.carry, torch.Generator().manual_seed(3))
+    return batch
 
 
 def one_step(run, state, batch) -> tuple:
     """Rollout segment from the initial carry, then one grad step on ``batch``'s first minibatch."""
-    _, traj = run.rollout.collect(state["params"], state["carry"], torch.Generator().manual_seed(11))
+    _, traj = run.rollout.collect(state.params, state.carry, torch.Generator().manual_seed(11))
     units = run.config.num_envs if run.policy.recurrent else run.config.batch_size
     idx = torch.arange(units // run.config.num_minibatches, device=batch["returns"].device)
-    hyper = hyper_tensors(run.config, 0, idx.device)
-    params, opt_state, _, metrics = run.update.grad_step(state["params"], state["opt_state"], state["loss_scale"],
-                                                         batch, idx, hyper)
+    hyper = hyper_tensors(run.config, torch.zeros((), dtype=torch.int64, device=idx.device))
+    params, opt_state, _, metrics = run.update.grad_step(state.params, state.opt_state, state.loss_scale, batch, idx,
+                                                         hyper)
     return traj, params, opt_state, metrics
 
 

@@ -48,7 +48,7 @@ def results():
 @pytest.mark.parametrize("name", [name for name, _ in CONFIGS])
 def test_compiled_equals_its_own_eager_result(results, name):
     config, compiled, eager = results[name]
-    rtol = RTOL[config.precision]
+    rtol = RTOL[config.precision.name]
     assert_same_actions(compiled, eager)
     got, want = signature(compiled), signature(eager)
     torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * want.abs().max().item())
@@ -65,8 +65,8 @@ from kernel import train as T
 from kernel.config import Config, from_dict
 from kernel.tree import flatten_with_paths
 torch.set_num_threads(1)
-state, _ = T.train(from_dict({config!r}))
-save_file(flatten_with_paths(state["params"]), sys.argv[1])
+state = T.make_train(from_dict({config!r})).train().state
+save_file(flatten_with_paths(state.params), sys.argv[1])
 """
 
 
@@ -78,10 +78,10 @@ def test_training_b_after_a_equals_b_alone(tmp_path):
     path = tmp_path / "b_alone.safetensors"
     subprocess.run([sys.executable, "-c", B_ALONE.format(config=b.to_dict()), str(path)], check=True,
                    cwd=os.getcwd())
-    T.train(a)
-    state_b, _ = T.train(b)
+    T.make_train(a).train()
+    state_b = T.make_train(b).train().state
     alone = load_file(str(path))
-    after_a = flatten_with_paths(state_b["params"])
+    after_a = flatten_with_paths(state_b.params)
     assert alone.keys() == after_a.keys()
     for key, value in after_a.items():
         assert torch.equal(value, alone[key]), key

@@ -25,7 +25,7 @@ def test_compiled_equals_eager(env, precision):
     config = CASES[env].replace(precision=precision, device=DEVICE)
     compiled_run, eager_run = T.build(config), T.build(config.replace(compile=False))
     state = T.init_state(eager_run)
-    assert all(x.device.type == DEVICE for x in leaves(state["params"]))
+    assert all(x.device.type == DEVICE for x in leaves(state.params))
     batch = shared_batch(eager_run, state)
     compiled, eager = one_step(compiled_run, state, batch), one_step(eager_run, state, batch)
     assert_same_actions(compiled, eager)

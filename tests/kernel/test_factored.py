@@ -112,9 +112,9 @@ def test_irrelevant_head_gets_exactly_zero_gradient_and_is_reported_not_relevant
     for h in ("slot", "blueprint", "tempo"):
         assert all((g == 0).all() for g in tree_leaves(loss_grads["heads"][h])), h
     assert loss_grads["heads"]["op"]["w"].abs().sum() > 0
-    tx = optim.adam(None, max_grad_norm=0.5)
+    tx = optim.apply_if_finite(optim.adam(None, max_grad_norm=0.5))
     step = make_grad_step(policy, tx, True, True, norm_entropy=True)
-    _, _, _, metrics = step(params, tx.init(params), loss_scale.init(False), batch, torch.arange(4), HYPER)
+    _, _, _, metrics = step(params, tx.init(params), loss_scale.NoOpLossScale(), batch, torch.arange(4), HYPER)
     table = telemetry.group_table(metrics)
     for h in ("slot", "blueprint", "tempo"):
         assert table[f"heads.{h}"]["zero_frac"] == 1.0 and telemetry.classify(table[f"heads.{h}"]) == "not relevant"
@@ -128,11 +128,11 @@ def test_all_heads_relevant_get_finite_nonzero_gradients(precision, compiled):
     env, _, params, batch = forced_batch(GERMINATE)  # every head matters on every step
     p = PRESETS[precision]
     policy = make_policy(env.obs_dim, env.action_spec, hidden=(16,), precision=p, kind="lstm", lstm_size=8)
-    tx = optim.adam(None, max_grad_norm=0.5)
-    step = make_grad_step(policy, tx, True, True, p.needs_loss_scale, norm_entropy=True)
+    tx = optim.apply_if_finite(optim.adam(None, max_grad_norm=0.5))
+    step = make_grad_step(policy, tx, True, True, norm_entropy=True)
     if compiled:
         step = torch.compile(step, fullgraph=True)
-    scale = loss_scale.init(p.needs_loss_scale, initial_scale=2.0 ** 8)
+    scale = loss_scale.for_precision(p.needs_loss_scale, initial_scale=2.0 ** 8)
     _, _, _, metrics = step(params, tx.init(params), scale, batch, torch.arange(4), HYPER)
     assert metrics["skipped"].item() == 0
     for group, stats in telemetry.group_table(metrics).items():
@@ -148,7 +148,7 @@ def test_compiled_lstm_update_does_not_recompile():
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     with torch._dynamo.config.patch(error_on_recompile=True):
-        state, _ = T.train(cfg)
-    assert state["update"] == 3
+        result = T.make_train(cfg).train()
+    assert result.progress.update == 3 and int(result.state.step) == 3
     # Rollout segment, advantages and grad step, each compiled once.
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 3

@@ -12,9 +12,9 @@ from kernel.ppo import make_grad_step
 
 
 def table_for(policy, params, batch) -> dict:
-    tx = optim.adam(None, max_grad_norm=0.5)
+    tx = optim.apply_if_finite(optim.adam(None, max_grad_norm=0.5))
     step = make_grad_step(policy, tx, True, True, norm_entropy=True)
-    _, _, _, metrics = step(params, tx.init(params), loss_scale.init(False), batch, torch.arange(4), HYPER)
+    _, _, _, metrics = step(params, tx.init(params), loss_scale.NoOpLossScale(), batch, torch.arange(4), HYPER)
     return telemetry.group_table(metrics)
 
 

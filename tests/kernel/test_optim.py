@@ -1,7 +1,7 @@
 import torch
 
 from kernel import optim
-from kernel.tree import global_norm
+from kernel.tree import global_norm, leaves
 
 
 def make_problem(gen):
@@ -66,3 +66,36 @@ def test_clip_leaves_small_gradients_alone():
     g = {"x": torch.tensor([3.0, 4.0])}
     out, _ = tx.update(g, tx.init(g))
     torch.testing.assert_close(out["x"], g["x"])
+
+
+def test_apply_if_finite_skips_a_non_finite_step_and_counts_it():
+    tx = optim.apply_if_finite(optim.adam(0.1))
+    params = {"w": torch.tensor([1.0, -2.0])}
+    state = tx.init(params)
+    updates, state = tx.update({"w": torch.tensor([0.5, 0.5])}, state, params)
+    params = optim.apply_updates(params, updates)
+    before_params, before_inner = params, state["inner"]
+    for n in (1, 2):
+        updates, state = tx.update({"w": torch.tensor([float("nan"), 1.0])}, state, params)
+        params = optim.apply_updates(params, updates)
+        assert torch.equal(params["w"], before_params["w"])
+        assert all(torch.equal(a, b) for a, b in zip(leaves(state["inner"]), leaves(before_inner)))
+        assert optim.consecutive_skips(state).item() == n and optim.skipped_steps(state).item() == n
+        assert not state["last_finite"]
+    _, state = tx.update({"w": torch.tensor([0.5, 0.5])}, state, params)
+    assert optim.consecutive_skips(state).item() == 0 and optim.skipped_steps(state).item() == 2
+    assert state["inner"]["adam"]["count"].item() == 2
+    # The caller's verdict wins: finite gradients with a non-finite loss are skipped too.
+    _, state = tx.update({"w": torch.tensor([0.5, 0.5])}, state, params, finite=torch.tensor(False))
+    assert optim.skipped_steps(state).item() == 3
+
+
+def test_training_learning_rate_is_the_linear_schedule_of_the_update():
+    from kernel.config import Config
+    from kernel.ppo import hyper_tensors, learning_rate_schedule
+
+    cfg = Config(num_envs=2, num_steps=8, total_steps=2 * 8 * 4, num_minibatches=1, lr=1e-3)
+    lrs = [hyper_tensors(cfg, torch.tensor(u))["lr"].item() for u in range(5)]
+    torch.testing.assert_close(torch.tensor(lrs), torch.tensor([1e-3, 7.5e-4, 5e-4, 2.5e-4, 0.0]))
+    flat = learning_rate_schedule(cfg.replace(anneal_lr=False))
+    assert [flat(torch.tensor(u)).item() for u in (0, 3)] == [torch.tensor(1e-3).item()] * 2

@@ -92,14 +92,13 @@ def test_every_head_gets_finite_nonzero_gradients(name, compiled, monkeypatch):
     if not compiled:
         monkeypatch.setattr(D, "log_probs", recording_log_probs)
     precision = PRESETS[name]
-    tx = optim.adam(None, eps=1e-5, max_grad_norm=0.5)
-    step = make_grad_step(policy_for(name), tx, clip_vloss=True, norm_adv=True,
-                          dynamic_scale=precision.needs_loss_scale)
+    tx = optim.apply_if_finite(optim.adam(None, eps=1e-5, max_grad_norm=0.5))
+    step = make_grad_step(policy_for(name), tx, clip_vloss=True, norm_adv=True)
     if compiled:
         step = torch.compile(step, fullgraph=True)
     params = fresh_params()
     batch = masked_batch()
-    scale = loss_scale.init(precision.needs_loss_scale, initial_scale=2.0 ** 8)
+    scale = loss_scale.for_precision(precision.needs_loss_scale, initial_scale=2.0 ** 8)
     new_params, _, new_scale, metrics = step(params, tx.init(params), scale, batch, torch.arange(32), HYPER)
     assert metrics["skipped"].item() == 0
     groups = telemetry.group_table(metrics)

@@ -13,13 +13,13 @@ SMALL = Config(num_envs=4, num_steps=16, total_steps=4 * 16 * 3, update_epochs=2
 
 
 def three_updates(compile_: bool):
-    run = T.build(SMALL.replace(compile=compile_))
-    state = T.init_state(run)
+    train = T.make_train(SMALL.replace(compile=compile_))
+    state = train.init()
     metrics = []
     for _ in range(3):
-        state, (m, _) = T.iteration(run, state)
-        metrics.append(m)
-    return run, state, metrics
+        state, m = train.iteration(state)
+        metrics.append({k: v for k, v in m.items() if k != "episodes"})
+    return train.run, state, metrics
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +40,15 @@ def compiled():
 def test_compiled_update_equals_eager(eager, compiled):
     (_, state_c, metrics_c), _ = compiled
     _, state_e, metrics_e = eager
-    flat_c = leaves(state_c["params"])
-    flat_e = leaves(state_e["params"])
+    flat_c = leaves(state_c.params)
+    flat_e = leaves(state_e.params)
     for c, e in zip(flat_c, flat_e):
         torch.testing.assert_close(c, e, rtol=1e-4, atol=1e-5)
     for mc, me in zip(metrics_c, metrics_e):
         for k in mc:
             torch.testing.assert_close(mc[k], me[k], rtol=1e-3, atol=1e-5, equal_nan=True)
     # Params moved: the comparison is not between two untouched initialisations.
-    init = T.init_state(T.build(SMALL.replace(compile=False)))["params"]
+    init = T.make_train(SMALL.replace(compile=False)).init().params
     assert any(not torch.equal(a, b) for a, b in zip(leaves(init), flat_e))
 
 
@@ -60,6 +60,5 @@ def test_no_recompilation_across_updates(compiled):
 
 def test_eager_run_is_reproducible_from_the_seed(eager):
     _, again, _ = three_updates(False)
-    for a, b in zip(leaves(again["params"]),
-                    leaves(eager[1]["params"])):
+    for a, b in zip(leaves(again.params), leaves(eager[1].params)):
         assert torch.equal(a, b)
