@@ -31,12 +31,11 @@ def one_seed(seed: int, threads: int, compile_: bool, total_steps: int, precisio
     torch.set_num_threads(threads)
     cfg = Config(seed=seed, compile=compile_, total_steps=total_steps, precision=precision)
     start = time.perf_counter()
-    state, summary = T.train(cfg)
+    state, _, summary = T.make_train(cfg).train()
     summary["wall_s"] = time.perf_counter() - start
     summary["seed"] = seed
-    summary["skipped_steps"] = int(state["loss_scale"]["skipped"])
-    summary["final_loss_scale"] = float(state["loss_scale"]["scale"])
-    summary["params_finite"] = all(bool(x.isfinite().all()) for x in leaves(state["params"]))
+    summary["final_loss_scale"] = float(state.loss_scale.value())
+    summary["params_finite"] = all(bool(x.isfinite().all()) for x in leaves(state.params))
     return summary
 
 

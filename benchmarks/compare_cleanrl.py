@@ -100,11 +100,11 @@ def cleanrl_train(cfg: Config) -> dict:
 def fkernel_train(cfg: Config) -> dict:
     from kernel import train as T
 
-    run = T.build(cfg)
-    state = T.init_state(run)
-    compile_s = T.warmup(run, state)
+    train = T.make_train(cfg)
+    state = train.init()
+    compile_s = T.warmup(train.run, state)
     cpu0 = time.process_time()
-    state, summary = T.train(cfg, state=state, run=run)
+    summary = train.train(state=state).summary
     cpu = time.process_time() - cpu0
     steps = summary["env_steps"]
     return {"wall_s": summary["run_s"], "cpu_s": cpu, "env_steps": steps, "sps_wall": summary["sps"],

@@ -28,7 +28,6 @@ from kernel.config import Config
 from kernel.diagnose import one_batch
 from kernel.hot import compile_hot
 from kernel.ppo import hyper_tensors, make_grad_step
-from kernel.precision import parse
 from kernel.train import make_optimizer, policy_for
 
 VARIANTS = [
@@ -46,11 +45,10 @@ def leaves(tree) -> list:
 
 
 def grad_step_for(config: Config, env):
-    precision = parse(config.precision)
-    policy = policy_for(config, env, precision)
+    policy = policy_for(config, env)
     step = make_grad_step(policy, make_optimizer(config), config.clip_vloss, config.norm_adv,
-                          precision.needs_loss_scale, norm_entropy=config.norm_entropy)
-    return step, loss_scale.init(precision.needs_loss_scale)
+                          norm_entropy=config.norm_entropy)
+    return step, loss_scale.for_precision(config.precision.needs_loss_scale)
 
 
 def measure() -> dict:
@@ -63,9 +61,9 @@ def measure() -> dict:
     for name, changes in VARIANTS:
         config = base.replace(**changes)
         step, scale = grad_step_for(config, run.env)
-        hyper = hyper_tensors(config, 0, idx.device)
+        hyper = hyper_tensors(config, torch.zeros((), dtype=torch.int64))
         opt_state = make_optimizer(config).init(params)
-        compiled = compile_hot(step)(params, opt_state, scale, batch, idx, hyper)
+        compiled = compile_hot(step, "cpu")(params, opt_state, scale, batch, idx, hyper)
         eager = step(params, opt_state, scale, batch, idx, hyper)
         diff = max(float((c - e).abs().max()) for c, e in zip(leaves(compiled[0]), leaves(eager[0])))
         rows.append({"config": name, "loss_compiled": float(compiled[3]["loss"]),

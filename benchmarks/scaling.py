@@ -76,16 +76,16 @@ def one_size(num_envs: int, iterations: int) -> dict:
     from kernel.config import Config
 
     cfg = Config(num_envs=num_envs, total_steps=num_envs * 128 * 1000)
-    run = T.build(cfg)
-    state = T.init_state(run)
+    train = T.make_train(cfg)
+    run, state = train.run, train.init()
     compile_s = T.warmup(run, state)
     g = torch.Generator().manual_seed(1)
     # Rollout-only: the compiled segment (plus its noise draw and the bootstrap values).
-    rollout_s = median_seconds(lambda: run.rollout.collect(state["params"], state["carry"], g), iterations)
+    rollout_s = median_seconds(lambda: run.rollout.collect(state.params, state.carry, g), iterations)
     times = []
     for _ in range(iterations):
         start = time.perf_counter()
-        state, (metrics, _) = T.iteration(run, state)
+        state, metrics = train.iteration(state)
         T.to_host(metrics)  # the sync a logging loop would do
         times.append(time.perf_counter() - start)
     train_s = sorted(times)[len(times) // 2]

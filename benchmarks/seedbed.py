@@ -92,10 +92,10 @@ def main() -> None:
             cfg = Config.for_env("seedbed", seed=seed, policy=kind, head_average=average, **extra)
             watch = TrainingWatch(cfg.batch_size)
             start = time.perf_counter()
-            state, train_summary = T.train(cfg, on_update=watch)
+            state, _, train_summary = T.make_train(cfg).train(on_update=watch)
             wall = time.perf_counter() - start
             for greedy in (False, True):
-                r = summary(evaluate(cfg, state["params"], args.episodes, greedy=greedy, seed=1000 + seed))
+                r = summary(evaluate(cfg, state.params, args.episodes, greedy=greedy, seed=1000 + seed))
                 label = f"{kind}{'' if average == 'decisions' else '-avg-relevant'}-{'greedy' if greedy else 'sampled'}"
                 results["runs"].append({"policy": label, "seed": seed, **r, "train_wall_s": wall,
                                         "compile_s": train_summary["compile_s"], "sps": train_summary["sps"],

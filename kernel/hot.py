@@ -11,22 +11,12 @@ would check the guards of every earlier build, and the ninth build would hit dyn
 limit (an error under ``fullgraph=True``). With a copy, each build owns its cache, which is freed
 with the build.
 
-Options, each measured where it applies:
-- guards on module globals skipped (:func:`skip_module_global_guards`); all others are kept.
-- ``cpp_wrapper`` (CPU, torch >= 2.13): the generated glue (allocations, extern matmul calls,
-  scan bookkeeping) runs in C++ instead of Python.
-- ``scan`` marked cacheable: inductor's FX graph cache skips graphs holding higher-order ops by
-  default, so every new process recompiled the rollout segment (~4 s warm). The cache key covers
-  the scan body's code (a changed body misses the cache), and the torch version is part of the mark.
-- no loop reordering after fusion (CUDA): torch 2.11's CUDA inductor asserts in that pass on the
-  grad step.
-- ``tanh`` as ``2 / (1 + exp(-2x)) - 1`` inside the generated C++ (inductor's
-  ``cpp.use_decompose_tanh``, CPU): Sleef's ``tanh`` costs ~4 ns per element on this project's
-  CPU and was the largest elementwise kernel of the grad step (~10% of it). Max abs error 1.8e-7
-  against float64 over [-10, 10], vs 6e-8 for float32 ``torch.tanh``: fine for an activation.
-  Eager mode keeps ``torch.tanh``.
-An option the installed torch does not know is left out (older releases lack some of them); the
-tests check that each one still does what it is here for.
+Options (what each is for, and its measured effect, is in ``benchmarks/README.md``): guards on
+module globals skipped (:func:`skip_module_global_guards`; all others kept); ``cpp_wrapper`` on
+CPU for torch >= 2.13; ``scan`` marked cacheable by inductor's FX graph cache; no loop reordering
+after fusion on CUDA; ``tanh`` through ``exp`` in generated CPU code. An option the installed torch
+does not know is left out (older releases lack some of them); the tests check that each one still
+does what it is here for.
 """
 from __future__ import annotations
 
