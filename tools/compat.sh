@@ -2,7 +2,7 @@
 # Run the test suite against another torch release.
 #
 #   tools/compat.sh TORCH_VERSION [TORCHVISION_VERSION] [-- PYTEST_ARGS...]
-#   tools/compat.sh 2.13.0                 # CPU build from this machine's package index
+#   tools/compat.sh 2.13.0                 # a CPU build
 #   tools/compat.sh 2.9.1 0.24.1 -- -x     # a CUDA build from the registry (several GB)
 #
 # Makes (or reuses) a virtualenv under ${FKERNEL_COMPAT_DIR:-$HOME/.cache/fkernel-compat} with that
