@@ -140,7 +140,9 @@ def from_dict(values: dict, base: Config | None = None) -> Config:
             raise ValueError(f"hidden must be a list of positive integers, got {values['hidden']!r}")
         values["hidden"] = tuple(values["hidden"])
     for name, value in values.items():
-        if name == "precision" and isinstance(value, (str, Precision)):
+        if name == "precision":
+            if not isinstance(value, (str, Precision)):
+                raise ValueError(f"config key 'precision' must be a string such as 'bf16', got {value!r}")
             continue  # parsed by validated()
         expected = type(getattr(base or Config(), name))
         if expected is float and isinstance(value, int) and not isinstance(value, bool):

@@ -162,3 +162,29 @@ def test_checkpoint_with_bad_metadata_is_a_one_line_usage_error(tmp_path, comman
     save_file({"params/w": torch.zeros(2)}, str(path), metadata={"format": "fkernel-checkpoint",
                                                                  "format_version": "1", "fkernel": "[1, 2]"})
     assert_usage_error(invoke(command, str(path)), "metadata that is a JSON list")
+
+
+def test_python_api_and_cli_write_the_same_run_folder(tmp_path):
+    from kernel import Config, execute, prepare
+    from kernel.checkpoint import flatten_sections, load
+
+    cli_out, py_out = tmp_path / "cli", tmp_path / "py"
+    result = invoke("train", *TINY, "--total-steps", "96", "--seed", "4", "--out", str(cli_out),
+                    "--checkpoint-every", "1", "--keep", "2")
+    assert result.exit_code == 0, result.output
+    from kernel.runs import Options
+
+    config = Config(num_envs=2, num_steps=16, total_steps=96, seed=4, compile=False)
+    finished = execute(prepare(config, py_out, options=Options(checkpoint_every=1, keep=2)))
+    listing = lambda root: sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    assert listing(cli_out) == listing(py_out)
+    assert listing(py_out) == ["checkpoints", "checkpoints/ckpt-0000002.safetensors",
+                               "checkpoints/ckpt-0000003.safetensors", "config.json", "params.safetensors",
+                               "summary.json", "telemetry.jsonl"]
+    assert json.loads((cli_out / "config.json").read_text()) == json.loads((py_out / "config.json").read_text())
+    assert finished.params_path == py_out / "params.safetensors"
+    a, b = flatten_sections(load(cli_out / "params.safetensors")[0]), flatten_sections(load(finished.params_path)[0])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    lines = [(root / "telemetry.jsonl").read_text().splitlines() for root in (cli_out, py_out)]
+    assert len(lines[0]) == len(lines[1]) == 3
+    assert [json.loads(x)["loss"] for x in lines[0]] == [json.loads(x)["loss"] for x in lines[1]]
