@@ -60,3 +60,33 @@ def known_env(name: str) -> str:
     if name not in envs.REGISTRY:
         raise click.UsageError(f"unknown env {name!r}; choose from {', '.join(envs.names())}")
     return name
+
+
+def seeds(text: str | None) -> list | None:
+    """``"0,1,2"``, ``"0-15"`` or a mix (``"0-3,8"``) -> a list of ints."""
+    if text is None:
+        return None
+    out = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        low, dash, high = part.partition("-")
+        try:
+            out.extend(range(int(low), int(high) + 1) if dash and low else [int(part)])
+        except ValueError:
+            raise click.BadParameter(f"cannot read {part!r}: give seeds as 0,1,2 or a range 0-15", param_hint="--seeds")
+    if not out or len(set(out)) != len(out):
+        raise click.BadParameter(f"need distinct seeds, got {text!r}", param_hint="--seeds")
+    return out
+
+
+def sweep(items: tuple) -> dict:
+    """``("lr=1e-4,3e-4", "ent_coef=0,0.01")`` -> ``{"lr": [1e-4, 3e-4], "ent_coef": [0.0, 0.01]}``."""
+    out: dict = {}
+    for item in items:
+        key, eq, values = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=V1,V2,...", param_hint="--sweep")
+        if key in out:
+            raise click.BadParameter(f"{key} is swept twice", param_hint="--sweep")
+        out[key] = csv_list(values, "--sweep", float)
+    return out

@@ -50,12 +50,17 @@ def cli():
                    "steps, grad stats; what `fkernel plot` draws). [default: the run folder]")
 @click.option("--tensorboard", "tensorboard_dir", type=click.Path(file_okay=False), default=None,
               help="Also write TensorBoard event files here (needs the [tensorboard] extra).")
+@click.option("--seeds", "seed_list", default=None, metavar="0,1,2|0-15",
+              help="Train one run per seed, all in one vmapped program (run folders run-<i>/).")
+@click.option("--sweep", "sweeps", multiple=True, metavar="KEY=V1,V2",
+              help="Also train every value of KEY (lr, clip_coef, ent_coef, vf_coef, gae_lambda, gamma, "
+                   "max_grad_norm); several --sweep make a grid, each with every seed.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch intra-op threads (results are bit-reproducible for a fixed thread count). "
                    "[default: torch's choice]")
 def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, precision, policy_kind, config_json,
           out, checkpoint_every, keep, resume, max_bad_steps, grad_table_every, telemetry_dir, tensorboard_dir,
-          threads):
+          seed_list, sweeps, threads):
     """Train a PPO agent; defaults are PureJaxRL's CartPole configuration."""
     from kernel import runs
     from kernel.checkpoint import CheckpointError
@@ -69,15 +74,17 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, pr
                  device=device, compile=compile_, precision=precision, policy=policy_kind)
     options = runs.Options(checkpoint_every, keep, max_bad_steps, telemetry_dir, tensorboard_dir)
     try:
-        prepared = runs.prepare(flags, out, resume=resume, config_json=config_json, options=options)
+        prepared = runs.prepare(flags, out, resume=resume, config_json=config_json, options=options,
+                                seeds=common.seeds(seed_list), sweep=common.sweep(sweeps))
     except CheckpointError as e:
         raise click.BadParameter(str(e), param_hint="--resume")
     except ValueError as e:  # RunError, and config values a flag set wrong
         raise common.usage_error(e)
-    cfg, update = prepared.config, prepared.progress.update
+    cfg, update, group = prepared.config, int(prepared.state.step), prepared.group
+    who = f"seed={cfg.seed}" if group is None else f"runs={group.count}"
     con = common.console()
     con.print(f"[bold]fkernel train[/] env={cfg.env} envs={cfg.num_envs}x{cfg.num_steps} "
-              f"updates={cfg.num_updates} seed={cfg.seed} device={cfg.device} compile={cfg.compile} "
+              f"updates={cfg.num_updates} {who} device={cfg.device} compile={cfg.compile} "
               f"precision={cfg.precision}" + (f" resuming at update {update}" if resume else ""))
     for note in prepared.notes:
         con.print(note)
@@ -93,8 +100,10 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, pr
             returns_seen.append(log.mean_return)
             live.update(render.live_view(progress, log, list(returns_seen)))
             if grad_table_every and log.update % grad_table_every == 0:
-                live.console.print(render.grad_table(log.groups, f"gradients, update {log.update}",
-                                                     group_dtypes(log.groups, cfg.precision)))
+                tables = log.groups if group is not None else [log.groups]
+                for r, groups in enumerate(tables):
+                    title = f"gradients, update {log.update}" + (f", run {r}" if group is not None else "")
+                    live.console.print(render.grad_table(groups, title, group_dtypes(groups, cfg.precision)))
 
         try:
             finished = runs.execute(prepared, on_update)
@@ -106,6 +115,8 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, pr
             raise click.ClickException(f"{e}; {kept}")
     con.print()
     con.print(render.summary_table(finished.summary))
+    if group is not None:
+        con.print(render.settings_table(finished.summary))
     click.echo(f"trained params: {finished.params_path}")  # plain echo: never wrapped or cut, so scripts can grep it
 
 

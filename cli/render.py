@@ -33,11 +33,23 @@ def make_progress(label: str = "train", unit: str = "updates") -> Progress:
     )
 
 
+def mean_metrics(metrics) -> dict:
+    """One run's metrics as they are; a group's (a list, one dict per run) averaged over runs."""
+    if isinstance(metrics, dict):
+        return metrics
+    return {k: sum(m[k] for m in metrics) / len(metrics) for k in metrics[0]}
+
+
 def metrics_table(log) -> Table:
-    """Two compact rows of label/value pairs, so it fits an 80-column terminal."""
-    ret = "-" if log.episodes == 0 else f"{log.mean_return:.1f}"
+    """Two compact rows of label/value pairs, so it fits an 80-column terminal. For a group of
+    runs: the mean over runs, the return's range over runs, and losses averaged over runs."""
+    ret = "-" if log.episodes == 0 or not math.isfinite(log.mean_return) else f"{log.mean_return:.1f}"
+    spread = getattr(log, "return_spread", None)
+    if spread is not None and ret != "-":
+        ret += f" ({spread[0]:.0f}..{spread[1]:.0f}, {len(log.metrics)} runs)"
+    metrics = mean_metrics(log.metrics)
     pairs = [("steps", f"{log.env_steps:,}"), ("SPS", f"{log.sps:,.0f}"), ("return", ret),
-             ("episodes", str(log.episodes)), *((SHORT.get(k, k), fmt(log.metrics.get(k), 3)) for k in LIVE_METRICS)]
+             ("episodes", str(log.episodes)), *((SHORT.get(k, k), fmt(metrics.get(k), 3)) for k in LIVE_METRICS)]
     table = Table.grid(padding=(0, 1))
     per_row = 4
     for _ in range(per_row):
@@ -81,13 +93,18 @@ def summary_table(summary: dict) -> Table:
     table.add_column("value", justify="right")
     solved = summary.get("first_solved")
     rows = [
-        ("env steps", f"{summary['env_steps']:,}"),
-        ("mean return (last 100 episodes)", fmt(summary["mean_return"])),
+        ("env steps" + (f" (all {summary['runs_count']} runs)" if "runs" in summary else ""),
+         f"{summary['env_steps']:,}"),
+        ("mean return (last 100 episodes" + (", mean over runs)" if "runs" in summary else ")"),
+         fmt(summary["mean_return"])),
         ("compile time (first call)", f"{summary['compile_s']:.1f} s"),
         ("run time", f"{summary['run_s']:.1f} s"),
         ("steps per second (run)", f"{summary['sps']:,.0f}"),
     ]
-    if summary.get("solved_return") is not None:
+    if summary.get("solved_return") is not None and "runs" in summary:
+        reached = sum(1 for r in summary["runs"] if r["first_solved"])
+        rows.append((f"runs that reached {summary['solved_return']:g}", f"{reached} of {len(summary['runs'])}"))
+    elif summary.get("solved_return") is not None:
         rows.append((f"first reached {summary['solved_return']:g}",
                      "never" if not solved else f"{solved['env_steps']:,} steps, {solved['run_s']:.1f} s"))
     for what, value in rows:
@@ -186,4 +203,18 @@ def envs_table(registry: dict) -> Table:
         env = cls(1)  # a one-env instance: specs may depend on constructor defaults
         heads = ", ".join(f"{h.name}({h.size})" for h in env.action_spec.heads)
         table.add_row(name, str(env.obs_dim), heads, cls.description)
+    return table
+
+
+def settings_table(summary: dict) -> Table:
+    """A group's swept settings ranked by final mean return (mean and spread over seeds)."""
+    table = Table(title="settings by final mean return")
+    for name in summary["swept"] or ["setting"]:
+        table.add_column(name, justify="right")
+    table.add_column("mean return", justify="right")
+    table.add_column("std", justify="right")
+    table.add_column("seeds", justify="right")
+    for row in summary["settings"]:
+        values = [fmt(row["setting"][k]) for k in summary["swept"]] or ["all"]
+        table.add_row(*values, fmt(row["mean_return"]), fmt(row["std_return"]), str(row["seeds"]))
     return table

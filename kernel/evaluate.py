@@ -44,6 +44,9 @@ def load_policy(path) -> tuple[Config, dict, dict]:
     sections, meta = load(path)
     if "params" not in sections or "config" not in meta:
         raise CheckpointError(f"{path} holds no policy params or config")
+    if "runs" in meta:
+        raise CheckpointError(f"{path} holds a group of {len(meta['runs']['seeds'])} runs; evaluate one run's file "
+                              "(run-<i>/params.safetensors in the group's folder)")
     try:
         config = from_dict(meta["config"])
         policy = policy_for(config, envs.make(config.env, 1))

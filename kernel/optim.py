@@ -28,23 +28,29 @@ class GradientTransformation(NamedTuple):
     name: str
 
 
-def clip_by_global_norm(max_norm: float) -> GradientTransformation:
-    """Scale updates so their global L2 norm is at most ``max_norm`` (``clip_grad_norm_`` maths)."""
+def clip_by_global_norm(max_norm: float | None) -> GradientTransformation:
+    """Scale updates so their global L2 norm is at most ``max_norm`` (``clip_grad_norm_`` maths);
+    ``None`` reads a tensor ``max_grad_norm`` passed to ``update`` (a value that differs per run)."""
 
     def init(params):
         return {}
 
     def update(updates, state, params=None, **hyper):
+        max_norm_now = hyper["max_grad_norm"] if max_norm is None else max_norm
         norm = global_norm(updates)
         # Same formula as torch.nn.utils.clip_grad_norm_, so runs compare one to one.
-        scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+        scale = torch.clamp(max_norm_now / (norm + 1e-6), max=1.0)
         return tree_map(lambda g: g * scale.to(g.dtype), updates), state
 
     return GradientTransformation(init, update, "clip")
 
 
-def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> GradientTransformation:
-    """Adam's moment estimates and bias correction, arranged exactly as ``torch.optim.Adam``."""
+def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                  foreach: bool = True) -> GradientTransformation:
+    """Adam's moment estimates and bias correction, arranged exactly as ``torch.optim.Adam``.
+
+    ``foreach=False`` does the same maths leaf by leaf: ``torch.func.vmap`` has no batching rules
+    for ``torch._foreach_*`` (many runs at once need it); compiled, both become the same kernels."""
 
     def init(params):
         return {
@@ -58,17 +64,22 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
         # Moments pair with gradients by path (leaves_like raises on other keys), never by dict order.
         g, spec = flatten(updates)
         mu, nu = leaves_like(state["mu"], spec), leaves_like(state["nu"], spec)
-        mu = torch._foreach_lerp(mu, g, 1.0 - b1)
-        nu = torch._foreach_mul(nu, b2)
-        torch._foreach_addcmul_(nu, g, g, value=1.0 - b2)
         step = count.to(torch.float32)
         bias1 = 1.0 - torch.pow(torch.tensor(b1), step)
         bias2_sqrt = torch.sqrt(1.0 - torch.pow(torch.tensor(b2), step))
-        denom = torch._foreach_sqrt(nu)
-        torch._foreach_div_(denom, bias2_sqrt)
-        torch._foreach_add_(denom, eps)
-        out = torch._foreach_div(mu, denom)
-        torch._foreach_div_(out, bias1)
+        if foreach:
+            mu = torch._foreach_lerp(mu, g, 1.0 - b1)
+            nu = torch._foreach_mul(nu, b2)
+            torch._foreach_addcmul_(nu, g, g, value=1.0 - b2)
+            denom = torch._foreach_sqrt(nu)
+            torch._foreach_div_(denom, bias2_sqrt)
+            torch._foreach_add_(denom, eps)
+            out = torch._foreach_div(mu, denom)
+            torch._foreach_div_(out, bias1)
+        else:
+            mu = [torch.lerp(m, x, 1.0 - b1) for m, x in zip(mu, g)]
+            nu = [torch.addcmul(v * b2, x, x, value=1.0 - b2) for v, x in zip(nu, g)]
+            out = [m / (torch.sqrt(v) / bias2_sqrt + eps) / bias1 for m, v in zip(mu, nu)]
         new_state = {
             "count": count,
             "mu": unflatten(spec, mu),
@@ -118,10 +129,10 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
 
 
 def adam(learning_rate: ScalarOrSchedule | None, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-         max_grad_norm: float | None = None) -> GradientTransformation:
+         max_grad_norm: float | None = None, foreach: bool = True) -> GradientTransformation:
     """Adam with optional global-norm clipping first, as CleanRL and PureJaxRL configure PPO."""
     parts = [clip_by_global_norm(max_grad_norm)] if max_grad_norm is not None else []
-    return chain(*parts, scale_by_adam(b1, b2, eps), scale_by_learning_rate(learning_rate))
+    return chain(*parts, scale_by_adam(b1, b2, eps, foreach), scale_by_learning_rate(learning_rate))
 
 
 def apply_if_finite(inner: GradientTransformation) -> GradientTransformation:
@@ -166,10 +177,10 @@ def consecutive_skips(opt_state: Tree) -> torch.Tensor:
     return opt_state["notfinite_count"]
 
 
-def apply_updates(params: Tree, updates: Tree) -> Tree:
+def apply_updates(params: Tree, updates: Tree, foreach: bool = True) -> Tree:
     p, spec = flatten(params)
-    u = leaves_like(updates, spec)
-    return unflatten(spec, torch._foreach_add(p, [x.to(y.dtype) for x, y in zip(u, p)]))
+    u = [x.to(y.dtype) for x, y in zip(leaves_like(updates, spec), p)]
+    return unflatten(spec, torch._foreach_add(p, u) if foreach else [a + b for a, b in zip(p, u)])
 
 
 def constant_schedule(value: float) -> Schedule:

@@ -195,13 +195,18 @@ def minibatch(batch: dict, idx: torch.Tensor, recurrent: bool) -> dict:
     return mb
 
 
+OPTIMIZER_HYPER = ("lr", "max_grad_norm")
+
+
 def make_grad_step(policy: Policy, optimizer: GradientTransformation, clip_vloss: bool, norm_adv: bool,
-                   groups=None, norm_entropy: bool = False, head_average: str = "decisions") -> Callable:
+                   groups=None, norm_entropy: bool = False, head_average: str = "decisions",
+                   foreach: bool = True) -> Callable:
     """``grad_step(params, opt_state, scale, batch, idx, hyper) -> (params, opt_state, scale,
     metrics)``: gather rows ``idx`` of the batch, take the gradient of the loss scaled by ``scale``
     (a :mod:`kernel.loss_scale` value), unscale it and hand it to ``optimizer``. Wrapped in
     :func:`kernel.optim.apply_if_finite`, the optimizer skips a step whose loss or gradient is
-    not finite; the loss scale adjusts to the same verdict."""
+    not finite; the loss scale adjusts to the same verdict. ``foreach=False`` (needed under
+    ``torch.func.vmap``) applies the updates leaf by leaf."""
 
     head_names = tuple(h.name for h in policy.spec.heads)  # read here: older dynamo cannot trace the property
 
@@ -214,14 +219,16 @@ def make_grad_step(policy: Policy, optimizer: GradientTransformation, clip_vloss
         grads, (_, (loss, metrics)) = grad_and_value(scaled_loss, has_aux=True)(params, mb, hyper, scale)
         grads = scale.unscale(grads)
         finite = all_finite(grads) & torch.isfinite(loss)
-        updates, opt_state = optimizer.update(grads, opt_state, params, lr=hyper["lr"], finite=finite)
+        # The optimizer reads the learning rate (and, when it differs per run, max_grad_norm) from hyper.
+        opt_hyper = {k: hyper[k] for k in OPTIMIZER_HYPER if k in hyper}
+        updates, opt_state = optimizer.update(grads, opt_state, params, finite=finite, **opt_hyper)
         metrics.update(telemetry.grad_stats(grads, params, updates, groups or telemetry.default_groups(params)))
         for h in head_names:  # so the gradient table can tell "not relevant" and "forced" from "dead"
             for count in ("relevant", "decisions"):
                 metrics[f"grad/heads.{h}/{count}"] = metrics.pop(f"head/{h}/{count}")
         metrics["skipped"] = (~finite).float()
         metrics["loss_scale"] = scale.value(loss.device)
-        return apply_updates(params, updates), opt_state, scale.adjust(finite), metrics
+        return apply_updates(params, updates, foreach), opt_state, scale.adjust(finite), metrics
 
     return grad_step
 

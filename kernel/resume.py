@@ -27,19 +27,31 @@ VARIABLE = ("stats/",)
 SECTION_ORDER = ("params", "carry", "loss_scale", "rng", "step", "stats", "opt_state")
 
 
-def state_sections(state: TrainState, progress: Progress | None = None) -> dict:
+def window(progress: Progress) -> torch.Tensor:
+    return torch.tensor(progress.returns, dtype=torch.float32)
+
+
+def state_sections(state: TrainState, progress: Progress | list | None = None) -> dict:
+    """The checkpoint's tensors; ``progress`` is one record, or one per run of a group (kernel.many)."""
     sections = as_dicts(state)
-    sections["stats"] = {"returns_window": torch.tensor((progress or Progress()).returns, dtype=torch.float32)}
+    if isinstance(progress, list):
+        sections["stats"] = {"returns_window": {str(r): window(p) for r, p in enumerate(progress)}}
+    else:
+        sections["stats"] = {"returns_window": window(progress or Progress())}
     return sections
 
 
-def state_meta(config: Config, progress: Progress) -> dict:
-    return {"config": config.to_dict(), "env": config.env, "update": progress.update,
-            "env_steps": progress.env_steps, "first_solved": progress.first_solved}
+def state_meta(config: Config, progress: Progress | list, runs=None) -> dict:
+    if not isinstance(progress, list):
+        return {"config": config.to_dict(), "env": config.env, "update": progress.update,
+                "env_steps": progress.env_steps, "first_solved": progress.first_solved}
+    return {"config": config.to_dict(), "env": config.env, "update": progress[0].update,
+            "env_steps": sum(p.env_steps for p in progress), "runs": runs.to_dict(),
+            "progress": [{"env_steps": p.env_steps, "first_solved": p.first_solved} for p in progress]}
 
 
-def save_state(path, config: Config, state: TrainState, progress: Progress) -> Path:
-    return checkpoint.save(path, state_sections(state, progress), state_meta(config, progress))
+def save_state(path, config: Config, state: TrainState, progress: Progress | list, runs=None) -> Path:
+    return checkpoint.save(path, state_sections(state, progress), state_meta(config, progress, runs))
 
 
 def read_config(meta: dict, path) -> Config:
@@ -78,23 +90,37 @@ def check_matches(expected_sections: dict, sections: dict, path, against: str = 
         raise CheckpointError(f"{path} does not match {against} ({len(diffs)} differences): {'; '.join(diffs)}")
 
 
-def restore_state(path, run, fresh_state: TrainState, loaded: tuple | None = None) -> tuple[TrainState, Progress]:
+def restore_state(path, run, fresh_state: TrainState, loaded: tuple | None = None):
     """Load ``path`` into a state shaped like ``fresh_state`` (built from ``run.config``) and its
-    progress record; ``loaded`` is ``checkpoint.load(path)``'s result when the caller already has it."""
+    progress record (a list, one per run, for a group of runs); ``loaded`` is
+    ``checkpoint.load(path)``'s result when the caller already has it."""
     sections, meta = loaded or checkpoint.load(path)
     if isinstance(sections.get("rng"), dict):  # the old layout kept a torch.Generator's state there
         raise CheckpointError(f"{path} was saved by an older fkernel whose random state cannot be resumed "
                               "(its params still work with `fkernel eval`)")
-    check_matches(state_sections(fresh_state), sections, path)
+    group = getattr(run, "runs", None)
+    if (group is None) != ("runs" not in meta):
+        raise CheckpointError(f"{path} holds {'a group of runs' if 'runs' in meta else 'one run'}; "
+                              f"resume it as {'a group (same seeds and sweep)' if 'runs' in meta else 'one run'}")
+    if group is not None and meta["runs"] != group.to_dict():
+        raise CheckpointError(f"{path} holds runs {meta['runs']}, not {group.to_dict()}")
+    fresh_progress = [Progress()] * group.count if group is not None else None
+    check_matches(state_sections(fresh_state, fresh_progress), sections, path)
     flat = flatten_with_paths(as_dicts({k: v for k, v in sections.items() if k != "stats"}))
     state = fill(fresh_state, flat)
     # The key stays on the CPU; everything else goes to the run's device.
     state = tree_map(lambda x: x.to(run.config.device), state._replace(rng=None))._replace(rng=state.rng)
-    progress = Progress(int(meta["update"]), int(meta["env_steps"]),
-                        tuple(sections["stats"]["returns_window"].tolist()), meta.get("first_solved"))
-    if int(state.step) != progress.update:
+    update = int(meta["update"])
+    if group is None:
+        progress = Progress(update, int(meta["env_steps"]), tuple(sections["stats"]["returns_window"].tolist()),
+                            meta.get("first_solved"))
+    else:
+        windows = sections["stats"]["returns_window"]
+        progress = [Progress(update, int(p["env_steps"]), tuple(windows[str(r)].tolist()), p["first_solved"])
+                    for r, p in enumerate(meta["progress"])]
+    if int(state.step) != update:
         raise CheckpointError(f"{path} is inconsistent: its state is at update {int(state.step)}, "
-                              f"its metadata at {progress.update}")
+                              f"its metadata at {update}")
     return state, progress
 
 
@@ -125,11 +151,13 @@ class Checkpointer:
         self.run_dir, self.every, self.keep = Path(run_dir), every, keep
         self.last: Path | None = latest_checkpoint(run_dir)
 
-    def maybe_save(self, config: Config, state: TrainState, progress: Progress) -> Path | None:
-        return None if progress.update % self.every else self.save(config, state, progress)
+    def maybe_save(self, config: Config, state: TrainState, progress: Progress | list, runs=None) -> Path | None:
+        update = progress[0].update if isinstance(progress, list) else progress.update
+        return None if update % self.every else self.save(config, state, progress, runs)
 
-    def save(self, config: Config, state: TrainState, progress: Progress) -> Path:
-        self.last = save_state(checkpoint_path(self.run_dir, progress.update), config, state, progress)
+    def save(self, config: Config, state: TrainState, progress: Progress | list, runs=None) -> Path:
+        update = progress[0].update if isinstance(progress, list) else progress.update
+        self.last = save_state(checkpoint_path(self.run_dir, update), config, state, progress, runs)
         for old in list_checkpoints(self.run_dir)[: -self.keep]:
             old.unlink(missing_ok=True)
         return self.last

@@ -27,8 +27,8 @@ from kernel.tree import leaves, tree_map
 
 
 class Rollout(NamedTuple):
-    init: Callable  # (generator) -> carry
-    collect: Callable  # (params, carry, generator) -> (carry, trajectory)
+    init: Callable  # (generator or list of one per run) -> carry
+    collect: Callable  # (params, carry, generator or list of one per run) -> (carry, trajectory)
     act: Callable  # the single acting step (pure, uncompiled)
 
 
@@ -36,13 +36,30 @@ def draw(shape, generator, device, dtype=torch.float32):
     return torch.rand(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
 
 
-def make_rollout(env, policy: Policy, num_steps: int, compile: bool = True, greedy: bool = False) -> Rollout:
-    """``greedy``: act with each head's most likely valid action instead of sampling (evaluation)."""
+def make_rollout(env, policy: Policy, num_steps: int, compile: bool = True, greedy: bool = False,
+                 runs: int = 1) -> Rollout:
+    """``greedy``: act with each head's most likely valid action instead of sampling (evaluation).
+
+    ``runs`` > 1: the env's sub-environments are ``runs`` equal blocks, one per independent run
+    (``policy`` acts each block with its own params, see :func:`kernel.many.policy_over_runs`),
+    and ``init``/``collect`` take one generator per run. Each block's noise is drawn from its own
+    run's generator exactly as a one-run rollout would draw it, then the blocks are concatenated.
+    """
     spec = env.action_spec
     n = env.num_envs
+    per_run = n // runs
+    env_noise_row = tuple(env.noise_shape()[1:])  # noise_shape()[0] is the sub-environment axis
 
-    def init(generator):
-        env_state, obs = env.reset(draw(env.noise_shape(), generator, env.device, env.dtype))
+    def per_run_generators(generators) -> list:
+        gens = generators if isinstance(generators, (list, tuple)) else [generators]
+        if len(gens) != runs:
+            raise ValueError(f"need one generator per run ({runs}), got {len(gens)}")
+        return gens
+
+    def init(generators):
+        noise = torch.cat([draw((per_run, *env_noise_row), g, env.device, env.dtype)
+                           for g in per_run_generators(generators)])
+        env_state, obs = env.reset(noise)
         zeros = torch.zeros(n, dtype=torch.float32, device=env.device)
         carry = {"env": env_state, "obs": obs, "ep_return": zeros, "ep_length": zeros.long(),
                  "hidden": policy.initial_hidden(n, env.device),
@@ -121,10 +138,18 @@ def make_rollout(env, policy: Policy, num_steps: int, compile: bool = True, gree
     # compile_hot's cpp_wrapper runs the scan's per-iteration bookkeeping in C++ (halves a CartPole segment).
     run_segment = compile_hot(segment, env.device) if compile else looped
 
+    def segment_noise(generator):
+        action_noise = {h: draw((num_steps, per_run, k), generator, env.device) for h, k in spec.sizes.items()}
+        return action_noise, draw((num_steps, per_run, *env_noise_row), generator, env.device, env.dtype)
+
     @torch.no_grad()
-    def collect(params, carry, generator):
-        action_noise = {h: draw((num_steps, n, k), generator, env.device) for h, k in spec.sizes.items()}
-        env_noise = draw((num_steps, *env.noise_shape()), generator, env.device, env.dtype)
+    def collect(params, carry, generators):
+        drawn = [segment_noise(g) for g in per_run_generators(generators)]
+        if runs == 1:
+            action_noise, env_noise = drawn[0]
+        else:  # run blocks side by side along the sub-environment axis
+            action_noise = {h: torch.cat([a[h] for a, _ in drawn], dim=1) for h in spec.sizes}
+            env_noise = torch.cat([e for _, e in drawn], dim=1)
         hidden0 = carry["hidden"]
         carry, traj = run_segment(params, carry, action_noise, env_noise)
         if compile and policy.recurrent:  # the compiled LSTM segment leaves bootstrapping to here

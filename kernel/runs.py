@@ -21,9 +21,10 @@ from typing import NamedTuple
 import torch
 
 import envs
-from kernel import checkpoint, curves, telemetry
+from kernel import checkpoint, curves, many, telemetry
 from kernel import config as config_mod
 from kernel.config import Config
+from kernel.many import Runs
 from kernel.ppo import learning_rate_schedule
 from kernel.resume import (
     CHECKPOINT_DIR,
@@ -58,10 +59,11 @@ class Prepared(NamedTuple):
     out: Path
     trainer: Trainer
     state: TrainState
-    progress: Progress
+    progress: Progress | list  # a list, one per run, for a group
     resumed_from: Path | None
     notes: tuple  # lines worth telling the user before training (e.g. a re-planned schedule)
     options: Options
+    group: Runs | None = None  # the runs of a group (kernel.many), None for one run
 
 
 class Finished(NamedTuple):
@@ -99,8 +101,18 @@ def resolve_config(values: dict, config_json=None) -> Config:
     return cfg
 
 
-def default_run_dir(config: Config) -> Path:
-    return Path("runs") / f"{config.env}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+def default_run_dir(config: Config, group: Runs | None = None) -> Path:
+    who = f"seed{config.seed}" if group is None else f"{group.count}runs"
+    return Path("runs") / f"{config.env}-{who}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_group(config: Config, seeds, sweep: dict | None) -> Runs | None:
+    if seeds is None and not sweep:
+        return None
+    try:
+        return many.validated_runs(config, many.grid(list(seeds) if seeds is not None else [config.seed], sweep))
+    except ValueError as e:
+        raise RunError(str(e).splitlines()[0]) from None
 
 
 def resume_source(resume: str | Path, out) -> tuple[Path, Path]:
@@ -156,12 +168,14 @@ def as_values(config: Config | dict | None) -> dict:
 
 
 def prepare(config: Config | dict | None = None, out=None, *, resume: str | Path | None = None, config_json=None,
-            options: Options | None = None) -> Prepared:
+            options: Options | None = None, seeds=None, sweep: dict | None = None) -> Prepared:
     """Check a run and build it, writing nothing.
 
     ``config``: a :class:`Config`, or a dict of config keys applied over the env's defaults and
     ``config_json``. With ``resume`` (a checkpoint file, or "latest" in ``out``), the checkpoint's
     config is the base and ``config``'s keys are changes to it (only OVERRIDABLE_ON_RESUME).
+    ``seeds`` and/or ``sweep`` make a group: every swept setting with every seed, trained
+    together (:mod:`kernel.many`); a resumed group keeps its own.
     """
     options = options or Options()
     if options.checkpoint_every < 0 or options.keep < 1 or options.max_bad_steps < 1:
@@ -176,11 +190,16 @@ def prepare(config: Config | dict | None = None, out=None, *, resume: str | Path
         if isinstance(config, Config):  # a whole config: only its differences are requests
             asked = {k: v for k, v in asked.items() if v != as_values(saved).get(k)}
         cfg = resumed_config(saved, asked)
+        group = many.Runs.from_dict(loaded[1]["runs"]) if "runs" in loaded[1] else None
+        asked_group = run_group(cfg, seeds, sweep)
+        if asked_group is not None and asked_group != group:
+            raise RunError("cannot resume with different seeds or sweep values than the checkpoint's")
     else:
         ckpt = None
         cfg = config if isinstance(config, Config) else resolve_config(as_values(config), config_json)
         check_device(cfg.device)
-        out = Path(out) if out else default_run_dir(cfg)
+        group = run_group(cfg, seeds, sweep)
+        out = Path(out) if out else default_run_dir(cfg, group)
         if out.exists() and any(out.iterdir()):
             raise RunError(f"output folder {out} already holds files; choose another one or resume")
     telemetry_path = Path(options.telemetry_dir or out) / curves.TELEMETRY
@@ -191,16 +210,18 @@ def prepare(config: Config | dict | None = None, out=None, *, resume: str | Path
             curves.require("tensorboard", "tensorboard")
         except curves.MissingExtra as e:
             raise RunError(str(e)) from None
-    trainer = make_train(cfg)
-    state, progress = trainer.init(), Progress()
+    trainer = make_train(cfg) if group is None else many.trainer(cfg, group)
+    state = trainer.init()
+    progress = Progress() if group is None else [Progress()] * group.count
     notes = ()
     if ckpt is not None:
         state, progress = restore_state(ckpt, trainer.run, state, loaded)
-        if progress.update >= cfg.num_updates:
-            raise RunError(f"{ckpt} is already at update {progress.update} of {cfg.num_updates}; "
+        update = int(state.step)
+        if update >= cfg.num_updates:
+            raise RunError(f"{ckpt} is already at update {update} of {cfg.num_updates}; "
                            "raise total_steps (--total-steps) to train further")
-        notes = tuple(n for n in [schedule_change(saved, cfg, progress.update)] if n)
-    return Prepared(cfg, Path(out), trainer, state, progress, ckpt, notes, options)
+        notes = tuple(n for n in [schedule_change(saved, cfg, update)] if n)
+    return Prepared(cfg, Path(out), trainer, state, progress, ckpt, notes, options, group)
 
 
 def execute(run: Prepared, on_update: Callable[[UpdateLog], None] | None = None) -> Finished:
@@ -209,42 +230,115 @@ def execute(run: Prepared, on_update: Callable[[UpdateLog], None] | None = None)
 
     On :class:`NonFiniteRun` the exception carries ``groups`` too, and the periodic checkpoints
     written so far stay as they are."""
+    if run.group is not None:
+        return execute_group(run, on_update)
     cfg, out, opts = run.config, run.out, run.options
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     checkpointer = Checkpointer(out, opts.checkpoint_every, opts.keep) if opts.checkpoint_every else None
-    writer = telemetry.JsonlWriter(Path(opts.telemetry_dir or out) / curves.TELEMETRY)
-    board = curves.TensorboardLog(opts.tensorboard_dir) if opts.tensorboard_dir else None
-    history = telemetry.NormHistory()  # each group's recent norms: the reference for its magnitude class
-
-    def table(metrics: dict) -> dict:
-        groups = telemetry.group_table(metrics)
-        for group, status in history.statuses(groups).items():
-            groups[group]["status"] = status
-        return groups
+    files = RunFiles(Path(opts.telemetry_dir or out) / curves.TELEMETRY, opts.tensorboard_dir)
 
     def logged(log: UpdateLog) -> None:
-        log = log._replace(groups=table(log.metrics))
-        scalars = {k: v for k, v in log.metrics.items() if not k.startswith("grad/")}
-        writer.write({"update": log.update, "env_steps": log.env_steps, "time_s": log.elapsed_s,
-                      "mean_return": log.mean_return, **scalars, "grads": log.groups})
-        if board is not None:
-            board.write(log)
+        groups = files.write(log)
         if on_update is not None:
-            on_update(log)
+            on_update(log._replace(groups=groups))
 
     try:
         state, progress, summary = run.trainer.train(run.state, run.progress, on_update=logged,
                                                      checkpointer=checkpointer, max_bad_steps=opts.max_bad_steps)
     except NonFiniteRun as e:
-        e.groups = table(e.metrics)
+        e.groups = files.table(e.metrics)
         raise
     finally:
-        writer.close()
-        if board is not None:
-            board.close()
+        files.close()
     if checkpointer is not None and checkpointer.last != checkpoint_path(out, progress.update):
         checkpointer.save(cfg, state, progress)  # so resuming "latest" continues from the true end
     params_path = save_state(out / "params.safetensors", cfg, state, progress)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return Finished(state, progress, summary, params_path)
+
+
+class RunFiles:
+    """One run's telemetry (and TensorBoard) files, with the gradient-status history they need."""
+
+    def __init__(self, telemetry_path: Path, tensorboard_dir):
+        self.writer = telemetry.JsonlWriter(telemetry_path)
+        self.board = curves.TensorboardLog(tensorboard_dir) if tensorboard_dir else None
+        self.history = telemetry.NormHistory()  # each group's recent norms: the reference for its magnitude class
+
+    def table(self, metrics: dict) -> dict:
+        groups = telemetry.group_table(metrics)
+        for group, status in self.history.statuses(groups).items():
+            groups[group]["status"] = status
+        return groups
+
+    def write(self, log) -> dict:
+        groups = self.table(log.metrics)
+        scalars = {k: v for k, v in log.metrics.items() if not k.startswith("grad/")}
+        self.writer.write({"update": log.update, "env_steps": log.env_steps, "time_s": log.elapsed_s,
+                           "mean_return": log.mean_return, **scalars, "grads": groups})
+        if self.board is not None:
+            self.board.write(log._replace(groups=groups))
+        return groups
+
+    def close(self) -> None:
+        self.writer.close()
+        if self.board is not None:
+            self.board.close()
+
+
+def run_dir(out: Path, r: int) -> Path:
+    return out / f"run-{r}"
+
+
+def execute_group(run: Prepared, on_update: Callable | None = None) -> Finished:
+    """:func:`execute` for a group: ``runs.json`` and group checkpoints at the top; one folder
+    per run (``run-<r>/``) with its own config.json, telemetry.jsonl and, at the end, a one-run
+    params.safetensors (``fkernel eval`` reads it unchanged) and summary.json. The top-level
+    params.safetensors holds the whole group's state (resumable) and summary.json ranks the
+    settings."""
+    cfg, out, opts, group = run.config, run.out, run.options, run.group
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    (out / "runs.json").write_text(json.dumps(group.to_dict(), indent=2) + "\n")
+    files = []
+    for r in range(group.count):
+        folder = Path(opts.telemetry_dir) / f"run-{r}" if opts.telemetry_dir else run_dir(out, r)
+        run_dir(out, r).mkdir(exist_ok=True)
+        (run_dir(out, r) / "config.json").write_text(json.dumps(many.run_config(cfg, group, r).to_dict(), indent=2)
+                                                      + "\n")
+        files.append(RunFiles(folder / curves.TELEMETRY,
+                              Path(opts.tensorboard_dir) / f"run-{r}" if opts.tensorboard_dir else None))
+    checkpointer = Checkpointer(out, opts.checkpoint_every, opts.keep) if opts.checkpoint_every else None
+
+    def logged(log: many.ManyLog) -> None:
+        groups = []
+        for r, f in enumerate(files):
+            m = log.metrics[r]
+            one = UpdateLog(log.update, log.num_updates, log.env_steps // group.count, log.elapsed_s,
+                            log.sps / group.count, m["mean_return"], 0, m)
+            groups.append(f.write(one))
+        if on_update is not None:
+            on_update(log._replace(groups=groups))
+
+    try:
+        state, progress, summary = run.trainer.train(run.state, run.progress, on_update=logged,
+                                                     checkpointer=checkpointer, max_bad_steps=opts.max_bad_steps)
+    except NonFiniteRun as e:
+        e.groups = files[0].table(e.metrics[0]) if e.metrics else {}
+        raise
+    finally:
+        for f in files:
+            f.close()
+    update = progress[0].update
+    if checkpointer is not None and checkpointer.last != checkpoint_path(out, update):
+        checkpointer.save(cfg, state, progress, group)
+    for r, row in enumerate(summary["runs"]):
+        one_cfg = many.run_config(cfg, group, r)
+        save_state(run_dir(out, r) / "params.safetensors", one_cfg, many.run_slice(run.trainer.run, state, r),
+                   progress[r])
+        (run_dir(out, r) / "summary.json").write_text(json.dumps(row, indent=2) + "\n")
+    summary["settings"] = many.ranked_settings(summary)
+    params_path = save_state(out / "params.safetensors", cfg, state, progress, group)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return Finished(state, progress, summary, params_path)

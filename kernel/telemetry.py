@@ -69,12 +69,14 @@ def grad_stats(grads: dict, params: dict, updates: dict, groups) -> dict:
 def reduce_metrics(history: list) -> dict:
     """Combine per-minibatch metric dicts: counts add up, maxima take the max, the rest average."""
     keys = list(history[0])
-    # One [steps, keys] table (a single stack) and three reductions, instead of a stack and a
+    shape = history[0][keys[0]].shape  # () for one run, (runs,) for many
+    # One [steps, keys, ...] table (a single stack) and three reductions, instead of a stack and a
     # reduction per key: at 16 minibatches x ~25 metrics the per-op cost is what counts.
-    table = torch.stack([m[k] for m in history for k in keys]).float().view(len(history), len(keys))
+    table = torch.stack([m[k] for m in history for k in keys]).float().view(len(history), len(keys), *shape)
     how = [REDUCE.get(k.rsplit("/", 1)[-1], "sum" if k == "skipped" else "mean") for k in keys]
-    is_sum = torch.tensor([h == "sum" for h in how], device=table.device)
-    is_max = torch.tensor([h == "max" for h in how], device=table.device)
+    per_key = (len(keys),) + (1,) * len(shape)
+    is_sum = torch.tensor([h == "sum" for h in how], device=table.device).view(per_key)
+    is_max = torch.tensor([h == "max" for h in how], device=table.device).view(per_key)
     reduced = torch.where(is_sum, table.sum(0), torch.where(is_max, table.amax(0), table.mean(0)))
     return dict(zip(keys, reduced.unbind(0)))
 

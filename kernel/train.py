@@ -238,7 +238,17 @@ class Trainer(NamedTuple):
     train: Callable[..., Trained]  # (state=None, progress=None, on_update=None, ...) -> Trained
 
 
-def make_train(config: Config) -> Trainer:
-    """Build ``config`` once (env, policy, optimizer, compiled steps) and return its functions."""
-    run = build(config)
-    return Trainer(run, partial(init_state, run), partial(iteration, run), partial(train, run))
+def make_train(config: Config, seeds=None, sweep: dict | None = None) -> Trainer:
+    """Build ``config`` once (env, policy, optimizer, compiled steps) and return its functions.
+
+    With ``seeds`` (a list or range) and/or ``sweep`` (``{"lr": [1e-4, 3e-4], ...}``), the trainer
+    runs every combination of swept values with every seed as one vmapped program
+    (:mod:`kernel.many`): ``init(seeds=None)`` stacks one state per run, ``iteration`` advances
+    them all, and ``train`` reports each run's results.
+    """
+    if seeds is None and not sweep:
+        run = build(config)
+        return Trainer(run, partial(init_state, run), partial(iteration, run), partial(train, run))
+    from kernel import many
+
+    return many.trainer(config, many.grid(list(seeds) if seeds is not None else [config.seed], sweep))

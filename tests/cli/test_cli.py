@@ -188,3 +188,37 @@ def test_python_api_and_cli_write_the_same_run_folder(tmp_path):
     lines = [(root / "telemetry.jsonl").read_text().splitlines() for root in (cli_out, py_out)]
     assert len(lines[0]) == len(lines[1]) == 3
     assert [json.loads(x)["loss"] for x in lines[0]] == [json.loads(x)["loss"] for x in lines[1]]
+
+
+def test_seeds_and_sweep_train_a_group_with_a_folder_per_run(tmp_path):
+    out = tmp_path / "grid"
+    result = invoke("train", *TINY, "--total-steps", "96", "--seeds", "0-1", "--sweep", "lr=1e-3,3e-3",
+                    "--sweep", "ent_coef=0", "--out", str(out), "--checkpoint-every", "0")
+    assert result.exit_code == 0, result.output
+    assert "runs=4" in result.output and "settings by final mean return" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(r["seed"], r["lr"], r["ent_coef"]) for r in summary["runs"]] == \
+        [(0, 1e-3, 0.0), (1, 1e-3, 0.0), (0, 3e-3, 0.0), (1, 3e-3, 0.0)]
+    assert all({"mean_return", "first_solved", "skipped_steps"} <= set(r) for r in summary["runs"])
+    assert [s["seeds"] for s in summary["settings"]] == [2, 2]
+    for r in range(4):
+        run_config = json.loads((out / f"run-{r}" / "config.json").read_text())
+        assert run_config["seed"] == summary["runs"][r]["seed"] and run_config["lr"] == summary["runs"][r]["lr"]
+        assert len((out / f"run-{r}" / "telemetry.jsonl").read_text().splitlines()) == 3
+    one = invoke("eval", str(out / "run-2" / "params.safetensors"), "--episodes", "2", "--json")
+    assert one.exit_code == 0, one.output
+    whole = invoke("eval", str(out / "params.safetensors"))
+    assert_usage_error(whole, "group of 4 runs", "run-<i>/params.safetensors")
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--sweep", "hidden=8,16"], ["cannot sweep 'hidden'", "lr"]),
+    (["--sweep", "lr"], ["KEY=V1,V2"]),
+    (["--seeds", "3-a"], ["--seeds", "0-15"]),
+    (["--seeds", "1,1"], ["distinct"]),
+    (["--sweep", "gamma=2"], ["gamma must be in"]),
+])
+def test_bad_seeds_and_sweeps_are_usage_errors(args, needles, tmp_path):
+    result = invoke("train", *TINY, *args, "--out", str(tmp_path / "run"))
+    assert_usage_error(result, *needles)
+    assert not (tmp_path / "run").exists()
