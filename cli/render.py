@@ -46,7 +46,7 @@ def metrics_table(log) -> Table:
     ret = "-" if log.episodes == 0 or not math.isfinite(log.mean_return) else f"{log.mean_return:.1f}"
     spread = getattr(log, "return_spread", None)
     if spread is not None and ret != "-":
-        ret += f" ({spread[0]:.0f}..{spread[1]:.0f}, {len(log.metrics)} runs)"
+        ret += f" ({fmt(spread[0], 3)}..{fmt(spread[1], 3)}, {len(log.metrics)} runs)"
     metrics = mean_metrics(log.metrics)
     pairs = [("steps", f"{log.env_steps:,}"), ("SPS", f"{log.sps:,.0f}"), ("return", ret),
              ("episodes", str(log.episodes)), *((SHORT.get(k, k), fmt(metrics.get(k), 3)) for k in LIVE_METRICS)]
