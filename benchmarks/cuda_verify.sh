@@ -5,7 +5,9 @@
 #   2. CartPole's default run on CUDA (4 envs x 128 steps, 500k steps): compile time, steady SPS and
 #      whole-process wall time;
 #   3. CartPole with 2048 envs x 128 steps (about 10M steps);
-#   4. seedbed LSTM in bf16, briefly.
+#   4. seedbed LSTM in bf16, briefly;
+#   5. 256 CartPole runs vmapped into one program (benchmarks/many_runs.py --solve): aggregate env
+#      steps/s and the time until every run has a mean return >= 475.
 # Each step is its own process with its own time limit, so a slow one loses that step, not the run.
 # Writes the pytest log, each run's summary.json and one combined JSON under $OUT.
 #   usage: OUT=benchmarks/results/cuda BUDGET_S=540 bash benchmarks/cuda_verify.sh
@@ -49,7 +51,9 @@ train() {  # name, share, flags...
 step tests 35 python3 -m pytest -q -p no:cacheprovider tests/kernel/test_cuda.py tests/kernel/test_hot.py
 train cartpole-4env 35
 train cartpole-2048env 45 --num-envs 2048 --num-steps 128 --total-steps 10485760
-train seedbed-bf16 100 --env seedbed --precision bf16 --total-steps 100000
+train seedbed-bf16 50 --env seedbed --precision bf16 --total-steps 100000
+step many-256 100 python3 -m benchmarks.many_runs --device cuda --runs 256 --iterations 10 --solve \
+  --out "$out/many_runs.json"
 
 python3 - "$out" <<'PY'
 import glob, json, os, sys

@@ -2,12 +2,15 @@
 trained one after another, side by side in one process.
 
     python -m benchmarks.many_runs [--runs 1 4 8 16 64] [--iterations 20] [--out benchmarks/results/many_runs.json]
+    python -m benchmarks.many_runs --device cuda --runs 256 --solve --out benchmarks/results/cuda/many_runs.json
 
 Default config for every run, one intra-op thread, warm inductor cache assumed (each row also
 records its first-iteration time, which includes compilation on a cold cache). For each run
 count R: the vmapped group's steady PPO iterations (all R runs advance by one update each), and
 R one-run trainings of the same length, one after another with one compiled one-run trainer.
 Aggregate env steps/s = R * batch * iterations / seconds; the ratio divides the two.
+``--solve`` also trains each group for the default 500k steps per run and records when every
+run's rolling mean return first reached 475 (seconds from the start of training, compile included).
 """
 from __future__ import annotations
 
@@ -52,12 +55,33 @@ def measure(runs: int, iterations: int, device: str) -> dict:
             "sequential_ms_per_run_iteration": 1e3 * sequential_s / (iterations * runs)}
 
 
+def solve_time(runs: int, device: str) -> dict:
+    """Seconds until every run of a default-config group has a rolling mean return >= 475."""
+    from kernel import Config, make_train
+
+    start = time.perf_counter()
+    group = make_train(Config(device=device), seeds=range(runs))
+    seen = {}
+
+    def watch(log):
+        if "all_solved_s" not in seen and log.return_spread[0] >= 475 and log.episodes >= 100 * runs:
+            seen["all_solved_s"] = time.perf_counter() - start
+            seen["all_solved_env_steps"] = log.env_steps
+
+    result = group.train(on_update=watch)
+    solved = [r["first_solved"] for r in result.summary["runs"]]
+    return {"runs": runs, "total_s": time.perf_counter() - start, "compile_s": result.summary["compile_s"],
+            "sps": result.summary["sps"], "runs_solved": sum(1 for s in solved if s),
+            "all_solved_s": seen.get("all_solved_s"), "all_solved_env_steps": seen.get("all_solved_env_steps")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, nargs="+", default=[1, 4, 8, 16, 64])
     ap.add_argument("--iterations", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--solve", action="store_true", help="also time a full training until every run solves")
     ap.add_argument("--out", default="benchmarks/results/many_runs.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -68,8 +92,14 @@ def main() -> None:
         print(f"{runs:>3} runs: vmapped {row['vmapped_sps']:>11,.0f} env steps/s, one after another "
               f"{row['sequential_sps']:>9,.0f} ({row['ratio_vmapped_over_sequential']:.2f}x); "
               f"first iteration {row['first_iteration_s']:.1f} s", flush=True)
-    write_record(args.out, {"benchmark": "many_runs", "threads": args.threads, "device": args.device,
-                            "torch": torch.__version__, "rows": rows})
+    record = {"benchmark": "many_runs", "threads": args.threads, "device": args.device, "torch": torch.__version__,
+              "rows": rows}
+    if args.solve:
+        record["solve"] = [solve_time(runs, args.device) for runs in args.runs]
+        for row in record["solve"]:
+            print(f"{row['runs']:>3} runs: every run solved after {row['all_solved_s']} s "
+                  f"({row['runs_solved']} of {row['runs']} reached 475; {row['sps']:,.0f} env steps/s)", flush=True)
+    write_record(args.out, record)
 
 
 if __name__ == "__main__":
