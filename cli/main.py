@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import deque
 
 import click
 from rich.live import Live
 
 import envs
-from cli import common, render, tools
+from cli import common, launch, render, tools
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -55,18 +56,36 @@ def cli():
 @click.option("--sweep", "sweeps", multiple=True, metavar="KEY=V1,V2",
               help="Also train every value of KEY (lr, clip_coef, ent_coef, vf_coef, gae_lambda, gamma, "
                    "max_grad_norm); several --sweep make a grid, each with every seed.")
+@click.option("--nproc", type=click.IntRange(min=1), default=None,
+              help="Data-parallel training in N processes on this machine (CPU, gloo), via torchrun's launcher.")
+@click.option("--devices", multiple=True, metavar="cuda:0,cuda:1",
+              help="Data-parallel training with one process per device (NCCL on CUDA), via torchrun's launcher.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch intra-op threads (results are bit-reproducible for a fixed thread count). "
                    "[default: torch's choice]")
 def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, precision, policy_kind, config_json,
           out, checkpoint_every, keep, resume, max_bad_steps, grad_table_every, telemetry_dir, tensorboard_dir,
-          seed_list, sweeps, threads):
+          seed_list, sweeps, nproc, devices, threads):
     """Train a PPO agent; defaults are PureJaxRL's CartPole configuration."""
-    from kernel import runs
+    from kernel import distributed, runs
     from kernel.checkpoint import CheckpointError
     from kernel.policy import group_dtypes
     from kernel.train import NonFiniteRun
 
+    devices = [d.strip() for text in devices for d in text.split(",") if d.strip()]
+    if (nproc or devices) and not distributed.launched():
+        if nproc and devices and nproc != len(devices):
+            raise click.BadParameter(f"{nproc} processes for {len(devices)} devices", param_hint="--nproc")
+        if resume == "latest" and not out:
+            raise click.UsageError("--resume latest needs --out RUN_FOLDER to look in")
+        if not resume:  # refuse a config the ranks cannot split before starting any of them
+            flags = dict(env=env_name, num_envs=num_envs, num_steps=num_steps, total_steps=total_steps,
+                         precision=precision, policy=policy_kind, device=(devices or [device])[0])
+            try:
+                runs.check_splittable(runs.resolve_config(flags, config_json), nproc or len(devices))
+            except ValueError as e:
+                raise common.usage_error(e)
+        return launch.launch(click.get_current_context(), nproc or len(devices))
     common.set_threads(threads)
     if resume == "latest" and not out:
         raise click.UsageError("--resume latest needs --out RUN_FOLDER to look in")
@@ -74,14 +93,21 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, pr
                  device=device, compile=compile_, precision=precision, policy=policy_kind)
     options = runs.Options(checkpoint_every, keep, max_bad_steps, telemetry_dir, tensorboard_dir)
     try:
+        if devices:  # one process per device: this rank's is at its local rank
+            flags["device"] = devices[int(os.environ.get("LOCAL_RANK", 0))]
+        world = distributed.join(flags["device"] or "cpu")
         prepared = runs.prepare(flags, out, resume=resume, config_json=config_json, options=options,
-                                seeds=common.seeds(seed_list), sweep=common.sweep(sweeps))
+                                seeds=common.seeds(seed_list), sweep=common.sweep(sweeps), world=world)
     except CheckpointError as e:
         raise click.BadParameter(str(e), param_hint="--resume")
     except ValueError as e:  # RunError, and config values a flag set wrong
         raise common.usage_error(e)
+    if not world.is_main:  # the other ranks train and checkpoint with rank 0, silently
+        runs.execute(prepared)
+        return distributed.leave()
     cfg, update, group = prepared.config, int(prepared.state.step), prepared.group
     who = f"seed={cfg.seed}" if group is None else f"runs={group.count}"
+    who += f" processes={world.size}" if world.distributed else ""
     con = common.console()
     con.print(f"[bold]fkernel train[/] env={cfg.env} envs={cfg.num_envs}x{cfg.num_steps} "
               f"updates={cfg.num_updates} {who} device={cfg.device} compile={cfg.compile} "
@@ -118,6 +144,7 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, pr
     if group is not None:
         con.print(render.settings_table(finished.summary))
     click.echo(f"trained params: {finished.params_path}")  # plain echo: never wrapped or cut, so scripts can grep it
+    distributed.leave()
 
 
 @cli.command("eval")
@@ -160,6 +187,10 @@ def main():
     # torch's C++ build helper warns about a missing CUDA runtime on every CPU compile; that is
     # expected here and only noise for users.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # a data-parallel rank: report failures to torchrun
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        return record(cli.main)(prog_name="fkernel", standalone_mode=True)
     cli(prog_name="fkernel")
 
 

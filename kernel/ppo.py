@@ -139,7 +139,12 @@ def ppo_loss(params, batch: dict, hyper: dict, policy: Policy, clip_vloss: bool 
     relevant = heads.relevance(spec, b["actions"])
     decided = heads.decisions(spec, b["actions"], obs_masks)
     weights = decided if head_average == "decisions" else relevant
-    adv = normalize(b["advantages"]) if norm_adv else b["advantages"]
+    if not norm_adv:
+        adv = b["advantages"]
+    elif "adv_mean" in hyper:  # statistics of the minibatch across data-parallel ranks
+        adv = (b["advantages"] - hyper["adv_mean"]) / (hyper["adv_std"] + 1e-8)
+    else:
+        adv = normalize(b["advantages"])
     clip = hyper["clip_coef"]
 
     metrics = {}
@@ -214,10 +219,14 @@ def make_grad_step(policy: Policy, optimizer: GradientTransformation, clip_vloss
         loss, metrics = ppo_loss(params, mb, hyper, policy, clip_vloss, norm_adv, norm_entropy, head_average)
         return scale.scale(loss), (loss, metrics)
 
-    def grad_step(params, opt_state, scale, batch, idx, hyper):
+    def gradients(params, scale, batch, idx, hyper):
+        """``(grads, loss, metrics)`` of minibatch ``idx``, grads unscaled."""
         mb = minibatch(batch, idx, policy.recurrent)
         grads, (_, (loss, metrics)) = grad_and_value(scaled_loss, has_aux=True)(params, mb, hyper, scale)
-        grads = scale.unscale(grads)
+        return scale.unscale(grads), loss, metrics
+
+    def apply(params, opt_state, scale, grads, loss, metrics, hyper):
+        """The optimizer step for ``grads`` (skipped when they or ``loss`` are not finite)."""
         finite = all_finite(grads) & torch.isfinite(loss)
         # The optimizer reads the learning rate (and, when it differs per run, max_grad_norm) from hyper.
         opt_hyper = {k: hyper[k] for k in OPTIMIZER_HYPER if k in hyper}
@@ -230,34 +239,72 @@ def make_grad_step(policy: Policy, optimizer: GradientTransformation, clip_vloss
         metrics["loss_scale"] = scale.value(loss.device)
         return apply_updates(params, updates, foreach), opt_state, scale.adjust(finite), metrics
 
+    def grad_step(params, opt_state, scale, batch, idx, hyper):
+        grads, loss, metrics = gradients(params, scale, batch, idx, hyper)
+        return apply(params, opt_state, scale, grads, loss, metrics, hyper)
+
+    # Separately, for data parallelism: gradients on each rank, all-reduce, then the same apply.
+    grad_step.gradients, grad_step.apply = gradients, apply
     return grad_step
 
 
-def make_update(config, policy: Policy, optimizer: GradientTransformation, groups=None) -> Callable:
+def make_update(config, policy: Policy, optimizer: GradientTransformation, groups=None, world=None) -> Callable:
     """``update(params, opt_state, scale, batch, generator, hyper) -> (params, opt_state,
     scale, metrics)``: ``update_epochs`` passes over the batch in shuffled minibatches of
     fixed size. The permutation comes from the explicit ``generator``; metrics are reduced over
-    minibatches (means; counts summed; maxima maxed)."""
-    grad_step = make_grad_step(policy, optimizer, config.clip_vloss, config.norm_adv, groups, config.norm_entropy,
-                               config.head_average)
-    if config.compile:
-        grad_step = compile_hot(grad_step, config.device)
+    minibatches (means; counts summed; maxima maxed).
+
+    With a distributed ``world`` (kernel.distributed), each minibatch step takes this rank's
+    gradients, all-reduces them with the loss as one flat buffer, and applies the mean on every
+    rank; advantages are normalised with every rank's minibatch together."""
+    step = make_grad_step(policy, optimizer, config.clip_vloss, config.norm_adv, groups, config.norm_entropy,
+                          config.head_average)
+    compiled = (lambda fn: compile_hot(fn, config.device)) if config.compile else (lambda fn: fn)
     # Recurrent minibatches are whole env columns (time stays contiguous for replay).
     units = config.num_envs if policy.recurrent else config.batch_size
+    size = units // config.num_minibatches
+    if world is None or not world.distributed:
+        grad_step = compiled(step)
+    else:
+        gradients, apply = compiled(step.gradients), compiled(step.apply)
+
+        def grad_step(params, opt_state, scale, batch, idx, hyper):
+            grads, loss, metrics = gradients(params, scale, batch, idx, hyper)
+            grads, loss = world.mean_tree((grads, loss))  # a NaN on any rank reaches every rank
+            return apply(params, opt_state, scale, grads, loss, metrics, hyper)
 
     def update(params, opt_state, scale, batch, generator, hyper):
         device = batch["returns"].device
         history = []
         # Every epoch's permutation from one draw (argsort of uniforms): one op instead of one per epoch.
         keys = torch.rand(config.update_epochs, units, generator=generator, device=generator.device)
-        for perm in keys.argsort(dim=1).to(device):
-            for idx in perm.view(config.num_minibatches, units // config.num_minibatches):
-                params, opt_state, scale, metrics = grad_step(params, opt_state, scale, batch, idx, hyper)
+        perms = keys.argsort(dim=1).to(device).view(config.update_epochs, config.num_minibatches, size)
+        stats = global_advantage_stats(batch["advantages"], perms, policy.recurrent, world) \
+            if world is not None and world.distributed and config.norm_adv else None
+        for e in range(config.update_epochs):
+            for m in range(config.num_minibatches):
+                step_hyper = hyper if stats is None else dict(hyper, adv_mean=stats[0][e, m], adv_std=stats[1][e, m])
+                params, opt_state, scale, metrics = grad_step(params, opt_state, scale, batch, perms[e, m], step_hyper)
                 history.append(metrics)
         return params, opt_state, scale, telemetry.reduce_metrics(history)
 
     update.grad_step = grad_step
     return update
+
+
+def global_advantage_stats(advantages: torch.Tensor, perms: torch.Tensor, recurrent: bool, world):
+    """Mean and (unbiased) std of every minibatch's advantages over all ranks: ``[epochs,
+    minibatches]`` each, from one all-reduce of sums, sums of squares and counts."""
+    # Feed-forward rows are flat; recurrent minibatches are env columns of [T, N].
+    picked = advantages[perms] if not recurrent else advantages[:, perms].movedim(0, -1)
+    local = torch.stack([picked.sum(-1) if not recurrent else picked.sum((-2, -1)),
+                         (picked * picked).sum(-1) if not recurrent else (picked * picked).sum((-2, -1)),
+                         torch.full(perms.shape[:2], picked[0, 0].numel(), dtype=picked.dtype,
+                                    device=picked.device)])
+    total, total_sq, n = world.sum(local).unbind(0)
+    mean = total / n
+    var = (total_sq - n * mean * mean) / (n - 1)
+    return mean, var.clamp(min=0).sqrt()
 
 
 def learning_rate_schedule(config) -> Schedule:

@@ -16,6 +16,7 @@ import torch
 from kernel import checkpoint
 from kernel.checkpoint import CheckpointError
 from kernel.config import Config, from_dict
+from kernel.distributed import SINGLE, World
 from kernel.state import Progress, TrainState
 from kernel.tree import as_dicts, fill, flatten_with_paths, tree_map
 
@@ -50,8 +51,18 @@ def state_meta(config: Config, progress: Progress | list, runs=None) -> dict:
             "progress": [{"env_steps": p.env_steps, "first_solved": p.first_solved} for p in progress]}
 
 
-def save_state(path, config: Config, state: TrainState, progress: Progress | list, runs=None) -> Path:
-    return checkpoint.save(path, state_sections(state, progress), state_meta(config, progress, runs))
+def save_state(path, config: Config, state: TrainState, progress: Progress | list, runs=None,
+               world: World = SINGLE) -> Path | None:
+    """Write the run's whole state to ``path``. Data-parallel ranks all call it: each rank's
+    rollout carry (its own envs) is gathered, stacked along a leading rank axis, and rank 0 alone
+    writes (the other ranks return None)."""
+    meta = state_meta(config, progress, runs)
+    if world.distributed:
+        state = state._replace(carry=world.gather_tree(state.carry))
+        meta["world_size"] = world.size
+        if not world.is_main:
+            return None
+    return checkpoint.save(path, state_sections(state, progress), meta)
 
 
 def read_config(meta: dict, path) -> Config:
@@ -104,12 +115,22 @@ def restore_state(path, run, fresh_state: TrainState, loaded: tuple | None = Non
                               f"resume it as {'a group (same seeds and sweep)' if 'runs' in meta else 'one run'}")
     if group is not None and meta["runs"] != group.to_dict():
         raise CheckpointError(f"{path} holds runs {meta['runs']}, not {group.to_dict()}")
+    world = getattr(run, "world", SINGLE)
+    saved_world = int(meta.get("world_size", 1))
+    if saved_world != world.size:
+        raise CheckpointError(f"{path} was saved by {saved_world} data-parallel process(es); resume it with "
+                              f"{saved_world}, not {world.size}")
+    if world.distributed:  # every rank's carry, stacked; this rank takes its own below
+        fresh_state = fresh_state._replace(carry=tree_map(lambda x: x.expand(world.size, *x.shape),
+                                                          fresh_state.carry))
     fresh_progress = [Progress()] * group.count if group is not None else None
     check_matches(state_sections(fresh_state, fresh_progress), sections, path)
     flat = flatten_with_paths(as_dicts({k: v for k, v in sections.items() if k != "stats"}))
     state = fill(fresh_state, flat)
     # The key stays on the CPU; everything else goes to the run's device.
     state = tree_map(lambda x: x.to(run.config.device), state._replace(rng=None))._replace(rng=state.rng)
+    if world.distributed:
+        state = state._replace(carry=world.own(state.carry))
     update = int(meta["update"])
     if group is None:
         progress = Progress(update, int(meta["env_steps"]), tuple(sections["stats"]["returns_window"].tolist()),
@@ -143,12 +164,13 @@ def latest_checkpoint(run_dir) -> Path | None:
 
 
 class Checkpointer:
-    """Writes ``checkpoints/ckpt-<update>.safetensors`` every ``every`` updates, keeps the last ``keep``."""
+    """Writes ``checkpoints/ckpt-<update>.safetensors`` every ``every`` updates, keeps the last
+    ``keep``. Data-parallel ranks all call it (their carries are gathered); rank 0 writes."""
 
-    def __init__(self, run_dir, every: int, keep: int):
+    def __init__(self, run_dir, every: int, keep: int, world: World = SINGLE):
         if every < 1 or keep < 1:
             raise ValueError(f"checkpoint every and keep must be >= 1, got every={every}, keep={keep}")
-        self.run_dir, self.every, self.keep = Path(run_dir), every, keep
+        self.run_dir, self.every, self.keep, self.world = Path(run_dir), every, keep, world
         self.last: Path | None = latest_checkpoint(run_dir)
 
     def maybe_save(self, config: Config, state: TrainState, progress: Progress | list, runs=None) -> Path | None:
@@ -157,7 +179,10 @@ class Checkpointer:
 
     def save(self, config: Config, state: TrainState, progress: Progress | list, runs=None) -> Path:
         update = progress[0].update if isinstance(progress, list) else progress.update
-        self.last = save_state(checkpoint_path(self.run_dir, update), config, state, progress, runs)
-        for old in list_checkpoints(self.run_dir)[: -self.keep]:
-            old.unlink(missing_ok=True)
+        path = checkpoint_path(self.run_dir, update)
+        save_state(path, config, state, progress, runs, self.world)
+        self.last = path
+        if self.world.is_main:
+            for old in list_checkpoints(self.run_dir)[: -self.keep]:
+                old.unlink(missing_ok=True)
         return self.last

@@ -24,6 +24,7 @@ import envs
 from kernel import checkpoint, curves, many, telemetry
 from kernel import config as config_mod
 from kernel.config import Config
+from kernel.distributed import SINGLE, World
 from kernel.many import Runs
 from kernel.ppo import learning_rate_schedule
 from kernel.resume import (
@@ -101,6 +102,16 @@ def resolve_config(values: dict, config_json=None) -> Config:
     return cfg
 
 
+def check_splittable(config: Config, processes: int) -> None:
+    """Raise RunError unless ``config`` splits over ``processes`` data-parallel ranks."""
+    from kernel.train import rank_config
+
+    try:
+        rank_config(config, World(0, processes))
+    except ValueError as e:
+        raise RunError(str(e)) from None
+
+
 def default_run_dir(config: Config, group: Runs | None = None) -> Path:
     who = f"seed{config.seed}" if group is None else f"{group.count}runs"
     return Path("runs") / f"{config.env}-{who}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -168,14 +179,17 @@ def as_values(config: Config | dict | None) -> dict:
 
 
 def prepare(config: Config | dict | None = None, out=None, *, resume: str | Path | None = None, config_json=None,
-            options: Options | None = None, seeds=None, sweep: dict | None = None) -> Prepared:
+            options: Options | None = None, seeds=None, sweep: dict | None = None,
+            world: World = SINGLE) -> Prepared:
     """Check a run and build it, writing nothing.
 
     ``config``: a :class:`Config`, or a dict of config keys applied over the env's defaults and
     ``config_json``. With ``resume`` (a checkpoint file, or "latest" in ``out``), the checkpoint's
     config is the base and ``config``'s keys are changes to it (only OVERRIDABLE_ON_RESUME).
     ``seeds`` and/or ``sweep`` make a group: every swept setting with every seed, trained
-    together (:mod:`kernel.many`); a resumed group keeps its own.
+    together (:mod:`kernel.many`); a resumed group keeps its own. ``world``: the data-parallel
+    ranks this process is one of (:func:`kernel.distributed.join`); only rank 0 checks and writes
+    the folder.
     """
     options = options or Options()
     if options.checkpoint_every < 0 or options.keep < 1 or options.max_bad_steps < 1:
@@ -200,17 +214,20 @@ def prepare(config: Config | dict | None = None, out=None, *, resume: str | Path
         check_device(cfg.device)
         group = run_group(cfg, seeds, sweep)
         out = Path(out) if out else default_run_dir(cfg, group)
-        if out.exists() and any(out.iterdir()):
+        if world.is_main and out.exists() and any(out.iterdir()):
             raise RunError(f"output folder {out} already holds files; choose another one or resume")
     telemetry_path = Path(options.telemetry_dir or out) / curves.TELEMETRY
-    if telemetry_path.exists() and not resume:
+    if world.is_main and telemetry_path.exists() and not resume:
         raise RunError(f"{telemetry_path} already exists; choose another telemetry folder")
     if options.tensorboard_dir:
         try:
             curves.require("tensorboard", "tensorboard")
         except curves.MissingExtra as e:
             raise RunError(str(e)) from None
-    trainer = make_train(cfg) if group is None else many.trainer(cfg, group)
+    if group is not None and world.distributed:
+        raise RunError("a group of runs (seeds or sweep) trains in one process: give --seeds/--sweep "
+                       "without --nproc/--devices")
+    trainer = make_train(cfg, world=world) if group is None else many.trainer(cfg, group)
     state = trainer.init()
     progress = Progress() if group is None else [Progress()] * group.count
     notes = ()
@@ -233,10 +250,13 @@ def execute(run: Prepared, on_update: Callable[[UpdateLog], None] | None = None)
     if run.group is not None:
         return execute_group(run, on_update)
     cfg, out, opts = run.config, run.out, run.options
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    checkpointer = Checkpointer(out, opts.checkpoint_every, opts.keep) if opts.checkpoint_every else None
-    files = RunFiles(Path(opts.telemetry_dir or out) / curves.TELEMETRY, opts.tensorboard_dir)
+    world = run.trainer.run.world
+    main = world.is_main  # data-parallel ranks other than 0 train and checkpoint, but write nothing
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    checkpointer = Checkpointer(out, opts.checkpoint_every, opts.keep, world) if opts.checkpoint_every else None
+    files = RunFiles(Path(opts.telemetry_dir or out) / curves.TELEMETRY, opts.tensorboard_dir) if main else None
 
     def logged(log: UpdateLog) -> None:
         groups = files.write(log)
@@ -244,17 +264,21 @@ def execute(run: Prepared, on_update: Callable[[UpdateLog], None] | None = None)
             on_update(log._replace(groups=groups))
 
     try:
-        state, progress, summary = run.trainer.train(run.state, run.progress, on_update=logged,
+        state, progress, summary = run.trainer.train(run.state, run.progress, on_update=logged if main else None,
                                                      checkpointer=checkpointer, max_bad_steps=opts.max_bad_steps)
     except NonFiniteRun as e:
-        e.groups = files.table(e.metrics)
+        e.groups = files.table(e.metrics) if main else {}
         raise
     finally:
-        files.close()
+        if files is not None:
+            files.close()
     if checkpointer is not None and checkpointer.last != checkpoint_path(out, progress.update):
         checkpointer.save(cfg, state, progress)  # so resuming "latest" continues from the true end
-    params_path = save_state(out / "params.safetensors", cfg, state, progress)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    params_path = out / "params.safetensors"
+    save_state(params_path, cfg, state, progress, world=world)
+    if main:
+        summary["world_size"] = world.size
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return Finished(state, progress, summary, params_path)
 
 

@@ -18,6 +18,7 @@ import torch
 import envs
 from kernel import heads, loss_scale, optim, rng
 from kernel.config import Config, validated
+from kernel.distributed import SINGLE, World
 from kernel.policy import Policy, make_policy, masks
 from kernel.ppo import explained_variance, hyper_tensors, make_gae, make_update
 from kernel.precision import Precision
@@ -27,7 +28,10 @@ from kernel.tree import tree_map
 
 
 class Run(NamedTuple):
-    """The pure pieces one config builds (compiled functions included); no changing data."""
+    """The pure pieces one config builds (compiled functions included); no changing data.
+
+    ``config`` is what this process runs; ``job`` the config of the whole training, which differs
+    only for data-parallel ranks (each runs ``num_envs / ranks`` of the job's envs)."""
 
     config: Config
     env: object
@@ -36,6 +40,8 @@ class Run(NamedTuple):
     rollout: Rollout
     advantages: Callable  # (rewards, values, next_values, terminated, truncated) -> (advantages, returns)
     update: Callable
+    world: World = SINGLE  # the data-parallel ranks this process is one of (kernel.distributed)
+    job: Config | None = None
 
     @property
     def precision(self) -> Precision:
@@ -61,15 +67,34 @@ def policy_for(config: Config, env, precision: Precision | None = None) -> Polic
                        precision or config.precision, config.policy, config.lstm_size)
 
 
-def build(config: Config) -> Run:
-    config = validated(config)
+def rank_config(job: Config, world: World) -> Config:
+    """One rank's share of ``job``: ``num_envs / ranks`` envs and as many updates as the job, so
+    the ranks together collect the job's batches and every minibatch is the union of theirs."""
+    if not world.distributed:
+        return job
+    if job.num_envs % world.size:
+        raise ValueError(f"num_envs={job.num_envs} cannot be split evenly over {world.size} processes")
+    try:
+        return job.replace(num_envs=job.num_envs // world.size, total_steps=job.total_steps // world.size)
+    except ValueError as e:
+        raise ValueError(f"with {world.size} processes, {e}") from None
+
+
+def build(config: Config, world: World = SINGLE) -> Run:
+    job = validated(config)
+    config = rank_config(job, world)
     env = envs.make(config.env, config.num_envs, device=config.device)
     policy = policy_for(config, env)
     optimizer = make_optimizer(config)
     rollout = make_rollout(env, policy, config.num_steps, compile=config.compile)
     advantages = make_gae(config.gamma, config.gae_lambda, config.compile, config.device)
-    update = make_update(config, policy, optimizer)
-    return Run(config, env, policy, optimizer, rollout, advantages, update)
+    update = make_update(config, policy, optimizer, world=world)
+    return Run(config, env, policy, optimizer, rollout, advantages, update, world, job)
+
+
+def rank_key(run: Run, key: torch.Tensor) -> torch.Tensor:
+    """This rank's key from a key all ranks share (the key itself in a one-process run)."""
+    return rng.split(key, run.world.size)[run.world.rank] if run.world.distributed else key
 
 
 def init_state(run: Run, seed: int | None = None) -> TrainState:
@@ -81,7 +106,7 @@ def init_state(run: Run, seed: int | None = None) -> TrainState:
         params=params,
         opt_state=to_device(run.optimizer.init(params)),
         loss_scale=loss_scale.for_precision(run.precision.needs_loss_scale, device=run.device),
-        carry=run.rollout.init(rng.generator(env_key)),
+        carry=run.rollout.init(rng.generator(rank_key(run, env_key))),
         rng=run_key,
         step=torch.zeros((), dtype=torch.int64, device=run.device),
     )
@@ -123,7 +148,7 @@ def iteration(run: Run, state: TrainState) -> tuple[TrainState, dict]:
     """One PPO update. Metrics are device tensors (no host sync here): 0-d scalars, plus
     ``metrics["episodes"]`` with the segment's ``[T, N]`` episode returns, lengths and ends."""
     next_key, key = rng.split(state.rng)
-    generator = rng.generator(key)
+    generator = rng.generator(rank_key(run, key))  # ranks share the key; each draws its own envs' noise
     carry, traj, batch = collect(run, state.params, state.carry, generator)
     hyper = hyper_tensors(run.config, state.step)
     params, opt_state, scale, metrics = run.update(state.params, state.opt_state, state.loss_scale, batch,
@@ -142,6 +167,10 @@ def warmup(run: Run, state: TrainState) -> float:
     start = time.perf_counter()
     iteration(run, state)
     return time.perf_counter() - start
+
+
+def scalar_metrics(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, torch.Tensor) and v.dim() == 0}
 
 
 def to_host(metrics: dict) -> dict:
@@ -196,12 +225,16 @@ def train(run: Run, state: TrainState | None = None, progress: Progress | None =
     last = min(cfg.num_updates, until_update or cfg.num_updates)
     solved = getattr(run.env, "solved_return", None)
     start = time.perf_counter()
+    world = run.world
     while progress.update < last:
         state, metrics = iteration(run, state)
-        returns, lengths = finished_episodes(metrics["episodes"])
+        # Every rank sees every rank's episodes and the mean of their metrics, so all keep the same progress.
+        returns, lengths = finished_episodes(world.gather_tree(metrics["episodes"]))
         elapsed = time.perf_counter() - start
-        progress = progress.advanced(cfg.batch_size, returns.tolist(), solved, elapsed)
-        host = to_host(metrics) if (on_update is not None or max_bad_steps) else {}
+        progress = progress.advanced(cfg.batch_size * world.size, returns.tolist(), solved, elapsed)
+        # (every rank reduces, or a rank without a callback would leave the others waiting)
+        wanted = world.distributed or on_update is not None or max_bad_steps
+        host = to_host(world.mean_tree(scalar_metrics(metrics))) if wanted else {}
         if on_update is not None:  # mean length of the episodes that ended in this update
             host["episode_length"] = float(lengths.float().mean()) if len(lengths) else float("nan")
         if max_bad_steps and (streak := int(optim.consecutive_skips(state.opt_state))) >= max_bad_steps:
@@ -209,7 +242,7 @@ def train(run: Run, state: TrainState | None = None, progress: Progress | None =
             raise NonFiniteRun(f"stopped at update {progress.update}: {streak} consecutive steps had a non-finite "
                                f"loss or gradient (all skipped; params are still finite)", host, last_good)
         if checkpointer is not None:
-            checkpointer.maybe_save(cfg, state, progress)
+            checkpointer.maybe_save(run.job or cfg, state, progress)
         if on_update is not None:
             on_update(UpdateLog(progress.update, cfg.num_updates, progress.env_steps, elapsed,
                                 (progress.env_steps - start_steps) / max(elapsed, 1e-9), progress.mean_return,
@@ -238,17 +271,20 @@ class Trainer(NamedTuple):
     train: Callable[..., Trained]  # (state=None, progress=None, on_update=None, ...) -> Trained
 
 
-def make_train(config: Config, seeds=None, sweep: dict | None = None) -> Trainer:
+def make_train(config: Config, seeds=None, sweep: dict | None = None, world: World = SINGLE) -> Trainer:
     """Build ``config`` once (env, policy, optimizer, compiled steps) and return its functions.
 
     With ``seeds`` (a list or range) and/or ``sweep`` (``{"lr": [1e-4, 3e-4], ...}``), the trainer
     runs every combination of swept values with every seed as one vmapped program
     (:mod:`kernel.many`): ``init(seeds=None)`` stacks one state per run, ``iteration`` advances
-    them all, and ``train`` reports each run's results.
+    them all, and ``train`` reports each run's results. ``world``: the data-parallel ranks this
+    process is one of (:func:`kernel.distributed.join`).
     """
     if seeds is None and not sweep:
-        run = build(config)
+        run = build(config, world)
         return Trainer(run, partial(init_state, run), partial(iteration, run), partial(train, run))
     from kernel import many
 
+    if world.distributed:
+        raise ValueError("a group of runs (seeds or sweep) trains in one process; run it without --nproc/--devices")
     return many.trainer(config, many.grid(list(seeds) if seeds is not None else [config.seed], sweep))

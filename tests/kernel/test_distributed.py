@@ -1,0 +1,127 @@
+"""Data-parallel PPO on two CPU processes (gloo), started by torchrun as users start it.
+
+The ranks' params must be bit-identical after every step (they apply the same all-reduced
+gradients), and equal a one-process reference that takes each step on the union of the ranks'
+minibatches, to 1e-6: the reference averages one loss over the union, the ranks average two
+half-batch means, and the advantage statistics are summed in another order.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kernel import rng
+from kernel import train as T
+from kernel.config import Config
+from kernel.distributed import World
+from kernel.ppo import hyper_tensors, make_grad_step, minibatch
+from kernel.tree import flatten_with_paths, tree_map
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = Config(num_envs=8, num_steps=16, total_steps=8 * 16 * 4, update_epochs=2, num_minibatches=2,
+                hidden=(16, 16), seed=7, compile=False)
+K = 3
+POISONED_UPDATE = 1
+
+
+def torchrun(*args, timeout=300, **kw):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+                           *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ranks")
+    result = torchrun(Path(__file__).with_name("distributed_worker.py"), out)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out
+
+
+def combined_reference(config: Config, updates: int) -> dict:
+    """K updates in one process: each rank's envs collected with that rank's noise, every
+    minibatch step taken once on the union of the ranks' minibatches."""
+    runs = [T.build(config, World(r, 2)) for r in range(2)]  # built for their keys and envs only
+    states = [T.init_state(run) for run in runs]
+    local = runs[0].config
+    params, opt_state, scale, key = states[0].params, states[0].opt_state, states[0].loss_scale, states[0].rng
+    carries = [s.carry for s in states]
+    step = make_grad_step(runs[0].policy, runs[0].optimizer, local.clip_vloss, local.norm_adv)
+    size = local.batch_size // local.num_minibatches
+    for update in range(updates):
+        key, sub = rng.split(key)
+        batches, perms = [], []
+        for r, run in enumerate(runs):
+            generator = rng.generator(T.rank_key(run, sub))
+            carries[r], _, batch = T.collect(run, params, carries[r], generator)
+            batches.append(batch)
+            keys = torch.rand(local.update_epochs, local.batch_size, generator=generator)
+            perms.append(keys.argsort(dim=1).view(local.update_epochs, local.num_minibatches, size))
+        hyper = hyper_tensors(local, torch.tensor(update))
+        for e in range(local.update_epochs):
+            for m in range(local.num_minibatches):
+                parts = [minibatch(b, p[e, m], False) for b, p in zip(batches, perms)]
+                union = tree_map(lambda *xs: torch.cat(xs), *parts)
+                params, opt_state, scale, _ = step(params, opt_state, scale, union, torch.arange(2 * size), hyper)
+    return flatten_with_paths(params)
+
+
+def test_ranks_stay_bit_identical_and_match_one_process_over_the_union(ranks):
+    a, b = load_file(ranks / "clean-0.st"), load_file(ranks / "clean-1.st")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    reference = combined_reference(CONFIG, K)
+    for k, v in reference.items():
+        torch.testing.assert_close(a[f"params.{k}"], v, rtol=0, atol=1e-6)
+    assert int(a["opt.inner.adam.count"]) == K * CONFIG.update_epochs * CONFIG.num_minibatches
+
+
+def test_a_non_finite_rank_makes_every_rank_skip(ranks):
+    a, b = load_file(ranks / "poisoned-0.st"), load_file(ranks / "poisoned-1.st")
+    steps = CONFIG.update_epochs * CONFIG.num_minibatches
+    assert int(a["skipped"]) == int(b["skipped"]) == steps  # every step of the poisoned update
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def rank_pid(tag: str, rank: int) -> int | None:
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"FKERNEL_TEST_TAG={tag}".encode() in environ and f"RANK={rank}".encode() in environ:
+            return int(pid)
+    return None
+
+
+def test_a_killed_rank_stops_the_job_and_the_last_checkpoint_resumes(tmp_path):
+    import signal
+    import time
+
+    out, tag = tmp_path / "run", tmp_path.name
+    args = [sys.executable, "-m", "cli.main", "train", "--nproc", "2", "--num-envs", "4", "--num-steps", "16",
+            "--no-compile", "--checkpoint-every", "1", "--out", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), FKERNEL_TEST_TAG=tag)
+    job = subprocess.Popen([*args, "--total-steps", str(4 * 16 * 5000)], cwd=ROOT, env=env, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "ckpt-0000003.safetensors").exists():
+        assert job.poll() is None and time.time() < deadline, "the job ended or never checkpointed"
+        time.sleep(0.2)
+    pid = rank_pid(tag, 1)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    killed = time.time()
+    output, _ = job.communicate(timeout=120)
+    assert job.returncode != 0 and time.time() - killed < 60, output[-2000:]
+    assert "rank 1 failed (killed by SIGKILL)" in output, output[-2000:]
+    resumed = subprocess.run([*args, "--resume", "latest", "--total-steps", str(4 * 16 * 12)], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert "resuming at update" in resumed.stdout and (out / "summary.json").exists()
