@@ -7,7 +7,8 @@
 #   3. CartPole with 2048 envs x 128 steps (about 10M steps);
 #   4. seedbed LSTM in bf16, briefly;
 #   5. 256 CartPole runs vmapped into one program (benchmarks/many_runs.py --solve): aggregate env
-#      steps/s and the time until every run has a mean return >= 475.
+#      steps/s and the time until every run has a mean return >= 475;
+#   6. the default CartPole run started by torchrun as a one-GPU job (world size 1, same code path).
 # Each step is its own process with its own time limit, so a slow one loses that step, not the run.
 # Writes the pytest log, each run's summary.json and one combined JSON under $OUT.
 #   usage: OUT=benchmarks/results/cuda BUDGET_S=540 bash benchmarks/cuda_verify.sh
@@ -52,8 +53,12 @@ step tests 35 python3 -m pytest -q -p no:cacheprovider tests/kernel/test_cuda.py
 train cartpole-4env 35
 train cartpole-2048env 45 --num-envs 2048 --num-steps 128 --total-steps 10485760
 train seedbed-bf16 50 --env seedbed --precision bf16 --total-steps 100000
-step many-256 100 python3 -m benchmarks.many_runs --device cuda --runs 256 --iterations 10 --solve \
+step many-256 60 python3 -m benchmarks.many_runs --device cuda --runs 256 --iterations 10 --solve \
   --out "$out/many_runs.json"
+rm -rf "$out/run-torchrun"
+step torchrun-1gpu 100 python3 -m torch.distributed.run --nproc-per-node 1 --standalone -m cli.main train \
+  --devices cuda:0 --checkpoint-every 0 --out "$out/run-torchrun"
+cp "$out/run-torchrun/summary.json" "$out/verify-torchrun-1gpu.summary.json" 2>/dev/null || true
 
 python3 - "$out" <<'PY'
 import glob, json, os, sys

@@ -82,7 +82,8 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, pr
             flags = dict(env=env_name, num_envs=num_envs, num_steps=num_steps, total_steps=total_steps,
                          precision=precision, policy=policy_kind, device=(devices or [device])[0])
             try:
-                runs.check_splittable(runs.resolve_config(flags, config_json), nproc or len(devices))
+                runs.check_splittable(runs.resolve_config(flags, config_json), nproc or len(devices),
+                                      common.seeds(seed_list), common.sweep(sweeps))
             except ValueError as e:
                 raise common.usage_error(e)
         return launch.launch(click.get_current_context(), nproc or len(devices))

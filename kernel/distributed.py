@@ -81,6 +81,26 @@ class World(NamedTuple):
         """This rank's slice of a tree gathered by :meth:`gather_tree`."""
         return tree_map(lambda x: x[self.rank], tree)
 
+    def concat_tree(self, tree):
+        """Leaves joined along their first axis in rank order (0-d leaves: rank 0's)."""
+        if not self.distributed:
+            return tree
+        return tree_map(lambda x: self.gather(x).flatten(0, 1) if x.dim() else self.gather(x)[0], tree)
+
+    def chunk_tree(self, tree):
+        """This rank's equal share, along the first axis, of a tree :meth:`concat_tree` joined."""
+        if not self.distributed:
+            return tree
+        return tree_map(lambda x: x.chunk(self.size)[self.rank] if x.dim() else x, tree)
+
+    def concat_lists(self, items: list) -> list:
+        """Every rank's list of Python objects, joined in rank order."""
+        if not self.distributed:
+            return list(items)
+        out = [None] * self.size
+        dist.all_gather_object(out, list(items))
+        return [x for part in out for x in part]
+
 
 SINGLE = World()
 

@@ -22,6 +22,7 @@ from torch.func import vmap
 import envs
 from kernel import heads, loss_scale, optim, rng
 from kernel.config import Config, validated
+from kernel.distributed import SINGLE, World
 from kernel.hot import compile_hot
 from kernel.policy import Policy, masks
 from kernel.ppo import explained_variance, gae, gae_functional, make_grad_step
@@ -119,6 +120,12 @@ class ManyRun(NamedTuple):
     advantages: Callable
     update: Callable
     hyper: dict  # per-run values as [runs] tensors (lr is the base of its schedule)
+    world: World = SINGLE  # data-parallel ranks: each trains an equal share of the runs
+    whole: Runs | None = None  # every rank's runs together (``runs`` is this rank's share)
+
+    @property
+    def all_runs(self) -> Runs:
+        return self.whole or self.runs
 
     @property
     def precision(self):
@@ -173,9 +180,21 @@ def validated_runs(config: Config, runs: Runs) -> Runs:
     return runs
 
 
-def build(config: Config, runs: Runs) -> ManyRun:
+def share(runs: Runs, world: World) -> Runs:
+    """This rank's equal, contiguous share of ``runs``."""
+    if runs.count % world.size:
+        raise ValueError(f"{runs.count} runs cannot be split evenly over {world.size} processes")
+    n = runs.count // world.size
+    part = slice(world.rank * n, (world.rank + 1) * n)
+    return Runs(runs.seeds[part], {k: v[part] for k, v in runs.values.items()})
+
+
+def build(config: Config, runs: Runs, world: World = SINGLE) -> ManyRun:
+    """A group of runs; with several data-parallel ranks, this rank builds and trains its share
+    (runs are independent, so ranks exchange only metrics and checkpoints, never gradients)."""
     config = validated(config)
-    runs = validated_runs(config, runs)
+    whole = validated_runs(config, runs)
+    runs = share(whole, world)
     count = runs.count
     env = envs.make(config.env, count * config.num_envs, device=config.device)
     policy = policy_for(config, env)
@@ -199,7 +218,7 @@ def build(config: Config, runs: Runs) -> ManyRun:
     for h, c in config.ent_coef_heads.items():
         hyper[f"ent_coef/{h}"] = torch.full((count,), float(c), device=config.device)
     update = make_update(config, policy, optimizer, count)
-    return ManyRun(config, runs, env, policy, optimizer, rollout, advantages, update, hyper)
+    return ManyRun(config, runs, env, policy, optimizer, rollout, advantages, update, hyper, world, whole)
 
 
 def init_state(m: ManyRun, seeds: Sequence[int] | torch.Tensor | None = None) -> TrainState:
@@ -325,15 +344,15 @@ class TrainedMany(NamedTuple):
     summary: dict
 
 
-def summarize(m: ManyRun, progress: list, state: TrainState, compile_s: float, run_s: float,
-              start_steps: int) -> dict:
-    skipped = optim.skipped_steps(state.opt_state).tolist()
+def summarize(m: ManyRun, progress: list, skipped: list, compile_s: float, run_s: float, start_steps: int) -> dict:
+    """``progress`` and ``skipped``: every run of the group (all ranks' shares)."""
+    runs = m.all_runs
     total = sum(p.env_steps for p in progress)
-    rows = [{"run": r, "seed": m.runs.seeds[r], **m.runs.setting(r), "mean_return": p.mean_return,
+    rows = [{"run": r, "seed": runs.seeds[r], **runs.setting(r), "mean_return": p.mean_return,
              "first_solved": p.first_solved, "skipped_steps": int(skipped[r])} for r, p in enumerate(progress)]
-    return {"compile_s": compile_s, "run_s": run_s, "env_steps": total, "runs_count": m.runs.count,
+    return {"compile_s": compile_s, "run_s": run_s, "env_steps": total, "runs_count": runs.count,
             "sps": (total - start_steps) / max(run_s, 1e-9), "mean_return": mean_over_runs(progress),
-            "solved_return": getattr(m.env, "solved_return", None), "swept": list(m.runs.values),
+            "solved_return": getattr(m.env, "solved_return", None), "swept": list(runs.values),
             "runs": rows}
 
 
@@ -356,7 +375,8 @@ def train(m: ManyRun, state: TrainState | None = None, progress: list | None = N
         start = time.perf_counter()
         iteration(m, state)  # compile every function; the iteration is pure, so state is untouched
         compile_s = time.perf_counter() - start
-    start_steps = sum(p.env_steps for p in progress)
+    world = m.world  # ranks each train their share of the runs; logs and summaries cover all of them
+    start_steps = sum(p.env_steps for p in world.concat_lists(progress))
     last = min(cfg.num_updates, until_update or cfg.num_updates)
     solved = getattr(m.env, "solved_return", None)
     start = time.perf_counter()
@@ -365,34 +385,40 @@ def train(m: ManyRun, state: TrainState | None = None, progress: list | None = N
         finished = finished_by_run(m, metrics["episodes"])
         elapsed = time.perf_counter() - start
         progress = [p.advanced(cfg.batch_size, ret, solved, elapsed) for p, (ret, _) in zip(progress, finished)]
-        host = to_host(metrics) if (on_update is not None or max_bad_steps) else []
-        if max_bad_steps and min(optim.consecutive_skips(state.opt_state).tolist()) >= max_bad_steps:
+        # (every rank gathers, or a rank without a callback would leave the others waiting)
+        wanted = world.distributed or on_update is not None or max_bad_steps
+        host = to_host(metrics) if wanted else []
+        for h, p, (_, lengths) in zip(host, progress, finished):
+            h["mean_return"] = p.mean_return
+            h["episode_length"] = sum(lengths) / len(lengths) if lengths else float("nan")
+        host, everyone = world.concat_lists(host), world.concat_lists(progress)
+        streaks = world.concat_tree(optim.consecutive_skips(state.opt_state)).tolist()
+        if max_bad_steps and min(streaks) >= max_bad_steps:
             last_good = checkpointer.last if checkpointer is not None else None
             raise NonFiniteRun(f"stopped at update {progress[0].update}: every run had {max_bad_steps} or more "
                                f"consecutive non-finite steps (all skipped; params are still finite)", host, last_good)
         if checkpointer is not None:
-            checkpointer.maybe_save(cfg, state, progress, m.runs)
+            checkpointer.maybe_save(cfg, state, progress, m.all_runs)
         if on_update is not None:
-            for h, p, (_, lengths) in zip(host, progress, finished):
-                h["mean_return"] = p.mean_return
-                h["episode_length"] = sum(lengths) / len(lengths) if lengths else float("nan")
-            means = [p.mean_return for p in progress if p.returns]
-            steps = sum(p.env_steps for p in progress)
+            means = [p.mean_return for p in everyone if p.returns]
+            steps = sum(p.env_steps for p in everyone)
             on_update(ManyLog(progress[0].update, cfg.num_updates, steps, elapsed,
-                              (steps - start_steps) / max(elapsed, 1e-9), mean_over_runs(progress),
+                              (steps - start_steps) / max(elapsed, 1e-9), mean_over_runs(everyone),
                               (min(means), max(means)) if means else (float("nan"), float("nan")),
-                              sum(len(p.returns) for p in progress), host))
-    return TrainedMany(state, progress, summarize(m, progress, state, compile_s, time.perf_counter() - start,
-                                                  start_steps))
+                              sum(len(p.returns) for p in everyone), host))
+    skipped = world.concat_tree(optim.skipped_steps(state.opt_state)).tolist()
+    summary = summarize(m, world.concat_lists(progress), skipped, compile_s, time.perf_counter() - start,
+                        start_steps)
+    return TrainedMany(state, progress, summary)
 
 
-def trainer(config: Config, runs: Runs):
-    """:class:`kernel.train.Trainer` over a group of runs."""
+def trainer(config: Config, runs: Runs, world: World = SINGLE):
+    """:class:`kernel.train.Trainer` over a group of runs (this rank's share of them)."""
     from functools import partial
 
     from kernel.train import Trainer
 
-    group = build(config, runs)
+    group = build(config, runs, world)
     return Trainer(group, partial(init_state, group), partial(iteration, group), partial(train, group))
 
 

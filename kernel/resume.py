@@ -56,12 +56,14 @@ def save_state(path, config: Config, state: TrainState, progress: Progress | lis
     """Write the run's whole state to ``path``. Data-parallel ranks all call it: each rank's
     rollout carry (its own envs) is gathered, stacked along a leading rank axis, and rank 0 alone
     writes (the other ranks return None)."""
+    if world.distributed and runs is not None:  # a group split over ranks: the file holds all the runs
+        state, progress = world.concat_tree(state), world.concat_lists(progress)
     meta = state_meta(config, progress, runs)
-    if world.distributed:
+    if world.distributed and runs is None:
         state = state._replace(carry=world.gather_tree(state.carry))
         meta["world_size"] = world.size
-        if not world.is_main:
-            return None
+    if world.distributed and not world.is_main:
+        return None
     return checkpoint.save(path, state_sections(state, progress), meta)
 
 
@@ -109,7 +111,7 @@ def restore_state(path, run, fresh_state: TrainState, loaded: tuple | None = Non
     if isinstance(sections.get("rng"), dict):  # the old layout kept a torch.Generator's state there
         raise CheckpointError(f"{path} was saved by an older fkernel whose random state cannot be resumed "
                               "(its params still work with `fkernel eval`)")
-    group = getattr(run, "runs", None)
+    group = run.all_runs if hasattr(run, "all_runs") else None
     if (group is None) != ("runs" not in meta):
         raise CheckpointError(f"{path} holds {'a group of runs' if 'runs' in meta else 'one run'}; "
                               f"resume it as {'a group (same seeds and sweep)' if 'runs' in meta else 'one run'}")
@@ -117,10 +119,13 @@ def restore_state(path, run, fresh_state: TrainState, loaded: tuple | None = Non
         raise CheckpointError(f"{path} holds runs {meta['runs']}, not {group.to_dict()}")
     world = getattr(run, "world", SINGLE)
     saved_world = int(meta.get("world_size", 1))
-    if saved_world != world.size:
+    if group is None and saved_world != world.size:
         raise CheckpointError(f"{path} was saved by {saved_world} data-parallel process(es); resume it with "
                               f"{saved_world}, not {world.size}")
-    if world.distributed:  # every rank's carry, stacked; this rank takes its own below
+    split_group = group is not None and world.distributed  # the file holds every rank's share of the runs
+    if split_group:
+        fresh_state = tree_map(lambda x: x.repeat(world.size, *[1] * (x.dim() - 1)) if x.dim() else x, fresh_state)
+    elif world.distributed:  # every rank's carry, stacked; this rank takes its own below
         fresh_state = fresh_state._replace(carry=tree_map(lambda x: x.expand(world.size, *x.shape),
                                                           fresh_state.carry))
     fresh_progress = [Progress()] * group.count if group is not None else None
@@ -129,7 +134,9 @@ def restore_state(path, run, fresh_state: TrainState, loaded: tuple | None = Non
     state = fill(fresh_state, flat)
     # The key stays on the CPU; everything else goes to the run's device.
     state = tree_map(lambda x: x.to(run.config.device), state._replace(rng=None))._replace(rng=state.rng)
-    if world.distributed:
+    if split_group:
+        state = world.chunk_tree(state)
+    elif world.distributed:
         state = state._replace(carry=world.own(state.carry))
     update = int(meta["update"])
     if group is None:
@@ -139,6 +146,9 @@ def restore_state(path, run, fresh_state: TrainState, loaded: tuple | None = Non
         windows = sections["stats"]["returns_window"]
         progress = [Progress(update, int(p["env_steps"]), tuple(windows[str(r)].tolist()), p["first_solved"])
                     for r, p in enumerate(meta["progress"])]
+        if split_group:
+            n = len(progress) // world.size
+            progress = progress[world.rank * n:(world.rank + 1) * n]
     if int(state.step) != update:
         raise CheckpointError(f"{path} is inconsistent: its state is at update {int(state.step)}, "
                               f"its metadata at {update}")

@@ -102,10 +102,16 @@ def resolve_config(values: dict, config_json=None) -> Config:
     return cfg
 
 
-def check_splittable(config: Config, processes: int) -> None:
-    """Raise RunError unless ``config`` splits over ``processes`` data-parallel ranks."""
+def check_splittable(config: Config, processes: int, seeds=None, sweep: dict | None = None) -> None:
+    """Raise RunError unless the job splits over ``processes`` ranks: one run's envs, or a
+    group's runs."""
     from kernel.train import rank_config
 
+    group = run_group(config, seeds, sweep)
+    if group is not None:
+        if group.count % processes:
+            raise RunError(f"{group.count} runs cannot be split evenly over {processes} processes")
+        return
     try:
         rank_config(config, World(0, processes))
     except ValueError as e:
@@ -224,12 +230,11 @@ def prepare(config: Config | dict | None = None, out=None, *, resume: str | Path
             curves.require("tensorboard", "tensorboard")
         except curves.MissingExtra as e:
             raise RunError(str(e)) from None
-    if group is not None and world.distributed:
-        raise RunError("a group of runs (seeds or sweep) trains in one process: give --seeds/--sweep "
-                       "without --nproc/--devices")
-    trainer = make_train(cfg, world=world) if group is None else many.trainer(cfg, group)
+    if group is not None and group.count % world.size:
+        raise RunError(f"{group.count} runs cannot be split evenly over {world.size} processes")
+    trainer = make_train(cfg, world=world) if group is None else many.trainer(cfg, group, world)
     state = trainer.init()
-    progress = Progress() if group is None else [Progress()] * group.count
+    progress = Progress() if group is None else [Progress()] * (group.count // world.size)
     notes = ()
     if ckpt is not None:
         state, progress = restore_state(ckpt, trainer.run, state, loaded)
@@ -322,20 +327,23 @@ def execute_group(run: Prepared, on_update: Callable | None = None) -> Finished:
     params.safetensors holds the whole group's state (resumable) and summary.json ranks the
     settings."""
     cfg, out, opts, group = run.config, run.out, run.options, run.group
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    (out / "runs.json").write_text(json.dumps(group.to_dict(), indent=2) + "\n")
+    world = run.trainer.run.world
+    main = world.is_main  # with several ranks (each training a share of the runs), rank 0 writes
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        (out / "runs.json").write_text(json.dumps(group.to_dict(), indent=2) + "\n")
     files = []
-    for r in range(group.count):
+    for r in range(group.count if main else 0):
         folder = Path(opts.telemetry_dir) / f"run-{r}" if opts.telemetry_dir else run_dir(out, r)
         run_dir(out, r).mkdir(exist_ok=True)
         (run_dir(out, r) / "config.json").write_text(json.dumps(many.run_config(cfg, group, r).to_dict(), indent=2)
                                                       + "\n")
         files.append(RunFiles(folder / curves.TELEMETRY,
                               Path(opts.tensorboard_dir) / f"run-{r}" if opts.tensorboard_dir else None))
-    checkpointer = Checkpointer(out, opts.checkpoint_every, opts.keep) if opts.checkpoint_every else None
+    checkpointer = Checkpointer(out, opts.checkpoint_every, opts.keep, world) if opts.checkpoint_every else None
 
-    def logged(log: many.ManyLog) -> None:
+    def logged(log: many.ManyLog) -> None:  # rank 0 only: log.metrics covers every run
         groups = []
         for r, f in enumerate(files):
             m = log.metrics[r]
@@ -346,10 +354,10 @@ def execute_group(run: Prepared, on_update: Callable | None = None) -> Finished:
             on_update(log._replace(groups=groups))
 
     try:
-        state, progress, summary = run.trainer.train(run.state, run.progress, on_update=logged,
+        state, progress, summary = run.trainer.train(run.state, run.progress, on_update=logged if main else None,
                                                      checkpointer=checkpointer, max_bad_steps=opts.max_bad_steps)
     except NonFiniteRun as e:
-        e.groups = files[0].table(e.metrics[0]) if e.metrics else {}
+        e.groups = files[0].table(e.metrics[0]) if main and e.metrics else {}
         raise
     finally:
         for f in files:
@@ -357,12 +365,17 @@ def execute_group(run: Prepared, on_update: Callable | None = None) -> Finished:
     update = progress[0].update
     if checkpointer is not None and checkpointer.last != checkpoint_path(out, update):
         checkpointer.save(cfg, state, progress, group)
+    params_path = out / "params.safetensors"
+    save_state(params_path, cfg, state, progress, group, world)
+    state, progress = world.concat_tree(state), world.concat_lists(progress)  # every run, on every rank
+    if not main:
+        return Finished(state, progress, summary, params_path)
     for r, row in enumerate(summary["runs"]):
         one_cfg = many.run_config(cfg, group, r)
         save_state(run_dir(out, r) / "params.safetensors", one_cfg, many.run_slice(run.trainer.run, state, r),
                    progress[r])
         (run_dir(out, r) / "summary.json").write_text(json.dumps(row, indent=2) + "\n")
     summary["settings"] = many.ranked_settings(summary)
-    params_path = save_state(out / "params.safetensors", cfg, state, progress, group)
+    summary["world_size"] = world.size
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return Finished(state, progress, summary, params_path)

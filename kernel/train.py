@@ -285,6 +285,4 @@ def make_train(config: Config, seeds=None, sweep: dict | None = None, world: Wor
         return Trainer(run, partial(init_state, run), partial(iteration, run), partial(train, run))
     from kernel import many
 
-    if world.distributed:
-        raise ValueError("a group of runs (seeds or sweep) trains in one process; run it without --nproc/--devices")
-    return many.trainer(config, many.grid(list(seeds) if seeds is not None else [config.seed], sweep))
+    return many.trainer(config, many.grid(list(seeds) if seeds is not None else [config.seed], sweep), world)

@@ -5,6 +5,7 @@ gradients), and equal a one-process reference that takes each step on the union 
 minibatches, to 1e-6: the reference averages one loss over the union, the ranks average two
 half-batch means, and the advantage statistics are summed in another order.
 """
+import json
 import os
 import subprocess
 import sys
@@ -125,3 +126,35 @@ def test_a_killed_rank_stops_the_job_and_the_last_checkpoint_resumes(tmp_path):
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert "resuming at update" in resumed.stdout and (out / "summary.json").exists()
+
+
+def test_a_group_of_runs_split_over_two_ranks_equals_the_group_in_one_process(tmp_path):
+    """Runs are independent, so ranks split them (no gradient exchange); the folder and results
+    are the one-process group's, up to the rounding of a 2-run vs a 4-run vmapped matmul."""
+    from kernel.checkpoint import flatten_sections, load
+
+    flags = ["--num-envs", "2", "--num-steps", "16", "--total-steps", "96", "--no-compile", "--seeds", "0-1",
+             "--sweep", "lr=1e-3,3e-3", "--checkpoint-every", "0"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    for out, extra in ((tmp_path / "one", []), (tmp_path / "two", ["--nproc", "2"])):
+        result = subprocess.run([sys.executable, "-m", "cli.main", "train", *flags, *extra, "--out", str(out)],
+                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    one, two = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two"))
+    assert [r["seed"] for r in two["runs"]] == [r["seed"] for r in one["runs"]] and two["world_size"] == 2
+    for r in range(4):
+        a = flatten_sections(load(tmp_path / "one" / f"run-{r}" / "params.safetensors")[0])
+        b = flatten_sections(load(tmp_path / "two" / f"run-{r}" / "params.safetensors")[0])
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-5)
+
+
+def test_a_job_that_cannot_be_split_is_refused_before_any_rank_starts(tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    for flags, needle in ((["--num-envs", "3"], "num_envs=3 cannot be split evenly over 2 processes"),
+                          (["--seeds", "0-2"], "3 runs cannot be split evenly over 2 processes")):
+        result = CliRunner().invoke(cli, ["train", "--nproc", "2", "--no-compile", *flags, "--out", str(tmp_path)])
+        assert result.exit_code == 2 and needle in result.output, result.output
