@@ -106,8 +106,8 @@ def test_a_killed_rank_stops_the_job_and_the_last_checkpoint_resumes(tmp_path):
     import time
 
     out, tag = tmp_path / "run", tmp_path.name
-    args = [sys.executable, "-m", "cli.main", "train", "--nproc", "2", "--num-envs", "4", "--num-steps", "16",
-            "--no-compile", "--checkpoint-every", "1", "--out", str(out)]
+    flags = ["--num-envs", "4", "--num-steps", "16", "--no-compile", "--checkpoint-every", "1", "--out", str(out)]
+    args = [sys.executable, "-m", "cli.main", "train", "--nproc", "2", *flags]
     env = dict(os.environ, PYTHONPATH=str(ROOT), FKERNEL_TEST_TAG=tag)
     job = subprocess.Popen([*args, "--total-steps", str(4 * 16 * 5000)], cwd=ROOT, env=env, text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -122,8 +122,11 @@ def test_a_killed_rank_stops_the_job_and_the_last_checkpoint_resumes(tmp_path):
     output, _ = job.communicate(timeout=120)
     assert job.returncode != 0 and time.time() - killed < 60, output[-2000:]
     assert "rank 1 failed (killed by SIGKILL)" in output, output[-2000:]
-    resumed = subprocess.run([*args, "--resume", "latest", "--total-steps", str(4 * 16 * 12)], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=300)
+    # Resumed by torchrun itself this time (the ranks join its process group; no --nproc).
+    external = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+                "-m", "cli.main", "train", *flags]
+    resumed = subprocess.run([*external, "--resume", "latest", "--total-steps", str(4 * 16 * 12)], cwd=ROOT,
+                             env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert "resuming at update" in resumed.stdout and (out / "summary.json").exists()
 
