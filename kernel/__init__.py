@@ -8,9 +8,11 @@ The public API::
     state = train.init(seed=0)                         # TrainState: a pytree of tensors
     state, metrics = train.iteration(state)            # one PPO update; the input is untouched
     result = train.train()                             # the whole run: (state, progress, summary)
+    group = make_train(Config(), seeds=range(8))       # 8 runs as one vmapped program (kernel.many)
 
 Runs with a folder on disk (config, checkpoints, telemetry, summary), as ``fkernel train`` makes
-them: :func:`prepare` then :func:`execute`. Building blocks live in the submodules: ``optim``
+them: :func:`prepare` then :func:`execute`; data-parallel ranks join through
+:func:`kernel.distributed.join`. Building blocks live in the submodules: ``optim``
 (optax-style transforms), ``loss_scale`` (jmp-style), ``precision``, ``rng``, ``ppo``, ``rollout``.
 """
 from kernel.config import Config
