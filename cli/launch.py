@@ -40,7 +40,7 @@ def launch(ctx: click.Context, nproc: int) -> None:
     try:
         run(parse_args(argv))
     except ChildFailedError as e:
-        rank, failure = e.get_first_failure()  # the root cause: the others were stopped because of it
+        rank, failure = root_cause(e)
         raise click.ClickException(f"rank {rank} failed ({cause(failure)}); the job stopped, and the last "
                                    "checkpoint stays valid") from None
     sys.stdout.flush()
@@ -54,3 +54,14 @@ def cause(failure) -> str:
     if failure.exitcode < 0 or not lines or "To enable traceback" in lines[0]:
         return how
     return f"{how}: {lines[0].strip()}"
+
+
+def root_cause(error) -> tuple:
+    """The failed rank that most likely stopped the others. A rank killed by a signal (other than
+    the SIGTERM the launcher sends) has no error file, so its failure is timestamped only when the
+    launcher notices it, after its peers' collectives already raised "connection closed": such a
+    rank comes first, then the earliest failure."""
+    killed = {r: f for r, f in error.failures.items() if f.exitcode < 0 and f.signal_name() != "SIGTERM"}
+    if killed:
+        return min(killed.items())
+    return error.get_first_failure()

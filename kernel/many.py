@@ -143,7 +143,7 @@ def make_optimizer(config: Config) -> optim.GradientTransformation:
                                              optim.scale_by_learning_rate(None)))
 
 
-def make_update(config: Config, policy: Policy, optimizer, runs: int) -> Callable:
+def make_update(config: Config, policy: Policy, optimizer) -> Callable:
     """The epochs of vmapped minibatch steps: each run shuffles its own batch with its own
     generator, as one run would."""
     step = make_grad_step(policy, optimizer, config.clip_vloss, config.norm_adv, None, config.norm_entropy,
@@ -217,7 +217,7 @@ def build(config: Config, runs: Runs, world: World = SINGLE) -> ManyRun:
                              device=config.device) for k in (*HYPER, "lr")}
     for h, c in config.ent_coef_heads.items():
         hyper[f"ent_coef/{h}"] = torch.full((count,), float(c), device=config.device)
-    update = make_update(config, policy, optimizer, count)
+    update = make_update(config, policy, optimizer)
     return ManyRun(config, runs, env, policy, optimizer, rollout, advantages, update, hyper, world, whole)
 
 

@@ -261,22 +261,14 @@ def execute(run: Prepared, on_update: Callable[[UpdateLog], None] | None = None)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     checkpointer = Checkpointer(out, opts.checkpoint_every, opts.keep, world) if opts.checkpoint_every else None
-    files = RunFiles(Path(opts.telemetry_dir or out) / curves.TELEMETRY, opts.tensorboard_dir) if main else None
+    files = [RunFiles(Path(opts.telemetry_dir or out) / curves.TELEMETRY, opts.tensorboard_dir)] if main else []
 
     def logged(log: UpdateLog) -> None:
-        groups = files.write(log)
+        groups = files[0].write(log)
         if on_update is not None:
             on_update(log._replace(groups=groups))
 
-    try:
-        state, progress, summary = run.trainer.train(run.state, run.progress, on_update=logged if main else None,
-                                                     checkpointer=checkpointer, max_bad_steps=opts.max_bad_steps)
-    except NonFiniteRun as e:
-        e.groups = files.table(e.metrics) if main else {}
-        raise
-    finally:
-        if files is not None:
-            files.close()
+    state, progress, summary = train_writing(run, logged, checkpointer, files, lambda metrics: metrics)
     if checkpointer is not None and checkpointer.last != checkpoint_path(out, progress.update):
         checkpointer.save(cfg, state, progress)  # so resuming "latest" continues from the true end
     params_path = out / "params.safetensors"
@@ -316,6 +308,20 @@ class RunFiles:
             self.board.close()
 
 
+def train_writing(run: Prepared, logged: Callable, checkpointer, files: list, first_run: Callable):
+    """Train with ``logged`` writing ``files`` (none on ranks other than 0), closing them however
+    training ends; a :class:`NonFiniteRun` leaves with the gradient table of ``first_run(metrics)``."""
+    try:
+        return run.trainer.train(run.state, run.progress, on_update=logged if files else None,
+                                 checkpointer=checkpointer, max_bad_steps=run.options.max_bad_steps)
+    except NonFiniteRun as e:
+        e.groups = files[0].table(first_run(e.metrics)) if files and e.metrics else {}
+        raise
+    finally:
+        for f in files:
+            f.close()
+
+
 def run_dir(out: Path, r: int) -> Path:
     return out / f"run-{r}"
 
@@ -353,15 +359,7 @@ def execute_group(run: Prepared, on_update: Callable | None = None) -> Finished:
         if on_update is not None:
             on_update(log._replace(groups=groups))
 
-    try:
-        state, progress, summary = run.trainer.train(run.state, run.progress, on_update=logged if main else None,
-                                                     checkpointer=checkpointer, max_bad_steps=opts.max_bad_steps)
-    except NonFiniteRun as e:
-        e.groups = files[0].table(e.metrics[0]) if main and e.metrics else {}
-        raise
-    finally:
-        for f in files:
-            f.close()
+    state, progress, summary = train_writing(run, logged, checkpointer, files, lambda metrics: metrics[0])
     update = progress[0].update
     if checkpointer is not None and checkpointer.last != checkpoint_path(out, update):
         checkpointer.save(cfg, state, progress, group)

@@ -175,8 +175,8 @@ def scalar_metrics(metrics: dict) -> dict:
 
 def to_host(metrics: dict) -> dict:
     """The 0-d device metrics -> Python floats in one transfer (one sync on CUDA, not one per key)."""
-    keys = [k for k, v in metrics.items() if isinstance(v, torch.Tensor) and v.dim() == 0]
-    return dict(zip(keys, torch.stack([metrics[k].float() for k in keys]).tolist()))
+    scalars = scalar_metrics(metrics)
+    return dict(zip(scalars, torch.stack([v.float() for v in scalars.values()]).tolist()))
 
 
 class UpdateLog(NamedTuple):
