@@ -7,6 +7,10 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import torch
 
 
+class EnvOptionError(ValueError):
+    """An env option (or the data it names) that cannot be used; the message is one line."""
+
+
 class Step(NamedTuple):
     """Result of ``env.step``. ``obs`` is already the reset observation for sub-environments that
     finished; ``final_obs`` is the observation they finished on, which a time-limit truncation must
@@ -60,6 +64,11 @@ class Env(Protocol):
     or a dict with ``"x"`` (that tensor) and ``"masks"`` (``{head: bool mask}``, see
     :class:`ActionSpec`). ``solved_return``: the mean return over 100 episodes at which the task
     counts as solved, or ``None``.
+
+    Optional: ``OPTIONS`` (a class attribute) names the keyword options the constructor takes
+    beyond ``num_envs`` and ``device``, checked by a static ``check_options(**options)``; an env
+    whose ``step`` runs Python loops (``morpho`` trains networks) sets ``compilable = False`` and
+    the rollout then steps it eagerly.
     """
 
     name: str

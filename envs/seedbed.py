@@ -90,6 +90,74 @@ def normals(uniform: torch.Tensor) -> torch.Tensor:
     return math.sqrt(2.0) * torch.erfinv(2.0 * u - 1.0)
 
 
+def lifecycle_masks(state: dict, max_seeds: int, blueprints: int) -> dict:
+    """Valid ops and slots for the seed lifecycle (see the module doc), from the stage fields of
+    ``state``; shared by every env that grows seeds."""
+    stage = state["stage"]
+    n = stage.shape[0]
+    seeds = ((stage >= GERMINATED) & (stage <= FOSSILIZED)).sum(-1)
+    empty = stage == EMPTY
+    advanceable = (stage >= GERMINATED) & (stage <= BLENDING)
+    prunable = (stage >= GERMINATED) & (stage <= HOLDING) & (state["seed_age"] >= 1)
+    holding = stage == HOLDING
+    germinable = empty & (seeds < max_seeds).unsqueeze(-1)
+    slot = torch.stack([torch.ones_like(empty), germinable, advanceable, prunable, holding], dim=1)
+    op = slot.any(-1)
+    blueprint = torch.ones(n, blueprints, dtype=torch.bool, device=stage.device)
+    blueprint[:, 0] = False
+    tempo = torch.ones(n, len(TEMPO_STEPS), dtype=torch.bool, device=stage.device)
+    return {"op": op, "slot": slot, "blueprint": blueprint, "tempo": tempo}
+
+
+def lifecycle_step(state: dict, action: dict, m: dict, tempo_steps: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """One controller decision applied to the seed lifecycle fields of ``state`` (stage, blueprint,
+    tempo, ages, train_steps, cooldown, alpha), then one step of automatic progress. Returns the op
+    that took effect (invalid combinations become WAIT) and ``state`` with those fields replaced."""
+    op, slot = action["op"].long(), action["slot"].long()
+    num_envs, slots = state["stage"].shape
+    rows = torch.arange(num_envs, device=op.device)
+    valid = m["op"][rows, op] & m["slot"][rows, op, slot]
+    op = torch.where(valid, op, torch.zeros_like(op))  # invalid -> WAIT
+    chosen = F.one_hot(slot, slots).bool() & (op != WAIT).unsqueeze(-1)
+
+    def acted(o):
+        return chosen & (op == o).unsqueeze(-1)
+
+    s = dict(state)
+    stage = s["stage"]
+    germ, adv, prune, foss = acted(GERMINATE), acted(ADVANCE), acted(PRUNE), acted(FOSSILIZE)
+    zero = torch.zeros_like(stage)
+    # GERMINATE: a fresh seed with the chosen blueprint and tempo.
+    s["blueprint"] = torch.where(germ, action["blueprint"].long().unsqueeze(-1), s["blueprint"])
+    s["tempo"] = torch.where(germ, action["tempo"].long().unsqueeze(-1), s["tempo"])
+    for key in ("seed_age", "train_steps"):
+        s[key] = torch.where(germ, zero, s[key])
+    # ADVANCE: one stage on; finishing a blend sets alpha to 1.
+    advanced = torch.where(stage == GERMINATED, TRAINING, torch.where(stage == TRAINING, BLENDING, HOLDING))
+    alpha = torch.where(adv & (stage == BLENDING), torch.ones_like(s["alpha"]), s["alpha"])
+    alpha = torch.where(adv & (stage == TRAINING), torch.zeros_like(alpha), alpha)
+    new_stage = torch.where(germ, GERMINATED, torch.where(adv, advanced, stage))
+    new_stage = torch.where(prune, PRUNED, torch.where(foss, FOSSILIZED, new_stage))
+    alpha = torch.where(prune, torch.zeros_like(alpha), alpha)
+    cooldown = torch.where(prune, torch.full_like(zero, PRUNE_COOLDOWN), s["cooldown"])
+    stage_age = torch.where(new_stage != stage, zero, s["stage_age"] + 1)
+
+    # Automatic progress: blending ramps, training accumulates, pruned slots cool down.
+    ramp = 1.0 / tempo_steps[s["tempo"]]
+    blending = new_stage == BLENDING
+    alpha = torch.where(blending, (alpha + ramp).clamp(max=1.0), alpha)
+    new_stage = torch.where(blending & (alpha >= 1.0), HOLDING, new_stage)
+    train_steps = s["train_steps"] + (new_stage == TRAINING).long()
+    cooldown = torch.where(new_stage == PRUNED, cooldown - 1, cooldown)
+    freed = (new_stage == PRUNED) & (cooldown <= 0)
+    new_stage = torch.where(freed, EMPTY, new_stage)
+    live = (new_stage >= GERMINATED) & (new_stage <= FOSSILIZED)
+    seed_age = torch.where(live, s["seed_age"] + 1, zero)
+    s.update(stage=new_stage, alpha=alpha, cooldown=cooldown, stage_age=stage_age, train_steps=train_steps,
+             seed_age=seed_age)
+    return op, s
+
+
 class Seedbed:
     name = "seedbed"
     solved_return = None  # no fixed bar: compare with the scripted baselines (kernel.baselines)
@@ -142,19 +210,7 @@ class Seedbed:
     # -- observation and masks -----------------------------------------------------------------
 
     def masks(self, state: dict) -> dict:
-        stage, n = state["stage"], self.num_envs
-        seeds = ((stage >= GERMINATED) & (stage <= FOSSILIZED)).sum(-1)
-        empty = stage == EMPTY
-        advanceable = (stage >= GERMINATED) & (stage <= BLENDING)
-        prunable = (stage >= GERMINATED) & (stage <= HOLDING) & (state["seed_age"] >= 1)
-        holding = stage == HOLDING
-        germinable = empty & (seeds < self.max_seeds).unsqueeze(-1)
-        slot = torch.stack([torch.ones_like(empty), germinable, advanceable, prunable, holding], dim=1)
-        op = slot.any(-1)
-        blueprint = torch.ones(n, self.blueprints, dtype=torch.bool, device=self.device)
-        blueprint[:, 0] = False
-        tempo = torch.ones(n, len(TEMPO_STEPS), dtype=torch.bool, device=self.device)
-        return {"op": op, "slot": slot, "blueprint": blueprint, "tempo": tempo}
+        return lifecycle_masks(state, self.max_seeds, self.blueprints)
 
     def observe(self, state: dict) -> dict:
         per_slot = torch.cat([
@@ -176,47 +232,8 @@ class Seedbed:
     # -- dynamics ------------------------------------------------------------------------------
 
     def step(self, state: dict, action: dict, noise: torch.Tensor) -> Step:
-        m = self.masks(state)
-        op, slot = action["op"].long(), action["slot"].long()
-        rows = torch.arange(self.num_envs, device=self.device)
-        valid = m["op"][rows, op] & m["slot"][rows, op, slot]
-        op = torch.where(valid, op, torch.zeros_like(op))  # invalid -> WAIT
-        chosen = F.one_hot(slot, self.slots).bool() & (op != WAIT).unsqueeze(-1)
-
-        def acted(o):
-            return chosen & (op == o).unsqueeze(-1)
-
-        s = dict(state)
-        stage = s["stage"]
-        germ, adv, prune, foss = acted(GERMINATE), acted(ADVANCE), acted(PRUNE), acted(FOSSILIZE)
-        zero = torch.zeros_like(stage)
-        # GERMINATE: a fresh seed with the chosen blueprint and tempo.
-        s["blueprint"] = torch.where(germ, action["blueprint"].long().unsqueeze(-1), s["blueprint"])
-        s["tempo"] = torch.where(germ, action["tempo"].long().unsqueeze(-1), s["tempo"])
-        for key in ("seed_age", "train_steps"):
-            s[key] = torch.where(germ, zero, s[key])
-        # ADVANCE: one stage on; finishing a blend sets alpha to 1.
-        advanced = torch.where(stage == GERMINATED, TRAINING, torch.where(stage == TRAINING, BLENDING, HOLDING))
-        alpha = torch.where(adv & (stage == BLENDING), torch.ones_like(s["alpha"]), s["alpha"])
-        alpha = torch.where(adv & (stage == TRAINING), torch.zeros_like(alpha), alpha)
-        new_stage = torch.where(germ, GERMINATED, torch.where(adv, advanced, stage))
-        new_stage = torch.where(prune, PRUNED, torch.where(foss, FOSSILIZED, new_stage))
-        alpha = torch.where(prune, torch.zeros_like(alpha), alpha)
-        cooldown = torch.where(prune, torch.full_like(zero, PRUNE_COOLDOWN), s["cooldown"])
-        stage_age = torch.where(new_stage != stage, zero, s["stage_age"] + 1)
-
-        # Automatic progress: blending ramps, training accumulates, pruned slots cool down.
-        ramp = 1.0 / self.tempo_steps[s["tempo"]]
-        blending = new_stage == BLENDING
-        alpha = torch.where(blending, (alpha + ramp).clamp(max=1.0), alpha)
-        new_stage = torch.where(blending & (alpha >= 1.0), HOLDING, new_stage)
-        train_steps = s["train_steps"] + (new_stage == TRAINING).long()
-        cooldown = torch.where(new_stage == PRUNED, cooldown - 1, cooldown)
-        freed = (new_stage == PRUNED) & (cooldown <= 0)
-        new_stage = torch.where(freed, EMPTY, new_stage)
-        live = (new_stage >= GERMINATED) & (new_stage <= FOSSILIZED)
-        seed_age = torch.where(live, s["seed_age"] + 1, zero)
-
+        op, s = lifecycle_step(state, action, self.masks(state), self.tempo_steps)
+        new_stage, alpha, train_steps = s["stage"], s["alpha"], s["train_steps"]
         q = s["quality"].gather(-1, s["blueprint"].unsqueeze(-1)).squeeze(-1)
         contributing = (new_stage == BLENDING) | (new_stage == HOLDING) | (new_stage == FOSSILIZED)
         accuracy = BASE_ACCURACY + (alpha * q * contributing.to(self.dtype)).sum(-1)
@@ -232,11 +249,7 @@ class Seedbed:
         fossil_worth = (q.clamp(min=0.0) * (new_stage == FOSSILIZED).to(self.dtype)).sum(-1)
         reward = reward + torch.where(ended, FOSSIL_BONUS * fossil_worth, torch.zeros_like(reward))
 
-        after = {
-            "stage": new_stage, "blueprint": s["blueprint"], "tempo": s["tempo"], "stage_age": stage_age,
-            "seed_age": seed_age, "train_steps": train_steps, "cooldown": cooldown, "alpha": alpha,
-            "measured": measured, "quality": s["quality"], "accuracy": accuracy, "t": t,
-        }
+        after = {**s, "measured": measured, "accuracy": accuracy, "t": t}
         final_obs = self.observe(after)
         fresh = self._fresh(noise)
         next_state = {k: torch.where(ended.reshape(-1, *[1] * (v.dim() - 1)), fresh[k], v)
