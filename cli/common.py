@@ -90,3 +90,9 @@ def sweep(items: tuple) -> dict:
             raise click.BadParameter(f"{key} is swept twice", param_hint="--sweep")
         out[key] = csv_list(values, "--sweep", float)
     return out
+
+
+def env_options(**given) -> dict | None:
+    """The env options given on the command line (``None`` when none was)."""
+    options = {k: v for k, v in given.items() if v is not None}
+    return options or None

@@ -32,6 +32,12 @@ def cli():
                    "[default: fp32]")
 @click.option("--policy", "policy_kind", type=click.Choice(["mlp", "lstm"]), default=None,
               help="Feed-forward or recurrent trunk. [default: the env's, mlp for cartpole, lstm for seedbed]")
+@click.option("--dataset", type=click.Choice(["shapes", "cifar10"]), default=None,
+              help="morpho: images the hosts learn, generated shapes or a local CIFAR-10 folder. [default: shapes]")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="morpho: folder holding cifar-10-batches-py/ (the CIFAR-10 python version, unpacked).")
+@click.option("--train-size", type=int, default=None, help="morpho: training images per host epoch. [default: 1024]")
+@click.option("--val-size", type=int, default=None, help="morpho: validation images. [default: 256]")
 @click.option("--config-json", type=click.Path(dir_okay=False), default=None,
               help="JSON object of config keys; explicit flags override it.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -63,9 +69,9 @@ def cli():
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch intra-op threads (results are bit-reproducible for a fixed thread count). "
                    "[default: torch's choice]")
-def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, precision, policy_kind, config_json,
-          out, checkpoint_every, keep, resume, max_bad_steps, grad_table_every, telemetry_dir, tensorboard_dir,
-          seed_list, sweeps, nproc, devices, threads):
+def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, precision, policy_kind, dataset,
+          data_dir, train_size, val_size, config_json, out, checkpoint_every, keep, resume, max_bad_steps,
+          grad_table_every, telemetry_dir, tensorboard_dir, seed_list, sweeps, nproc, devices, threads):
     """Train a PPO agent; defaults are PureJaxRL's CartPole configuration."""
     from kernel import distributed, runs
     from kernel.checkpoint import CheckpointError
@@ -73,6 +79,7 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, pr
     from kernel.train import NonFiniteRun
 
     devices = [d.strip() for text in devices for d in text.split(",") if d.strip()]
+    env_options = common.env_options(dataset=dataset, data_dir=data_dir, train_size=train_size, val_size=val_size)
     if (nproc or devices) and not distributed.launched():
         if nproc and devices and nproc != len(devices):
             raise click.BadParameter(f"{nproc} processes for {len(devices)} devices", param_hint="--nproc")
@@ -80,7 +87,8 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, pr
             raise click.UsageError("--resume latest needs --out RUN_FOLDER to look in")
         if not resume:  # refuse a config the ranks cannot split before starting any of them
             flags = dict(env=env_name, num_envs=num_envs, num_steps=num_steps, total_steps=total_steps,
-                         precision=precision, policy=policy_kind, device=(devices or [device])[0])
+                         precision=precision, policy=policy_kind, device=(devices or [device])[0],
+                         env_options=env_options)
             try:
                 runs.check_splittable(runs.resolve_config(flags, config_json), nproc or len(devices),
                                       common.seeds(seed_list), common.sweep(sweeps))
@@ -91,7 +99,7 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, pr
     if resume == "latest" and not out:
         raise click.UsageError("--resume latest needs --out RUN_FOLDER to look in")
     flags = dict(env=env_name, num_envs=num_envs, num_steps=num_steps, total_steps=total_steps, seed=seed,
-                 device=device, compile=compile_, precision=precision, policy=policy_kind)
+                 device=device, compile=compile_, precision=precision, policy=policy_kind, env_options=env_options)
     options = runs.Options(checkpoint_every, keep, max_bad_steps, telemetry_dir, tensorboard_dir)
     try:
         if devices:  # one process per device: this rank's is at its local rank

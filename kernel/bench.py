@@ -18,7 +18,7 @@ from kernel.diagnose import one_batch
 from kernel.ppo import hyper_tensors, make_grad_step
 from kernel.precision import Precision
 from kernel.rollout import make_rollout
-from kernel.train import make_optimizer, policy_for
+from kernel.train import make_env, make_optimizer, policy_for
 from kernel.tree import tree_map
 
 MODES = ("eager", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
@@ -89,9 +89,8 @@ def update_case(config: Config, precision: Precision, minibatch: int):
 
 def rollout_case(config: Config, precision: Precision, num_envs: int):
     """One acting step (policy forward, sampling, env step) for ``num_envs`` environments."""
-    import envs
 
-    env = envs.make(config.env, num_envs, device=config.device)
+    env = make_env(config, num_envs)
     policy = policy_for(config.replace(precision=precision), env)
     rollout = make_rollout(env, policy, 1, compile=False)
     g = torch.Generator().manual_seed(0)

@@ -15,6 +15,7 @@ from kernel.precision import Precision, parse
 @dataclass(frozen=True)
 class Config:
     env: str = "cartpole"
+    env_options: dict = field(default_factory=dict)  # keyword options of the env (e.g. morpho's dataset)
     num_envs: int = 4
     num_steps: int = 128
     total_steps: int = 500_000
@@ -62,6 +63,7 @@ class Config:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["hidden"] = list(self.hidden)
         d["ent_coef_heads"] = dict(self.ent_coef_heads)
+        d["env_options"] = dict(self.env_options)
         d["precision"] = str(self.precision)
         return d
 
@@ -78,6 +80,11 @@ FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 # Per-env defaults applied before a config file and flags (CartPole uses the class defaults).
 ENV_DEFAULTS = {
+    # morpho's steps are epochs of real host training: a few hundred make a practical CPU run, and
+    # compiling the policy update does not pay against them (eager is the default).
+    "morpho": dict(num_envs=16, num_steps=25, total_steps=16 * 25 * 24, update_epochs=4, num_minibatches=4,
+                   lr=5e-4, ent_coef=0.03, norm_entropy=True, gamma=0.99, hidden=(128,), policy="lstm",
+                   lstm_size=128, activation="relu", compile=False),
     "seedbed": dict(num_envs=32, num_steps=25, total_steps=400_000, update_epochs=4, num_minibatches=4,
                     lr=5e-4, ent_coef=0.03, norm_entropy=True, gamma=0.99, hidden=(128,), policy="lstm",
                     lstm_size=128, activation="relu"),
@@ -116,6 +123,8 @@ def validated(config: Config) -> Config:
                          f"num_envs={config.num_envs} (minibatches are whole env columns)")
     if not isinstance(config.lstm_size, int) or config.lstm_size < 1:
         raise ValueError(f"lstm_size must be a positive integer, got {config.lstm_size!r}")
+    if not isinstance(config.env_options, dict) or not all(isinstance(k, str) for k in config.env_options):
+        raise ValueError(f"env_options must map option names to values, got {config.env_options!r}")
     if not all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in config.ent_coef_heads.items()):
         raise ValueError(f"ent_coef_heads must map head names to numbers, got {config.ent_coef_heads!r}")
     if config.head_average not in ("decisions", "relevant"):

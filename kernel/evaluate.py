@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import torch
 
-import envs
 from kernel import rng
 from kernel.config import Config, from_dict
 from kernel.rollout import draw, make_rollout
@@ -13,9 +12,9 @@ from kernel.rollout import draw, make_rollout
 def evaluate(config: Config, params: dict, episodes: int, greedy: bool = True, seed: int = 0) -> torch.Tensor:
     """Returns ``[episodes]`` float returns; each sub-environment plays exactly one episode, with the
     same acting step as training (:func:`kernel.rollout.make_rollout`)."""
-    from kernel.train import policy_for
+    from kernel.train import make_env, policy_for
 
-    env = envs.make(config.env, episodes, device=config.device)
+    env = make_env(config, episodes)
     if hasattr(env, "desync"):
         env.desync = False  # whole episodes from the first step
     rollout = make_rollout(env, policy_for(config, env), 1, compile=False, greedy=greedy)
@@ -39,7 +38,7 @@ def load_policy(path) -> tuple[Config, dict, dict]:
     wrong shape or dtype, params saved for another env), naming every difference."""
     from kernel.checkpoint import CheckpointError, load
     from kernel.resume import check_matches
-    from kernel.train import policy_for
+    from kernel.train import make_env, policy_for
 
     sections, meta = load(path)
     if "params" not in sections or "config" not in meta:
@@ -49,7 +48,7 @@ def load_policy(path) -> tuple[Config, dict, dict]:
                               "(run-<i>/params.safetensors in the group's folder)")
     try:
         config = from_dict(meta["config"])
-        policy = policy_for(config, envs.make(config.env, 1))
+        policy = policy_for(config, make_env(config, 1))
     except (ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"{path} has an unusable config: {e}") from None
     expected = policy.init(torch.Generator().manual_seed(0))

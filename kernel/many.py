@@ -19,7 +19,6 @@ from typing import NamedTuple
 import torch
 from torch.func import vmap
 
-import envs
 from kernel import heads, loss_scale, optim, rng
 from kernel.config import Config, validated
 from kernel.distributed import SINGLE, World
@@ -29,7 +28,7 @@ from kernel.ppo import explained_variance, gae, gae_functional, make_grad_step
 from kernel.rollout import Rollout, make_rollout
 from kernel.state import Progress, TrainState
 from kernel.telemetry import reduce_metrics
-from kernel.train import NonFiniteRun, policy_for
+from kernel.train import NonFiniteRun, make_env, policy_for
 from kernel.tree import tree_map
 
 SWEEPABLE = ("lr", "clip_coef", "ent_coef", "vf_coef", "gae_lambda", "gamma", "max_grad_norm")
@@ -196,7 +195,7 @@ def build(config: Config, runs: Runs, world: World = SINGLE) -> ManyRun:
     whole = validated_runs(config, runs)
     runs = share(whole, world)
     count = runs.count
-    env = envs.make(config.env, count * config.num_envs, device=config.device)
+    env = make_env(config, count * config.num_envs)
     policy = policy_for(config, env)
     optimizer = make_optimizer(config)
     rollout = make_rollout(env, policy_over_runs(policy, count, env.num_envs), config.num_steps,

@@ -136,7 +136,8 @@ def make_rollout(env, policy: Policy, num_steps: int, compile: bool = True, gree
         return carry, bootstrap(params, {k: _stack([r[k] for r in records]) for k in records[0]})
 
     # compile_hot's cpp_wrapper runs the scan's per-iteration bookkeeping in C++ (halves a CartPole segment).
-    run_segment = compile_hot(segment, env.device) if compile else looped
+    # An env that steps in Python loops (``compilable = False``) runs eagerly, policy included.
+    run_segment = compile_hot(segment, env.device) if compile and getattr(env, "compilable", True) else looped
 
     def segment_noise(generator):
         action_noise = {h: draw((num_steps, per_run, k), generator, env.device) for h, k in spec.sizes.items()}
@@ -152,7 +153,7 @@ def make_rollout(env, policy: Policy, num_steps: int, compile: bool = True, gree
             env_noise = torch.cat([e for _, e in drawn], dim=1)
         hidden0 = carry["hidden"]
         carry, traj = run_segment(params, carry, action_noise, env_noise)
-        if compile and policy.recurrent:  # the compiled LSTM segment leaves bootstrapping to here
+        if run_segment is not looped and policy.recurrent:  # the compiled LSTM segment leaves bootstrapping here
             traj = bootstrap(params, traj)
         traj["hidden0"] = hidden0
         return carry, traj

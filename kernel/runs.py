@@ -91,9 +91,12 @@ def resolve_config(values: dict, config_json=None) -> Config:
     try:
         file_values = config_mod.read_json_object(config_json) if config_json else {}
         env_name = given.get("env", file_values.get("env", "cartpole"))
+        if isinstance(file_values.get("env_options"), dict) and "env_options" in given:  # flags add to the file's
+            given["env_options"] = {**file_values["env_options"], **given["env_options"]}
         if env_name not in envs.REGISTRY:
             raise RunError(f"unknown env {env_name!r}; choose from {', '.join(envs.names())}")
         cfg = config_mod.from_dict(given, config_mod.from_dict(file_values, Config.for_env(env_name)))
+        envs.check_options(cfg.env, cfg.env_options)
     except RunError:
         raise
     except ValueError as e:
@@ -232,7 +235,10 @@ def prepare(config: Config | dict | None = None, out=None, *, resume: str | Path
             raise RunError(str(e)) from None
     if group is not None and group.count % world.size:
         raise RunError(f"{group.count} runs cannot be split evenly over {world.size} processes")
-    trainer = make_train(cfg, world=world) if group is None else many.trainer(cfg, group, world)
+    try:  # building the env reads its data (a CIFAR-10 folder, say): report a bad file in one line
+        trainer = make_train(cfg, world=world) if group is None else many.trainer(cfg, group, world)
+    except envs.EnvOptionError as e:
+        raise RunError(str(e).splitlines()[0]) from None
     state = trainer.init()
     progress = Progress() if group is None else [Progress()] * (group.count // world.size)
     notes = ()

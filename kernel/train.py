@@ -80,10 +80,17 @@ def rank_config(job: Config, world: World) -> Config:
         raise ValueError(f"with {world.size} processes, {e}") from None
 
 
+def make_env(config: Config, num_envs: int | None = None):
+    """The config's env (its ``env_options`` applied) with ``num_envs`` sub-environments
+    (default: the config's)."""
+    return envs.make(config.env, config.num_envs if num_envs is None else num_envs, device=config.device,
+                     **config.env_options)
+
+
 def build(config: Config, world: World = SINGLE) -> Run:
     job = validated(config)
     config = rank_config(job, world)
-    env = envs.make(config.env, config.num_envs, device=config.device)
+    env = make_env(config)
     policy = policy_for(config, env)
     optimizer = make_optimizer(config)
     rollout = make_rollout(env, policy, config.num_steps, compile=config.compile)
