@@ -121,19 +121,40 @@ APPLY: dict[str, Callable] = {"conv3x3": conv3x3, "depthwise3x3": depthwise3x3, 
 def inputs(images: torch.Tensor) -> torch.Tensor:
     """What a host sees of ``[..., 3, 32, 32]`` images: 2x2 average pooled to 16x16. Done once per
     data set (it commutes with the horizontal flip used for augmentation)."""
-    pooled = F.avg_pool2d(images.reshape(-1, *images.shape[-3:]), 2)
-    # Each image's channels standardised by its own statistics: colours vary at random per image.
-    mean = pooled.mean(dim=(2, 3), keepdim=True)
-    std = pooled.std(dim=(2, 3), keepdim=True).clamp(min=1e-3)
-    return ((pooled - mean) / std).reshape(*images.shape[:-2], 16, 16)
+    return F.avg_pool2d(images.reshape(-1, *images.shape[-3:]), 2).reshape(*images.shape[:-2], 16, 16)
+
+
+LINEAR = ("conv3x3", "depthwise3x3", "conv1x1")  # blueprints that are one convolution each
+
+
+def kernel3x3(name: str, p: dict) -> torch.Tensor:
+    """A linear blueprint's weights as a full ``[C, C, 3, 3]`` kernel."""
+    if name == "conv3x3":
+        return p["w"]
+    c = p["w"].shape[0]
+    eye = torch.eye(c, dtype=p["w"].dtype, device=p["w"].device)
+    if name == "depthwise3x3":
+        return eye[:, :, None, None] * p["w"][:, 0][:, None]  # each output channel sees its own channel
+    return F.pad(p["w"][:, :, None, None], (1, 1, 1, 1))  # conv1x1: the centre tap
 
 
 def seed_output(slot: dict, weights: torch.Tensor, x: torch.Tensor, active: tuple) -> torch.Tensor:
     """Sum of the ``active`` blueprints' outputs (indices into ``BLUEPRINTS``), each times its
-    one-hot ``weights`` entry; blueprints no host uses this step are left out of the graph."""
+    one-hot ``weights`` entry; blueprints no host uses this step are left out of the graph.
+
+    The linear blueprints in use are merged into one 3x3 kernel first (a host uses at most one of
+    them, the rest weigh 0): under vmap every host computes every active blueprint, and one
+    convolution costs a third of three."""
     out = torch.zeros_like(x)
-    for b in active:
-        out = out + weights[b].to(x.dtype) * APPLY[BLUEPRINTS[b]](slot[BLUEPRINTS[b]], x)
+    names = [BLUEPRINTS[b] for b in active]
+    linear = [b for b in active if BLUEPRINTS[b] in LINEAR]
+    if any(BLUEPRINTS[b] != "conv1x1" for b in linear):
+        kernel = sum(weights[b].to(x.dtype) * kernel3x3(BLUEPRINTS[b], slot[BLUEPRINTS[b]]) for b in linear)
+        bias = sum(weights[b].to(x.dtype) * slot[BLUEPRINTS[b]]["b"] for b in linear)
+        out = out + F.conv2d(x, kernel, bias, padding=1)
+        names = [n for n in names if n not in LINEAR]
+    for name in names:
+        out = out + weights[BLUEPRINTS.index(name)].to(x.dtype) * APPLY[name](slot[name], x)
     return out
 
 

@@ -58,6 +58,7 @@ from kernel import optim
 from kernel.tree import global_norm, tree_map
 
 DEFAULT_TRAIN_SIZE, DEFAULT_VAL_SIZE = 1024, 256  # small enough for a practical CPU run
+DEFAULT_BATCH_SIZE = 128  # or the whole training split, when that is smaller
 RENT = 0.1  # accuracy points per step per 100 parameters of a live, not yet fossilized seed
 HISTORY = 3
 OPTIONS = ("dataset", "data_dir", "train_size", "val_size", "data_seed", "channels", "slots", "max_seeds",
@@ -75,7 +76,7 @@ class Morpho:
                  data_dir=None, train_size: int = DEFAULT_TRAIN_SIZE, val_size: int = DEFAULT_VAL_SIZE,
                  data_seed: int = 0,
                  channels: int = 4, slots: int = 3, max_seeds: int = 3, episode_epochs: int = 25,
-                 batch_size: int = 128, host_lr: float = 1e-2, augment: bool = True, vmapped: bool = True):
+                 batch_size: int | None = None, host_lr: float = 2e-2, augment: bool = True, vmapped: bool = True):
         check_options(dataset=dataset, data_dir=data_dir, train_size=train_size, val_size=val_size,
                       channels=channels, slots=slots, max_seeds=max_seeds, episode_epochs=episode_epochs,
                       batch_size=batch_size, host_lr=host_lr, data_seed=data_seed, augment=augment)
@@ -84,7 +85,8 @@ class Morpho:
         self.train_in, self.val_in = hosts.inputs(self.data.train_x), hosts.inputs(self.data.val_x)
         self.dataset, self.channels, self.slots, self.max_seeds = dataset, channels, slots, max_seeds
         self.blueprints = len(hosts.BLUEPRINTS)
-        self.episode_epochs, self.batch_size, self.augment, self.vmapped = episode_epochs, batch_size, augment, vmapped
+        self.batch_size = batch_size or min(DEFAULT_BATCH_SIZE, train_size)
+        self.episode_epochs, self.augment, self.vmapped = episode_epochs, augment, vmapped
         self.action_spec = ActionSpec(
             (Head("op", NUM_OPS), Head("slot", slots), Head("blueprint", self.blueprints),
              Head("tempo", len(TEMPO_STEPS))),
@@ -98,7 +100,7 @@ class Morpho:
         self.seed_params = torch.tensor(hosts.blueprint_params(channels), device=self.device, dtype=dtype)
         self.host_size = hosts.count(hosts.host_shapes(channels))
         self.slot_size = hosts.count(hosts.blueprint_shapes(channels))
-        self.minibatches = train_size // batch_size
+        self.minibatches = train_size // self.batch_size
 
     # -- noise layout ----------------------------------------------------------------------------
 
@@ -339,12 +341,14 @@ def check_options(**options) -> None:
     for name in ("channels", "slots", "max_seeds", "episode_epochs", "batch_size", "train_size", "val_size",
                  "data_seed"):
         value = options.get(name, 1)
+        if name == "batch_size" and value is None:
+            continue
         if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "data_seed" else 1):
             raise images.DataError(f"{name} must be a positive integer, got {value!r}")
     if options.get("slots", 1) > hosts.BLOCKS:
         raise images.DataError(f"slots must be at most {hosts.BLOCKS} (one per host block), got {options['slots']}")
     train_size = options.get("train_size", DEFAULT_TRAIN_SIZE)
-    if options.get("batch_size", 1) > train_size:
+    if (options.get("batch_size") or 1) > train_size:
         raise images.DataError(f"batch_size={options['batch_size']} is larger than train_size={train_size}")
     lr = options.get("host_lr", 1.0)
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:

@@ -1,6 +1,6 @@
-"""Scripted seedbed controllers, the baselines a trained policy is measured against: uniform over
-valid actions, and a heuristic that germinates, advances and keeps seeds whose measured
-contribution is positive."""
+"""Scripted controllers for the seed-growing envs (seedbed, morpho), the baselines a trained policy
+is measured against: uniform over valid actions, and a heuristic that germinates, advances and
+keeps seeds whose measured contribution is positive."""
 from __future__ import annotations
 
 import torch
@@ -10,7 +10,7 @@ from envs.seedbed import ADVANCE, BLENDING, FOSSILIZE, GERMINATE, GERMINATED, HO
 from kernel import heads
 
 
-def random_valid_actions(env: Seedbed, obs: dict, generator: torch.Generator) -> dict:
+def random_valid_actions(env, obs: dict, generator: torch.Generator) -> dict:
     """Uniform over valid actions, head by head (op first, then the slot row that op selects)."""
     zeros = {h.name: torch.zeros(env.num_envs, h.size, device=env.device) for h in env.action_spec.heads}
     noise = {h.name: torch.rand(env.num_envs, h.size, generator=generator).to(env.device)
@@ -19,19 +19,23 @@ def random_valid_actions(env: Seedbed, obs: dict, generator: torch.Generator) ->
 
 
 def heuristic_actions(env: Seedbed, state: dict, generator: torch.Generator, min_training: int = 3) -> dict:
-    """Scripted controller. Per env, first applicable rule wins:
+    """Scripted controller for seedbed or morpho. Per env, first applicable rule wins:
     1. a HOLDING seed: FOSSILIZE it if its measured contribution > 0, else PRUNE it;
-    2. a seed that trained ``min_training`` steps: ADVANCE it to blending if measured > 0, else PRUNE;
+    2. a seed that trained ``min_training`` steps: ADVANCE it to blending if measured > 0, else PRUNE
+       (morpho measures a seed by ablation, which reads 0 while it trains at alpha 0: it is advanced);
     3. a GERMINATED seed: ADVANCE it to training;  4. a BLENDING seed: WAIT for the ramp;
     5. room for a seed: GERMINATE a random blueprint in the first empty slot, middle tempo;  6. WAIT.
     """
     n, dev = env.num_envs, env.device
-    stage, measured, masks = state["stage"], state["measured"], env.masks(state)
-    good = measured > 0
+    stage, masks = state["stage"], env.masks(state)
+    if "measured" in state:  # seedbed: a noisy measurement from TRAINING on
+        good = good_trained = state["measured"] > 0
+    else:  # morpho: the ablation contribution of a blended seed
+        good, good_trained = state["contribution"] > 0, torch.ones_like(stage, dtype=torch.bool)
     rules = [
         (stage == HOLDING, lambda sel: torch.where(good[sel], FOSSILIZE, PRUNE)),
         ((stage == TRAINING) & (state["train_steps"] >= min_training),
-         lambda sel: torch.where(good[sel], ADVANCE, PRUNE)),
+         lambda sel: torch.where(good_trained[sel], ADVANCE, PRUNE)),
         (stage == GERMINATED, lambda sel: torch.full_like(sel[:, 0], ADVANCE, dtype=torch.long)),
         (stage == BLENDING, lambda sel: torch.full_like(sel[:, 0], WAIT, dtype=torch.long)),
         (masks["slot"][:, GERMINATE], lambda sel: torch.full_like(sel[:, 0], GERMINATE, dtype=torch.long)),

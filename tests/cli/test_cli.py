@@ -222,3 +222,36 @@ def test_bad_seeds_and_sweeps_are_usage_errors(args, needles, tmp_path):
     result = invoke("train", *TINY, *args, "--out", str(tmp_path / "run"))
     assert_usage_error(result, *needles)
     assert not (tmp_path / "run").exists()
+
+
+MORPHO = ["--env", "morpho", "--num-envs", "4", "--num-steps", "3", "--total-steps", "24", "--train-size", "64",
+          "--val-size", "16"]
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--dataset", "cifar10"], ["cifar10 needs a data folder"]),
+    (["--dataset", "cifar10", "--data-dir", "."], ["no CIFAR-10 in", "cifar-10-batches-py/", "data_batch_1"]),
+    (["--dataset", "mnist"], ["mnist", "shapes", "cifar10"]),
+    (["--train-size", "0"], ["train_size", "positive"]),
+    (["--val-size", "0"], ["val_size", "positive"]),
+])
+def test_morpho_rejects_bad_data_requests(args, needles, tmp_path):
+    result = invoke("train", "--env", "morpho", *args, "--out", str(tmp_path / "run"))
+    assert_usage_error(result, *needles)
+    assert not (tmp_path / "run").exists()
+
+
+def test_data_options_belong_to_morpho(tmp_path):
+    assert_usage_error(invoke("train", "--dataset", "shapes", "--out", str(tmp_path / "run")),
+                       "env cartpole takes no options", "dataset")
+
+
+def test_morpho_trains_with_a_bf16_trunk_and_shows_every_head(tmp_path):
+    result = invoke("train", *MORPHO, "--precision", "bf16", "--grad-table-every", "1", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    for head in ("op", "slot", "blueprint", "tempo"):
+        rows = [line for line in result.output.splitlines() if f"heads.{head} " in line]
+        assert rows and all("finite" in row or "not relevant" in row for row in rows), (head, rows)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["env_options"] == {"train_size": 64, "val_size": 16} and config["precision"] == "bf16"
+    assert (tmp_path / "run" / "params.safetensors").exists()
