@@ -58,7 +58,7 @@ from kernel import optim
 from kernel.tree import global_norm, tree_map
 
 DEFAULT_TRAIN_SIZE, DEFAULT_VAL_SIZE = 1024, 256  # small enough for a practical CPU run
-DEFAULT_BATCH_SIZE = 128  # or the whole training split, when that is smaller
+DEFAULT_BATCH_SIZE = 32  # or the whole training split, when that is smaller
 RENT = 0.1  # accuracy points per step per 100 parameters of a live, not yet fossilized seed
 HISTORY = 3
 OPTIONS = ("dataset", "data_dir", "train_size", "val_size", "data_seed", "channels", "slots", "max_seeds",
@@ -76,7 +76,7 @@ class Morpho:
                  data_dir=None, train_size: int = DEFAULT_TRAIN_SIZE, val_size: int = DEFAULT_VAL_SIZE,
                  data_seed: int = 0,
                  channels: int = 4, slots: int = 3, max_seeds: int = 3, episode_epochs: int = 25,
-                 batch_size: int | None = None, host_lr: float = 2e-2, augment: bool = True, vmapped: bool = True):
+                 batch_size: int | None = None, host_lr: float = 1e-2, augment: bool = True, vmapped: bool = True):
         check_options(dataset=dataset, data_dir=data_dir, train_size=train_size, val_size=val_size,
                       channels=channels, slots=slots, max_seeds=max_seeds, episode_epochs=episode_epochs,
                       batch_size=batch_size, host_lr=host_lr, data_seed=data_seed, augment=augment)
@@ -94,6 +94,7 @@ class Morpho:
             relevant={"slot": (1, 2, 3, 4), "blueprint": (GERMINATE,), "tempo": (GERMINATE,)},
         )
         self.obs_dim = slots * (NUM_STAGES + self.blueprints + len(TEMPO_STEPS) + 7) + 4 + HISTORY
+        self.host_lr = host_lr
         self.optimizer = optim.adam(host_lr, foreach=False)
         self.tempo_steps = torch.tensor(TEMPO_STEPS, device=self.device, dtype=dtype)
         self.op_cost = torch.tensor(OP_COST, device=self.device, dtype=dtype)

@@ -67,7 +67,7 @@ def test_one_host_epoch_matches_torch_adam_in_a_plain_loop():
     trained = env.train_epoch(state, order, flips)
     for i in range(env.num_envs):
         params = tree_map(lambda t, i=i: t[i].clone().requires_grad_(), state["host"])
-        opt = torch.optim.Adam(leaves(params), lr=2e-2)
+        opt = torch.optim.Adam(leaves(params), lr=env.host_lr)
         no_seeds = torch.zeros(env.slots)
         for b in range(env.minibatches):
             idx = order[i, b * env.batch_size:(b + 1) * env.batch_size]
