@@ -8,7 +8,9 @@
 #   4. seedbed LSTM in bf16, briefly;
 #   5. 256 CartPole runs vmapped into one program (benchmarks/many_runs.py --solve): aggregate env
 #      steps/s and the time until every run has a mean return >= 475;
-#   6. the default CartPole run started by torchrun as a one-GPU job (world size 1, same code path).
+#   6. morpho's host training, 64 sub-environments on the shapes set at 32x32 (2048 train, 512
+#      validation images): host-epochs/s vmapped vs a Python loop over hosts, and peak GPU memory;
+#   7. the default CartPole run started by torchrun as a one-GPU job (world size 1, same code path).
 # Each step is its own process with its own time limit, so a slow one loses that step, not the run.
 # Writes the pytest log, each run's summary.json and one combined JSON under $OUT.
 #   usage: OUT=benchmarks/results/cuda BUDGET_S=540 bash benchmarks/cuda_verify.sh
@@ -49,12 +51,15 @@ train() {  # name, share, flags...
   rm -rf "$out/run-$name"
 }
 
-step tests 35 python3 -m pytest -q -p no:cacheprovider tests/kernel/test_cuda.py tests/kernel/test_hot.py
+step tests 35 python3 -m pytest -q -p no:cacheprovider tests/kernel/test_cuda.py tests/kernel/test_hot.py \
+  tests/envs/test_morpho.py
 train cartpole-4env 35
 train cartpole-2048env 45 --num-envs 2048 --num-steps 128 --total-steps 10485760
 train seedbed-bf16 50 --env seedbed --precision bf16 --total-steps 100000
 step many-256 60 python3 -m benchmarks.many_runs --device cuda --runs 256 --iterations 10 --solve \
   --out "$out/many_runs.json"
+step morpho-64 40 python3 -m benchmarks.morpho --device cuda --envs 64 --train-size 2048 --val-size 512 \
+  --only throughput --out "$out/morpho.json"
 rm -rf "$out/run-torchrun"
 step torchrun-1gpu 100 python3 -m torch.distributed.run --nproc-per-node 1 --standalone -m cli.main train \
   --devices cuda:0 --checkpoint-every 0 --out "$out/run-torchrun"

@@ -10,6 +10,8 @@ and a trained LSTM policy, measured in one run. Writes JSON.
 * trained: ``Config.for_env("morpho")`` (LSTM factored policy) trained for ``--total-steps``, then
   played greedily and sampled like the baselines; ``--precision bf16`` trains with a bf16 trunk.
 * plain CNN: an uncrippled three-layer CNN trained on the same shapes, for reference.
+* compile: the vmapped host step under ``torch.compile`` against eager, for hosts with seeds:
+  compile time of the first call and the epoch time after it (whether compiling would pay).
 
     python -m benchmarks.morpho --out benchmarks/results/morpho.json
     python -m benchmarks.morpho --device cuda --envs 64 --train-size 2048 --val-size 512 \\
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 
 import envs
 from benchmarks.results_io import write_record
+from envs import images
 from envs.seedbed import BLENDING, FOSSILIZED, HOLDING, TRAINING, WAIT
 from kernel import rng
 from kernel.baselines import heuristic_actions, random_valid_actions
@@ -80,6 +83,41 @@ def throughput(env, repeats: int) -> dict:
               f"({out[label]['ratio']:.2f}x); measuring {measure:.3f} s", flush=True)
     if torch.device(env.device).type == "cuda":
         out["peak_cuda_memory_mib"] = torch.cuda.max_memory_allocated(env.device) / 2 ** 20
+    return out
+
+
+def compile_cost(env, epochs: int) -> dict:
+    """First-call compile time and steady epoch time of the vmapped host step, compiled vs eager,
+    for one set of blueprints in use (each other set would compile again)."""
+    from functools import partial
+
+    from torch.func import vmap
+
+    g = torch.Generator().manual_seed(0)
+    state = seeded(env, env.reset(draw(env.noise_shape(), g, env.device))[0])
+    _, _, order, flips = env._noise_parts(draw(env.noise_shape(), g, env.device))
+    weights, alpha, gate, active = env.blend(state)
+    eager = vmap(partial(env.host_step, active=active))
+    steps = {"eager": eager, "compiled": torch.compile(eager)}
+    out = {}
+    for name, step in steps.items():
+        times = []
+        for _ in range(epochs + 1):
+            carried = (state["host"], state["host_opt"], state["seeds"], state["seed_opt"])
+            sync(env.device)
+            t = time.perf_counter()
+            for i in range(env.minibatches):
+                idx = order[:, i * env.batch_size:(i + 1) * env.batch_size]
+                x = images.flip(env.train_in[idx], flips.gather(1, idx))
+                *carried, _, _ = step(*carried, weights, alpha, gate, x, env.data.train_y[idx])
+            sync(env.device)
+            times.append(time.perf_counter() - t)
+        out[name] = {"first_epoch_s": times[0], "epoch_s": statistics.median(times[1:])}
+    saving = out["eager"]["epoch_s"] - out["compiled"]["epoch_s"]
+    out["compile_s"] = out["compiled"]["first_epoch_s"] - out["compiled"]["epoch_s"]
+    out["epochs_to_pay_back"] = out["compile_s"] / saving if saving > 0 else None
+    print(f"compile: {out['compile_s']:.1f} s; epoch eager {out['eager']['epoch_s']:.3f} s, compiled "
+          f"{out['compiled']['epoch_s']:.3f} s", flush=True)
     return out
 
 
@@ -138,8 +176,6 @@ def train_policy(total_steps: int, precision: str, env_options: dict) -> tuple:
 
 
 def plain_cnn_accuracy(train_size: int, val_size: int, epochs: int = 6) -> float:
-    from envs import images
-
     torch.manual_seed(0)
     data = images.load("shapes", train_size, val_size)
     net = torch.nn.Sequential(
@@ -167,10 +203,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="Episodes per sub-environment for each baseline.")
     ap.add_argument("--total-steps", type=int, default=None, help="Policy training length [default: the config's]")
     ap.add_argument("--precision", default="fp32")
-    ap.add_argument("--only", choices=["throughput", "baselines", "trained", "plain"], action="append")
+    ap.add_argument("--only", choices=["throughput", "baselines", "trained", "plain", "compile"], action="append")
     ap.add_argument("--out", default="benchmarks/results/morpho.json")
     args = ap.parse_args()
-    parts = set(args.only or ["throughput", "baselines", "trained", "plain"])
+    parts = set(args.only or ["throughput", "baselines", "trained", "plain", "compile"])
     env_options = {k: v for k, v in (("train_size", args.train_size), ("val_size", args.val_size)) if v}
     env = envs.make("morpho", args.envs, device=args.device, **env_options)
     record = {"envs": args.envs, "device": args.device, "threads": torch.get_num_threads(),
@@ -204,6 +240,8 @@ def main() -> None:
               f"{record['trained']['greedy']['final_val_acc']['mean']:.1f}, return "
               f"{record['trained']['greedy']['return']['mean']:.2f}; sampled accuracy "
               f"{record['trained']['sampled']['final_val_acc']['mean']:.1f}", flush=True)
+    if "compile" in parts:
+        record["compile"] = compile_cost(env, args.repeats)
     if "plain" in parts:
         record["plain_cnn_val_acc"] = plain_cnn_accuracy(2048, 512)
         print(f"plain CNN on shapes: {record['plain_cnn_val_acc']:.1f}% (chance 10%)", flush=True)

@@ -255,3 +255,34 @@ def test_morpho_trains_with_a_bf16_trunk_and_shows_every_head(tmp_path):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["env_options"] == {"train_size": 64, "val_size": 16} and config["precision"] == "bf16"
     assert (tmp_path / "run" / "params.safetensors").exists()
+
+
+def test_morpho_resumes_bit_for_bit(tmp_path):
+    import shutil
+
+    from kernel import checkpoint
+
+    straight = tmp_path / "straight"
+    args = [*MORPHO, "--total-steps", "36", "--threads", "1", "--checkpoint-every", "1"]
+    assert invoke("train", *args, "--out", str(straight)).exit_code == 0
+    resumed = tmp_path / "resumed"
+    shutil.copytree(straight, resumed)
+    (resumed / "params.safetensors").unlink()
+    for later in sorted((resumed / "checkpoints").glob("ckpt-*.safetensors"))[1:]:
+        later.unlink()  # back to the state after the first update
+    result = invoke("train", "--out", str(resumed), "--resume", "latest", "--threads", "1")
+    assert result.exit_code == 0 and "resuming at update 1" in result.output, result.output
+    a, b = (checkpoint.flatten_sections(checkpoint.load(p / "params.safetensors")[0]) for p in (straight, resumed))
+    assert a.keys() == b.keys() and any("env/host/stem/w" in k for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_morpho_rejects_a_malformed_cifar_folder(tmp_path):
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        (folder / name).write_bytes(b"not a pickle")
+    result = invoke("train", *MORPHO, "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"),
+                    "--out", str(tmp_path / "run"))
+    assert_usage_error(result, "malformed CIFAR-10 files")
+    assert not (tmp_path / "run").exists()

@@ -262,3 +262,14 @@ def test_every_policy_head_gets_a_finite_gradient_with_a_low_precision_trunk(pre
         assert stats["nan"] == 0 and stats["inf"] == 0 and stats["norm"] < float("inf"), group
         if group.startswith("heads."):
             assert report["dtypes"][group] == "fp32" and stats["norm"] > 0, (group, stats)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_host_training_on_cuda_equals_cpu():
+    cpu, gpu = small_env(), small_env(device="cuda")
+    state = with_seeds(cpu, cpu.reset(noise(cpu))[0])
+    _, _, order, flips = cpu._noise_parts(noise(cpu, 1))
+    on_cpu = cpu.train_epoch(state, order, flips)
+    on_gpu = gpu.train_epoch(tree_map(lambda t: t.cuda(), state), order.cuda(), flips.cuda())
+    for key in ("host", "seeds", "grad_norm"):
+        assert all_close(on_cpu[key], tree_map(lambda t: t.cpu(), on_gpu[key]), 1e-4), key
