@@ -10,6 +10,8 @@ and a trained LSTM policy, measured in one run. Writes JSON.
 * trained: ``Config.for_env("morpho")`` (LSTM factored policy) trained for ``--total-steps``, then
   played greedily and sampled like the baselines; ``--precision bf16`` trains with a bf16 trunk.
 * plain CNN: an uncrippled three-layer CNN trained on the same shapes, for reference.
+* iteration: one PPO iteration of the default config split into collecting (25 epochs of every
+  host, eager policy acting) and the eager policy update, to show where an iteration's time goes.
 * compile: the vmapped host step under ``torch.compile`` against eager, for hosts with seeds:
   compile time of the first call and the epoch time after it (whether compiling would pay).
 
@@ -35,6 +37,8 @@ from kernel import rng
 from kernel.baselines import heuristic_actions, random_valid_actions
 from kernel.config import Config
 from kernel.rollout import draw, make_rollout
+
+PARTS = ("throughput", "baselines", "trained", "plain", "iteration", "compile")
 
 
 def sync(device) -> None:
@@ -121,6 +125,30 @@ def compile_cost(env, epochs: int) -> dict:
     return out
 
 
+def iteration_split(env_options: dict, repeats: int) -> dict:
+    """Seconds per iteration collecting vs updating the policy (eager), default morpho config."""
+    from kernel import train as T
+    from kernel.ppo import hyper_tensors
+
+    config = Config.for_env("morpho", env_options=env_options)
+    run = T.build(config)
+    state = T.init_state(run)
+    times = {"collect": [], "update": []}
+    for _ in range(repeats):
+        generator = rng.generator(rng.split(state.rng)[1])
+        t = time.perf_counter()
+        carry, _, batch = T.collect(run, state.params, state.carry, generator)
+        times["collect"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        run.update(state.params, state.opt_state, state.loss_scale, batch, generator,
+                   hyper_tensors(config, state.step))
+        times["update"].append(time.perf_counter() - t)
+        state = state._replace(carry=carry)
+    out = {name: statistics.median(ts) for name, ts in times.items()}
+    print(f"iteration: collect {out['collect']:.2f} s, eager policy update {out['update']:.3f} s", flush=True)
+    return out
+
+
 def episode_summary(acc: torch.Tensor, gain: torch.Tensor, returns: torch.Tensor) -> dict:
     def stats(x):
         return {"mean": float(x.mean()), "std": float(x.std(unbiased=False))}
@@ -203,10 +231,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="Episodes per sub-environment for each baseline.")
     ap.add_argument("--total-steps", type=int, default=None, help="Policy training length [default: the config's]")
     ap.add_argument("--precision", default="fp32")
-    ap.add_argument("--only", choices=["throughput", "baselines", "trained", "plain", "compile"], action="append")
+    ap.add_argument("--only", choices=PARTS, action="append")
     ap.add_argument("--out", default="benchmarks/results/morpho.json")
     args = ap.parse_args()
-    parts = set(args.only or ["throughput", "baselines", "trained", "plain", "compile"])
+    parts = set(args.only or PARTS)
     env_options = {k: v for k, v in (("train_size", args.train_size), ("val_size", args.val_size)) if v}
     env = envs.make("morpho", args.envs, device=args.device, **env_options)
     record = {"envs": args.envs, "device": args.device, "threads": torch.get_num_threads(),
@@ -240,6 +268,8 @@ def main() -> None:
               f"{record['trained']['greedy']['final_val_acc']['mean']:.1f}, return "
               f"{record['trained']['greedy']['return']['mean']:.2f}; sampled accuracy "
               f"{record['trained']['sampled']['final_val_acc']['mean']:.1f}", flush=True)
+    if "iteration" in parts:
+        record["iteration_seconds"] = iteration_split(env_options, args.repeats)
     if "compile" in parts:
         record["compile"] = compile_cost(env, args.repeats)
     if "plain" in parts:
