@@ -227,6 +227,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--train-size", type=int, default=None)
     ap.add_argument("--val-size", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=None, help="Host minibatch [default: the env's]")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2, help="Episodes per sub-environment for each baseline.")
     ap.add_argument("--total-steps", type=int, default=None, help="Policy training length [default: the config's]")
@@ -235,7 +236,8 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/morpho.json")
     args = ap.parse_args()
     parts = set(args.only or PARTS)
-    env_options = {k: v for k, v in (("train_size", args.train_size), ("val_size", args.val_size)) if v}
+    env_options = {k: v for k, v in (("train_size", args.train_size), ("val_size", args.val_size),
+                                     ("batch_size", args.batch_size)) if v}
     env = envs.make("morpho", args.envs, device=args.device, **env_options)
     record = {"envs": args.envs, "device": args.device, "threads": torch.get_num_threads(),
               "train_size": len(env.data.train_y), "val_size": len(env.data.val_y), "batch_size": env.batch_size,
