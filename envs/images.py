@@ -17,13 +17,12 @@ Augmentation (a horizontal flip per image, chosen by explicit noise) is :func:`f
 """
 from __future__ import annotations
 
+import functools
 import pickle
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from torchvision import datasets
-from torchvision.transforms import v2
 
 from envs.base import EnvOptionError
 
@@ -32,7 +31,9 @@ NUM_CLASSES = 10
 SIZE = 32
 CLASS_NAMES = ("solid", "horizontal stripes", "vertical stripes", "diagonal stripes /", "diagonal stripes \\",
                "checks", "dots", "rings", "outline", "grid")
-CIFAR_LAYOUT = "cifar-10-batches-py/ holding data_batch_1..data_batch_5, test_batch and batches.meta"
+CIFAR_FOLDER = "cifar-10-batches-py"
+CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
+CIFAR_LAYOUT = f"{CIFAR_FOLDER}/ holding data_batch_1..data_batch_5, test_batch and batches.meta"
 
 
 class DataError(EnvOptionError):
@@ -96,23 +97,35 @@ def shapes(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return (image.clamp(0, 1) * 255).round().to(torch.uint8), labels
 
 
-class LocalCIFAR10(datasets.CIFAR10):
+def transforms_v2():
+    """``torchvision.transforms.v2``, imported on first use: only the image sets need torchvision,
+    so the other envs (and ``import envs``) do not pay for it."""
+    from torchvision.transforms import v2
+
+    return v2
+
+
+@functools.cache
+def local_cifar10() -> type:
     """``torchvision.datasets.CIFAR10`` that checks the files are there instead of their MD5 sums,
     so a subset in CIFAR's own format (for example one made by a test) reads too."""
+    from torchvision import datasets
 
-    train_list = [[name, None] for name, _ in datasets.CIFAR10.train_list]
-    test_list = [[name, None] for name, _ in datasets.CIFAR10.test_list]
-    meta = {**datasets.CIFAR10.meta, "md5": None}
+    class LocalCIFAR10(datasets.CIFAR10):
+        train_list = [[name, None] for name, _ in datasets.CIFAR10.train_list]
+        test_list = [[name, None] for name, _ in datasets.CIFAR10.test_list]
+        meta = {**datasets.CIFAR10.meta, "md5": None}
+
+    return LocalCIFAR10
 
 
 def check_cifar_folder(root: str | Path) -> Path:
     """The CIFAR-10 batch folder under ``root``; :class:`DataError` naming what is missing."""
     root = Path(root)
-    folder = root / LocalCIFAR10.base_folder
-    names = [name for name, _ in LocalCIFAR10.train_list + LocalCIFAR10.test_list] + [LocalCIFAR10.meta["filename"]]
-    missing = [name for name in names if not (folder / name).is_file()]
+    folder = root / CIFAR_FOLDER
+    missing = [name for name in CIFAR_FILES if not (folder / name).is_file()]
     if missing:
-        shown = ", ".join(missing) if len(missing) < len(names) else "every file"
+        shown = ", ".join(missing) if len(missing) < len(CIFAR_FILES) else "every file"
         raise DataError(f"no CIFAR-10 in {root}: expected {root}/{CIFAR_LAYOUT} (missing {shown})")
     return folder
 
@@ -122,7 +135,7 @@ def cifar10(root: str | Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     root = Path(root)
     folder = check_cifar_folder(root)
     try:
-        data = LocalCIFAR10(str(root), train=train, download=False)
+        data = local_cifar10()(str(root), train=train, download=False)
         images = torch.as_tensor(data.data).permute(0, 3, 1, 2).contiguous()
         labels = torch.as_tensor(data.targets, dtype=torch.int64)
     except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, RuntimeError, OSError) as e:
@@ -159,11 +172,12 @@ def raw(dataset: str, train_size: int, val_size: int, data_dir=None, seed: int =
     return train_x[:train_size], train_y[:train_size], val_x[:val_size], val_y[:val_size]
 
 
-def normaliser(train_images: torch.Tensor) -> v2.Compose:
+def normaliser(train_images: torch.Tensor):
     """Scale uint8 to [0, 1], then normalise each channel by the training split's statistics."""
     scaled = train_images.float() / 255.0
     mean = scaled.mean(dim=(0, 2, 3))
     std = scaled.std(dim=(0, 2, 3)).clamp(min=1e-3)
+    v2 = transforms_v2()
     return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean.tolist(), std.tolist())])
 
 
@@ -178,7 +192,7 @@ def load(dataset: str = "shapes", train_size: int = 2048, val_size: int = 512, d
 
 def flip(images: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
     """``images`` (``[..., 3, H, W]``) mirrored left-right where ``chosen`` (their leading shape)."""
-    mirrored = v2.functional.horizontal_flip(images)
+    mirrored = transforms_v2().functional.horizontal_flip(images)
     return torch.where(chosen.reshape(*chosen.shape, *[1] * (images.dim() - chosen.dim())), mirrored, images)
 
 

@@ -6,10 +6,10 @@
 #   tools/compat.sh 2.9.1 0.24.1 -- -x     # a CUDA build from the registry (several GB)
 #
 # Makes (or reuses) a virtualenv under ${FKERNEL_COMPAT_DIR:-$HOME/.cache/fkernel-compat} with that
-# torch, the project's other dependencies and its dev, tensorboard and plot extras, then runs pytest from the repository
-# root with that venv's python. torchvision is installed only when its version is given (nothing in
-# the test suite imports it). The project itself is not installed into the venv: pytest puts the
-# repository root on sys.path. Each torch gets its own inductor cache next to the venv.
+# torch, torchvision (the given version, else the release made for that torch: 0.<minor + 15>), the
+# project's other dependencies and its dev, tensorboard and plot extras, then runs pytest from the
+# repository root with that venv's python. The project itself is not installed into the venv: pytest
+# puts the repository root on sys.path. Each torch gets its own inductor cache next to the venv.
 set -euo pipefail
 if [ $# -lt 1 ] || [[ "$1" == -* ]]; then
     echo "usage: tools/compat.sh TORCH_VERSION [TORCHVISION_VERSION] [-- PYTEST_ARGS...]" >&2
@@ -18,6 +18,7 @@ fi
 torch_version=$1; shift
 vision_version=""
 if [ $# -gt 0 ] && [ "$1" != "--" ]; then vision_version=$1; shift; fi
+vision_given=$vision_version
 if [ $# -gt 0 ] && [ "$1" == "--" ]; then shift; fi
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -33,7 +34,11 @@ if [ "$have" != "$torch_version" ]; then
     echo "installing torch==$torch_version into $venv" >&2
     "$venv/bin/pip" install "${pip_quiet[@]}" "torch==$torch_version"
 fi
-if [ -n "$vision_version" ]; then
+if [ -z "$vision_version" ]; then
+    minor=$(echo "$torch_version" | cut -d. -f2)
+    vision_version="0.$((minor + 15)).*"
+fi
+if [ -n "$vision_given" ] || ! "$venv/bin/python" -c 'import torchvision' 2>/dev/null; then
     "$venv/bin/pip" install "${pip_quiet[@]}" "torch==$torch_version" "torchvision==$vision_version"
 fi
 # The project's other dependencies and the extras the tests use, read from pyproject.toml
