@@ -61,7 +61,7 @@ def seeded(env, state: dict) -> dict:
 def throughput(env, repeats: int) -> dict:
     g = torch.Generator().manual_seed(0)
     state, _ = env.reset(draw(env.noise_shape(), g, env.device))
-    _, _, order, flips = env._noise_parts(draw(env.noise_shape(), g, env.device))
+    _, _, order, flips = env.noise_parts(draw(env.noise_shape(), g, env.device))
     out = {}
     for label, s in (("bare hosts", state), ("hosts with seeds", seeded(env, state))):
         times = {"vmapped": [], "python loop": []}
@@ -76,7 +76,7 @@ def throughput(env, repeats: int) -> dict:
                 times[name].append(time.perf_counter() - t)
         sync(env.device)
         t = time.perf_counter()
-        env._measured(s, None)
+        env.measure(s, None)
         sync(env.device)
         measure = time.perf_counter() - t
         rates = {name: env.num_envs / statistics.median(ts) for name, ts in times.items()}
@@ -99,7 +99,7 @@ def compile_cost(env, epochs: int) -> dict:
 
     g = torch.Generator().manual_seed(0)
     state = seeded(env, env.reset(draw(env.noise_shape(), g, env.device))[0])
-    _, _, order, flips = env._noise_parts(draw(env.noise_shape(), g, env.device))
+    _, _, order, flips = env.noise_parts(draw(env.noise_shape(), g, env.device))
     weights, alpha, gate, active = env.blend(state)
     eager = vmap(partial(env.host_step, active=active))
     steps = {"eager": eager, "compiled": torch.compile(eager)}

@@ -2,10 +2,10 @@
 networks), written for one host: ``torch.func.vmap`` adds the sub-environment axis.
 
 Host (crippled on purpose): the image at half resolution (:func:`inputs`, 2x2 average pooling done
-once for the whole data set), a 1x1 stem to ``C`` channels, then
-three blocks of 1x1 convolution + ReLU with a 2x2 average pool between blocks, a global average
-pool and a linear classifier. With ``C = 4`` that is 126 parameters, and no kernel wider than one
-pixel: it sees colour and little of shape.
+once for the whole data set), a 1x1 stem to ``C`` channels, then three blocks of 1x1 convolution +
+SiLU (smooth: with 4 channels, ReLU units die and stay dead) with a 2x2 average pool between
+blocks, a global average pool and a linear classifier. With ``C = 4`` that is 126 parameters and
+no kernel wider than one pixel: it sees colour, and colour carries no label in the shapes set.
 
 Seeds: slot ``k`` sits after block ``k``. A slot holds parameters for every blueprint; its one-hot
 ``blueprint`` row picks the one in use, so every host has the same structure and vmap applies.
@@ -88,7 +88,7 @@ def init_slot(z: torch.Tensor, channels: int) -> dict:
 
 
 def pointwise(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """1x1 convolution of ``[B, C, H, W]`` as a matmul over channels."""
+    """1x1 convolution of ``[B, C, H, W]`` (as ``conv2d``: under vmap it becomes one grouped convolution)."""
     return F.conv2d(x, w[:, :, None, None], b)
 
 
@@ -106,7 +106,7 @@ def bottleneck(p: dict, x: torch.Tensor) -> torch.Tensor:
 
 def norm(p: dict, x: torch.Tensor) -> torch.Tensor:
     mean = x.mean(dim=(2, 3), keepdim=True)
-    var = (x * x).mean(dim=(2, 3), keepdim=True) - mean * mean  # one pass; torch.var is slow under vmap
+    var = ((x * x).mean(dim=(2, 3), keepdim=True) - mean * mean).clamp(min=0.0)  # torch.var is slow under vmap
     return (x - mean) * torch.rsqrt(var + 1e-5) * p["g"].view(-1, 1, 1) + p["b"].view(-1, 1, 1)
 
 

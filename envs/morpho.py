@@ -38,8 +38,10 @@ from torch.func import grad, vmap
 from envs import hosts, images
 from envs.base import ActionSpec, Head, Step
 from envs.seedbed import (
+    ADVANCE,
     BLENDING,
     EMPTY,
+    FOSSILIZE,
     FOSSILIZED,
     GERMINATE,
     GERMINATED,
@@ -47,6 +49,7 @@ from envs.seedbed import (
     NUM_OPS,
     NUM_STAGES,
     OP_COST,
+    PRUNE,
     PRUNE_COOLDOWN,
     TEMPO_STEPS,
     TRAINING,
@@ -74,8 +77,7 @@ class Morpho:
 
     def __init__(self, num_envs: int, device="cpu", dtype: torch.dtype = torch.float32, dataset: str = "shapes",
                  data_dir=None, train_size: int = DEFAULT_TRAIN_SIZE, val_size: int = DEFAULT_VAL_SIZE,
-                 data_seed: int = 0,
-                 channels: int = 4, slots: int = 3, max_seeds: int = 3, episode_epochs: int = 25,
+                 data_seed: int = 0, channels: int = 4, slots: int = 3, max_seeds: int = 3, episode_epochs: int = 25,
                  batch_size: int | None = None, host_lr: float = 1e-2, augment: bool = True, vmapped: bool = True):
         check_options(dataset=dataset, data_dir=data_dir, train_size=train_size, val_size=val_size,
                       channels=channels, slots=slots, max_seeds=max_seeds, episode_epochs=episode_epochs,
@@ -91,7 +93,8 @@ class Morpho:
             (Head("op", NUM_OPS), Head("slot", slots), Head("blueprint", self.blueprints),
              Head("tempo", len(TEMPO_STEPS))),
             parent={"slot": "op"},
-            relevant={"slot": (1, 2, 3, 4), "blueprint": (GERMINATE,), "tempo": (GERMINATE,)},
+            relevant={"slot": (GERMINATE, ADVANCE, PRUNE, FOSSILIZE), "blueprint": (GERMINATE,),
+                      "tempo": (GERMINATE,)},
         )
         self.obs_dim = slots * (NUM_STAGES + self.blueprints + len(TEMPO_STEPS) + 7) + 4 + HISTORY
         self.host_lr = host_lr
@@ -110,7 +113,9 @@ class Morpho:
         n_train = len(self.data.train_y)
         return (self.num_envs, self.host_size + self.slots * self.slot_size + 2 * n_train)
 
-    def _noise_parts(self, noise: torch.Tensor) -> tuple:
+    def noise_parts(self, noise: torch.Tensor) -> tuple:
+        """``(host_z, slot_z, order, flips)`` from one step's noise: normals for a fresh host and
+        for every slot's fresh seed, each host's data order for the epoch and its flipped images."""
         n_train = len(self.data.train_y)
         a = self.host_size
         b = a + self.slots * self.slot_size
@@ -124,7 +129,7 @@ class Morpho:
 
     def _fresh(self, noise: torch.Tensor) -> dict:
         n, s = self.num_envs, self.slots
-        host_z, slot_z, _, _ = self._noise_parts(noise)
+        host_z, slot_z, _, _ = self.noise_parts(noise)
         host = hosts.init_host(host_z, self.channels)
         seeds = {f"slot{k}": hosts.init_slot(slot_z[:, k], self.channels) for k in range(s)}
 
@@ -140,7 +145,7 @@ class Morpho:
             "grad_norm": torch.zeros(n, s, dtype=self.dtype, device=self.device),
             "t": torch.zeros(n, dtype=torch.int64, device=self.device),
         }
-        return {**state, **self._measured(state, history=None)}
+        return {**state, **self.measure(state, history=None)}
 
     def _opt_init(self, params: dict) -> dict:
         return vmap(self.optimizer.init)(params)
@@ -264,7 +269,7 @@ class Morpho:
         loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction="none")
         return acc.to(self.dtype), loss.reshape(*out.shape[:-1]).mean(-1).to(self.dtype)
 
-    def _measured(self, state: dict, history) -> dict:
+    def measure(self, state: dict, history) -> dict:
         """Accuracy, loss, each slot's ablation contribution and the seeds' total gain: the hosts
         measured as they are, with each slot's alpha forced to 0 in turn, and with every alpha at 0."""
         blend = self.blend(state)
@@ -282,13 +287,13 @@ class Morpho:
 
     def step(self, state: dict, action: dict, noise: torch.Tensor) -> Step:
         op, s = lifecycle_step(state, action, self.masks(state), self.tempo_steps)
-        _, slot_z, order, flips = self._noise_parts(noise)
+        _, slot_z, order, flips = self.noise_parts(noise)
         planted = (state["stage"] == EMPTY) & (s["stage"] == GERMINATED)
         if bool(planted.any()):
             s = self._replant(s, planted, slot_z)
         s = self.train_epoch(s, order, flips)
         history = torch.cat([state["history"][:, 1:], state["val_acc"].unsqueeze(-1)], dim=-1)
-        s = {**s, **self._measured(s, history), "t": state["t"] + 1}
+        s = {**s, **self.measure(s, history), "t": state["t"] + 1}
 
         stage = s["stage"]
         renting = (stage >= GERMINATED) & (stage <= HOLDING)

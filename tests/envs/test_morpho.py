@@ -45,7 +45,7 @@ def all_close(a, b, tol):
 def test_vmapped_host_training_equals_a_loop_over_hosts():
     env = small_env()
     state = with_seeds(env, env.reset(noise(env))[0])
-    _, _, order, flips = env._noise_parts(noise(env, 1))
+    _, _, order, flips = env.noise_parts(noise(env, 1))
     batched = env.train_epoch(state, order, flips, vmapped=True)
     looped = env.train_epoch(state, order, flips, vmapped=False)
     for key in ("host", "host_opt", "seeds", "seed_opt", "grad_norm"):
@@ -63,7 +63,7 @@ def test_vmapped_host_training_equals_a_loop_over_hosts():
 def test_one_host_epoch_matches_torch_adam_in_a_plain_loop():
     env = small_env(num_envs=2, augment=False)
     state, _ = env.reset(noise(env))
-    _, _, order, flips = env._noise_parts(noise(env, 2))
+    _, _, order, flips = env.noise_parts(noise(env, 2))
     trained = env.train_epoch(state, order, flips)
     for i in range(env.num_envs):
         params = tree_map(lambda t, i=i: t[i].clone().requires_grad_(), state["host"])
@@ -97,9 +97,9 @@ def test_a_seed_at_alpha_zero_or_in_training_leaves_the_host_outputs_unchanged()
 def test_ablation_contribution_of_an_empty_slot_is_exactly_zero():
     env = small_env()
     state = with_seeds(env, env.reset(noise(env))[0])
-    _, _, order, flips = env._noise_parts(noise(env, 3))
+    _, _, order, flips = env.noise_parts(noise(env, 3))
     trained = env.train_epoch(state, order, flips)
-    measured = env._measured(trained, history=None)
+    measured = env.measure(trained, history=None)
     empty_or_training = (trained["stage"] == EMPTY) | (trained["stage"] == TRAINING)
     assert empty_or_training.sum() == 6
     assert (measured["contribution"][empty_or_training] == 0).all()
@@ -136,7 +136,7 @@ def test_germinate_plants_a_fresh_seed_and_episodes_truncate_after_the_last_epoc
     step = env.step(state, act, noise(env, 5))
     assert step.state["stage"][0, 1] == GERMINATED and step.state["blueprint"][0, 1] == 1
     assert (step.state["stage"][1] == EMPTY).all()
-    fresh = hosts.init_slot(env._noise_parts(noise(env, 5))[1][0, 1], env.channels)
+    fresh = hosts.init_slot(env.noise_parts(noise(env, 5))[1][0, 1], env.channels)
     assert torch.equal(step.state["seeds"]["slot1"]["conv3x3"]["w"][0], fresh["conv3x3"]["w"])
     assert step.reward[0] < 0 and step.reward[1] == 0  # op cost and the new seed's rent; nothing for WAIT
     for t in range(2):
@@ -268,7 +268,7 @@ def test_every_policy_head_gets_a_finite_gradient_with_a_low_precision_trunk(pre
 def test_host_training_on_cuda_equals_cpu():
     cpu, gpu = small_env(), small_env(device="cuda")
     state = with_seeds(cpu, cpu.reset(noise(cpu))[0])
-    _, _, order, flips = cpu._noise_parts(noise(cpu, 1))
+    _, _, order, flips = cpu.noise_parts(noise(cpu, 1))
     on_cpu = cpu.train_epoch(state, order, flips)
     on_gpu = gpu.train_epoch(tree_map(lambda t: t.cuda(), state), order.cuda(), flips.cuda())
     for key in ("host", "seeds", "grad_norm"):
