@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from envs.seedbed import ADVANCE, BLENDING, FOSSILIZE, GERMINATE, GERMINATED, HOLDING, PRUNE, TRAINING, WAIT, Seedbed
+from envs.seedbed import ADVANCE, BLENDING, FOSSILIZE, GERMINATE, GERMINATED, HOLDING, PRUNE, TRAINING, WAIT
 from kernel import heads
 
 
@@ -18,7 +18,7 @@ def random_valid_actions(env, obs: dict, generator: torch.Generator) -> dict:
     return heads.sample(env.action_spec, zeros, noise, obs["masks"])
 
 
-def heuristic_actions(env: Seedbed, state: dict, generator: torch.Generator, min_training: int = 3) -> dict:
+def heuristic_actions(env, state: dict, generator: torch.Generator, min_training: int = 3) -> dict:
     """Scripted controller for seedbed or morpho. Per env, first applicable rule wins:
     1. a HOLDING seed: FOSSILIZE it if its measured contribution > 0, else PRUNE it;
     2. a seed that trained ``min_training`` steps: ADVANCE it to blending if measured > 0, else PRUNE

@@ -89,7 +89,6 @@ def update_case(config: Config, precision: Precision, minibatch: int):
 
 def rollout_case(config: Config, precision: Precision, num_envs: int):
     """One acting step (policy forward, sampling, env step) for ``num_envs`` environments."""
-
     env = make_env(config, num_envs)
     policy = policy_for(config.replace(precision=precision), env)
     rollout = make_rollout(env, policy, 1, compile=False)
