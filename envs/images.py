@@ -196,8 +196,4 @@ def flip(images: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
     return torch.where(chosen.reshape(*chosen.shape, *[1] * (images.dim() - chosen.dim())), mirrored, images)
 
 
-def chance(num_classes: int = NUM_CLASSES) -> float:
-    return 100.0 / num_classes
-
-
-__all__ = ["DATASETS", "DataError", "ImageData", "chance", "cifar10", "flip", "load", "shapes"]
+__all__ = ["DATASETS", "DataError", "ImageData", "cifar10", "flip", "load", "shapes"]
