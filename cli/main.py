@@ -12,6 +12,7 @@ from rich.live import Live
 
 import envs
 from cli import common, launch, render, tools
+from kernel.config import PRESETS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,7 +27,16 @@ def cli():
 @click.option("--total-steps", type=int, default=None, help="Total env steps. [default: 500000]")
 @click.option("--seed", type=int, default=None, help="Seed of the run's one generator. [default: 0]")
 @click.option("--device", default=None, help="cpu or cuda[:N]. [default: cpu]")
-@click.option("--compile/--no-compile", "compile_", default=None, help="Compile the hot path. [default: compile]")
+@click.option("--compile", "compile_", type=click.Choice(["auto", "on", "off"]), is_flag=False, flag_value="on",
+              default=None, help="Compile the hot path: 'auto' compiles where the estimated saving over the run "
+                                 "beats the compile time (and says why); a bare --compile forces it. [default: auto]")
+@click.option("--no-compile", "no_compile", is_flag=True, help="Run eagerly (same as --compile off).")
+@click.option("--fuse/--no-fuse", default=None,
+              help="Run each iteration (rollout, advantages, all minibatch steps) as one compiled call. "
+                   "[default: where it pays: compiled single-process runs of compilable envs]")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
+              help="A named set of config values, applied before --config-json and flags "
+                   "(cartpole-gpu: thousands of CartPole envs for a GPU).")
 @click.option("--precision", default=None,
               help="fp32, bf16, fp16 or 'params=float32,compute=bfloat16' (trunk compute dtype; heads stay fp32). "
                    "[default: fp32]")
@@ -69,9 +79,10 @@ def cli():
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch intra-op threads (results are bit-reproducible for a fixed thread count). "
                    "[default: torch's choice]")
-def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, precision, policy_kind, dataset,
-          data_dir, train_size, val_size, config_json, out, checkpoint_every, keep, resume, max_bad_steps,
-          grad_table_every, telemetry_dir, tensorboard_dir, seed_list, sweeps, nproc, devices, threads):
+def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, no_compile, fuse, preset, precision,
+          policy_kind, dataset, data_dir, train_size, val_size, config_json, out, checkpoint_every, keep, resume,
+          max_bad_steps, grad_table_every, telemetry_dir, tensorboard_dir, seed_list, sweeps, nproc, devices,
+          threads):
     """Train a PPO agent; defaults are PureJaxRL's CartPole configuration."""
     from kernel import distributed, runs
     from kernel.checkpoint import CheckpointError
@@ -79,6 +90,10 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, pr
     from kernel.train import NonFiniteRun
 
     devices = [d.strip() for text in devices for d in text.split(",") if d.strip()]
+    if no_compile and compile_ not in (None, "off"):
+        raise click.UsageError(f"--no-compile contradicts --compile {compile_}")
+    compile_ = "off" if no_compile else compile_
+    compile_flag = {"on": True, "off": False}.get(compile_)  # None: auto (unless the config file says)
     env_options = common.env_options(dataset=dataset, data_dir=data_dir, train_size=train_size, val_size=val_size)
     if (nproc or devices) and not distributed.launched():
         if nproc and devices and nproc != len(devices):
@@ -99,14 +114,19 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, pr
     if resume == "latest" and not out:
         raise click.UsageError("--resume latest needs --out RUN_FOLDER to look in")
     flags = dict(env=env_name, num_envs=num_envs, num_steps=num_steps, total_steps=total_steps, seed=seed,
-                 device=device, compile=compile_, precision=precision, policy=policy_kind, env_options=env_options)
+                 device=device, compile=compile_flag, precision=precision, policy=policy_kind, env_options=env_options,
+                 fuse=None if fuse is None else ("on" if fuse else "off"))
+    for key, value in PRESETS.get(preset, {}).items():  # a preset's values, unless a flag gives one
+        flags[key] = value if flags.get(key) is None else flags[key]
+    auto_compile = compile_flag is None and "compile" not in file_keys(config_json)
     options = runs.Options(checkpoint_every, keep, max_bad_steps, telemetry_dir, tensorboard_dir)
     try:
         if devices:  # one process per device: this rank's is at its local rank
             flags["device"] = devices[int(os.environ.get("LOCAL_RANK", 0))]
         world = distributed.join(flags["device"] or "cpu")
         prepared = runs.prepare(flags, out, resume=resume, config_json=config_json, options=options,
-                                seeds=common.seeds(seed_list), sweep=common.sweep(sweeps), world=world)
+                                seeds=common.seeds(seed_list), sweep=common.sweep(sweeps), world=world,
+                                auto_compile=auto_compile)
     except CheckpointError as e:
         raise click.BadParameter(str(e), param_hint="--resume")
     except ValueError as e:  # RunError, and config values a flag set wrong
@@ -123,11 +143,14 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, pr
               f"precision={cfg.precision}" + (f" resuming at update {update}" if resume else ""))
     for note in prepared.notes:
         con.print(note)
+    if group is None:
+        built = prepared.trainer.run
+        con.print(f"iteration: {'fused' if built.fused is not None else 'unfused'} ({built.fuse_reason})")
     returns_seen: deque = deque(maxlen=60)  # for the live view's sparkline
     progress = render.make_progress()
     task = progress.add_task("train", total=cfg.num_updates, completed=update)
     if cfg.compile:
-        con.print("compiling the rollout and update steps (first call; cached afterwards)...")
+        con.print("compiling (first call; cached afterwards)...")
     with Live(render.live_view(progress), console=con, refresh_per_second=4, transient=False) as live:
 
         def on_update(log):
@@ -154,6 +177,17 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, pr
         con.print(render.settings_table(finished.summary))
     click.echo(f"trained params: {finished.params_path}")  # plain echo: never wrapped or cut, so scripts can grep it
     distributed.leave()
+
+
+def file_keys(config_json) -> dict:
+    """The keys a --config-json file sets ({} when there is none or it cannot be read: prepare
+    reports that)."""
+    try:
+        from kernel.config import read_json_object
+
+        return read_json_object(config_json) if config_json else {}
+    except ValueError:
+        return {}
 
 
 @cli.command("eval")

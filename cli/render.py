@@ -101,6 +101,9 @@ def summary_table(summary: dict) -> Table:
         ("run time", f"{summary['run_s']:.1f} s"),
         ("steps per second (run)", f"{summary['sps']:,.0f}"),
     ]
+    if "peak_memory_mb" in summary:
+        rows.append(("peak memory (" + ("CUDA" if summary.get("device", "cpu").startswith("cuda") else "RSS") + ")",
+                     f"{summary['peak_memory_mb']:,.0f} MiB"))
     if summary.get("solved_return") is not None and "runs" in summary:
         reached = sum(1 for r in summary["runs"] if r["first_solved"])
         rows.append((f"runs that reached {summary['solved_return']:g}", f"{reached} of {len(summary['runs'])}"))

@@ -30,6 +30,8 @@ class Rollout(NamedTuple):
     init: Callable  # (generator or list of one per run) -> carry
     collect: Callable  # (params, carry, generator or list of one per run) -> (carry, trajectory)
     act: Callable  # the single acting step (pure, uncompiled)
+    noise: Callable  # (generator or list of one per run) -> (action_noise, env_noise) of one segment
+    segment: Callable  # (params, carry, action_noise, env_noise) -> (carry, trajectory): pure, uncompiled
 
 
 def draw(shape, generator, device, dtype=torch.float32):
@@ -143,14 +145,27 @@ def make_rollout(env, policy: Policy, num_steps: int, compile: bool = True, gree
         action_noise = {h: draw((num_steps, per_run, k), generator, env.device) for h, k in spec.sizes.items()}
         return action_noise, draw((num_steps, per_run, *env_noise_row), generator, env.device, env.dtype)
 
-    @torch.no_grad()
-    def collect(params, carry, generators):
+    def noise(generators):
         drawn = [segment_noise(g) for g in per_run_generators(generators)]
         if runs == 1:
-            action_noise, env_noise = drawn[0]
-        else:  # run blocks side by side along the sub-environment axis
-            action_noise = {h: torch.cat([a[h] for a, _ in drawn], dim=1) for h in spec.sizes}
-            env_noise = torch.cat([e for _, e in drawn], dim=1)
+            return drawn[0]
+        # run blocks side by side along the sub-environment axis
+        action_noise = {h: torch.cat([a[h] for a, _ in drawn], dim=1) for h in spec.sizes}
+        return action_noise, torch.cat([e for _, e in drawn], dim=1)
+
+    def whole_segment(params, carry, action_noise, env_noise):
+        """The scanned segment with its bootstrap and initial hidden state, as one pure function
+        (what a fused iteration compiles)."""
+        hidden0 = carry["hidden"]
+        carry, traj = segment(params, carry, action_noise, env_noise)
+        if policy.recurrent:
+            traj = bootstrap(params, traj)
+        traj["hidden0"] = hidden0
+        return carry, traj
+
+    @torch.no_grad()
+    def collect(params, carry, generators):
+        action_noise, env_noise = noise(generators)
         hidden0 = carry["hidden"]
         carry, traj = run_segment(params, carry, action_noise, env_noise)
         if run_segment is not looped and policy.recurrent:  # the compiled LSTM segment leaves bootstrapping here
@@ -158,7 +173,7 @@ def make_rollout(env, policy: Policy, num_steps: int, compile: bool = True, gree
         traj["hidden0"] = hidden0
         return carry, traj
 
-    return Rollout(init, collect, act)
+    return Rollout(init, collect, act, noise, whole_segment)
 
 
 def unaliased(outputs, inputs=()):

@@ -21,10 +21,11 @@ from typing import NamedTuple
 import torch
 
 import envs
-from kernel import checkpoint, curves, many, telemetry
+from kernel import auto, checkpoint, curves, many, telemetry
 from kernel import config as config_mod
 from kernel.config import Config
 from kernel.distributed import SINGLE, World
+from kernel.fused import fuse_reason
 from kernel.many import Runs
 from kernel.ppo import learning_rate_schedule
 from kernel.resume import (
@@ -40,7 +41,7 @@ from kernel.state import Progress, TrainState
 from kernel.train import NonFiniteRun, Trainer, UpdateLog, make_train
 
 # What may differ from the checkpoint's config when a run is resumed.
-OVERRIDABLE_ON_RESUME = ("total_steps", "compile", "device")
+OVERRIDABLE_ON_RESUME = ("total_steps", "compile", "fuse", "device")
 
 
 class RunError(ValueError):
@@ -189,7 +190,7 @@ def as_values(config: Config | dict | None) -> dict:
 
 def prepare(config: Config | dict | None = None, out=None, *, resume: str | Path | None = None, config_json=None,
             options: Options | None = None, seeds=None, sweep: dict | None = None,
-            world: World = SINGLE) -> Prepared:
+            world: World = SINGLE, auto_compile: bool = False) -> Prepared:
     """Check a run and build it, writing nothing.
 
     ``config``: a :class:`Config`, or a dict of config keys applied over the env's defaults and
@@ -198,7 +199,8 @@ def prepare(config: Config | dict | None = None, out=None, *, resume: str | Path
     ``seeds`` and/or ``sweep`` make a group: every swept setting with every seed, trained
     together (:mod:`kernel.many`); a resumed group keeps its own. ``world``: the data-parallel
     ranks this process is one of (:func:`kernel.distributed.join`); only rank 0 checks and writes
-    the folder.
+    the folder. ``auto_compile``: decide ``compile`` by :mod:`kernel.auto` (the decision and its
+    reason are the first note).
     """
     options = options or Options()
     if options.checkpoint_every < 0 or options.keep < 1 or options.max_bad_steps < 1:
@@ -235,6 +237,11 @@ def prepare(config: Config | dict | None = None, out=None, *, resume: str | Path
             raise RunError(str(e)) from None
     if group is not None and group.count % world.size:
         raise RunError(f"{group.count} runs cannot be split evenly over {world.size} processes")
+    auto_note = None
+    if auto_compile and (group is not None or world.distributed):
+        cfg, auto_note = cfg.replace(compile=True), "compile auto: on (groups and data-parallel runs always compile)"
+    elif auto_compile:
+        cfg = cfg.replace(compile=False)  # built eager first: its iterations are what auto measures
     try:  # building the env reads its data (a CIFAR-10 folder, say): report a bad file in one line
         trainer = make_train(cfg, world=world) if group is None else many.trainer(cfg, group, world)
     except envs.EnvOptionError as e:
@@ -249,7 +256,27 @@ def prepare(config: Config | dict | None = None, out=None, *, resume: str | Path
             raise RunError(f"{ckpt} is already at update {update} of {cfg.num_updates}; "
                            "raise total_steps (--total-steps) to train further")
         notes = tuple(n for n in [schedule_change(saved, cfg, update)] if n)
+    if auto_compile and auto_note is None:
+        choice = auto_choice(trainer, state)
+        auto_note = choice.reason
+        if choice.compile:
+            cfg = cfg.replace(compile=True)
+            trainer = make_train(cfg, world=world)
+    if auto_note:
+        notes = (auto_note, *notes)
     return Prepared(cfg, Path(out), trainer, state, progress, ckpt, notes, options, group)
+
+
+def auto_choice(trainer: Trainer, state: TrainState) -> auto.Choice:
+    """:func:`kernel.auto.choose` for an eager one-run trainer at ``state``."""
+    run = trainer.run
+    if not getattr(run.env, "compilable", True):
+        # Only the update could compile; measured on morpho it is ~1% of an iteration.
+        return auto.Choice(False, f"compile auto: off ({run.config.env} steps in Python, so only the update "
+                                  "would compile, a small share of each iteration)")
+    fused = fuse_reason(run.config.replace(compile=True), run.world.distributed, run.env)[0]
+    eager_s = auto.eager_iteration_seconds(trainer.iteration, state)
+    return auto.choose(run.config, run.config.num_updates - int(state.step), eager_s, fused)
 
 
 def execute(run: Prepared, on_update: Callable[[UpdateLog], None] | None = None) -> Finished:
@@ -274,7 +301,13 @@ def execute(run: Prepared, on_update: Callable[[UpdateLog], None] | None = None)
         if on_update is not None:
             on_update(log._replace(groups=groups))
 
+    start_update = int(run.state.step) if run.group is None else 0
     state, progress, summary = train_writing(run, logged, checkpointer, files, lambda metrics: metrics)
+    if run.group is None and cfg.compile and not world.distributed and progress.update > start_update:
+        # what --compile auto reads next time: this machine's compile and compiled-iteration seconds
+        fused = run.trainer.run.fused is not None
+        auto.write_record(auto.signature(cfg, fused), summary["compile_s"],
+                          summary["run_s"] / (progress.update - start_update))
     if checkpointer is not None and checkpointer.last != checkpoint_path(out, progress.update):
         checkpointer.save(cfg, state, progress)  # so resuming "latest" continues from the true end
     params_path = out / "params.safetensors"

@@ -16,9 +16,10 @@ from typing import NamedTuple
 import torch
 
 import envs
-from kernel import heads, loss_scale, optim, rng
+from kernel import fused, heads, loss_scale, optim, rng
 from kernel.config import Config, validated
 from kernel.distributed import SINGLE, World
+from kernel.hot import compile_hot, fused_options
 from kernel.policy import Policy, make_policy, masks
 from kernel.ppo import explained_variance, hyper_tensors, make_gae, make_update
 from kernel.precision import Precision
@@ -42,6 +43,8 @@ class Run(NamedTuple):
     update: Callable
     world: World = SINGLE  # the data-parallel ranks this process is one of (kernel.distributed)
     job: Config | None = None
+    fused: Callable | None = None  # the whole iteration as one call (kernel.fused), or None: unfused
+    fuse_reason: str = ""  # why it runs fused or not
 
     @property
     def precision(self) -> Precision:
@@ -52,9 +55,12 @@ class Run(NamedTuple):
         return torch.device(self.config.device)
 
 
-def make_optimizer(config: Config) -> optim.GradientTransformation:
+def make_optimizer(config: Config, foreach: bool = True) -> optim.GradientTransformation:
+    """Adam with global-norm clipping that skips non-finite steps. ``foreach=False``: leaf by leaf
+    (the same maths; what ``vmap`` and a ``scan`` body need)."""
     # lr=None: the learning rate arrives as a tensor each step (kernel.ppo.hyper_tensors).
-    return optim.apply_if_finite(optim.adam(None, eps=config.adam_eps, max_grad_norm=config.max_grad_norm))
+    return optim.apply_if_finite(optim.adam(None, eps=config.adam_eps, max_grad_norm=config.max_grad_norm,
+                                            foreach=foreach))
 
 
 def policy_for(config: Config, env, precision: Precision | None = None) -> Policy:
@@ -96,7 +102,14 @@ def build(config: Config, world: World = SINGLE) -> Run:
     rollout = make_rollout(env, policy, config.num_steps, compile=config.compile)
     advantages = make_gae(config.gamma, config.gae_lambda, config.compile, config.device)
     update = make_update(config, policy, optimizer, world=world)
-    return Run(config, env, policy, optimizer, rollout, advantages, update, world, job)
+    run = Run(config, env, policy, optimizer, rollout, advantages, update, world, job)
+    fuse, why = fused.fuse_reason(config, world.distributed, env)
+    if not fuse:
+        return run._replace(fuse_reason=why)
+    whole = fused.make_fused(run)
+    if config.compile:
+        whole = compile_hot(whole, config.device, fused_options(config.device))
+    return run._replace(fused=whole, fuse_reason=why)
 
 
 def rank_key(run: Run, key: torch.Tensor) -> torch.Tensor:
@@ -154,6 +167,8 @@ def trajectory_metrics(run: Run, traj: dict, batch: dict) -> dict:
 def iteration(run: Run, state: TrainState) -> tuple[TrainState, dict]:
     """One PPO update. Metrics are device tensors (no host sync here): 0-d scalars, plus
     ``metrics["episodes"]`` with the segment's ``[T, N]`` episode returns, lengths and ends."""
+    if run.fused is not None:
+        return fused_iteration(run, state)
     next_key, key = rng.split(state.rng)
     generator = rng.generator(rank_key(run, key))  # ranks share the key; each draws its own envs' noise
     carry, traj, batch = collect(run, state.params, state.carry, generator)
@@ -163,6 +178,18 @@ def iteration(run: Run, state: TrainState) -> tuple[TrainState, dict]:
     metrics.update(trajectory_metrics(run, traj, batch))
     metrics["lr"] = hyper["lr"]
     metrics["skipped_total"] = optim.skipped_steps(opt_state)
+    return TrainState(params, opt_state, scale, carry, next_key, state.step + 1), metrics
+
+
+def fused_iteration(run: Run, state: TrainState) -> tuple[TrainState, dict]:
+    """:func:`iteration` as one call of ``run.fused``; its noise drawn from the same key, in the
+    same order, as the unfused path draws it."""
+    next_key, key = rng.split(state.rng)
+    action_noise, env_noise, perm_keys = fused.draws(run, key)
+    if run.device.type == "cuda":  # a new CUDA-graph replay: the last one's outputs are this one's inputs
+        torch.compiler.cudagraph_mark_step_begin()
+    params, opt_state, scale, carry, metrics = run.fused(state.params, state.opt_state, state.loss_scale, state.carry,
+                                                         action_noise, env_noise, perm_keys, state.step)
     return TrainState(params, opt_state, scale, carry, next_key, state.step + 1), metrics
 
 
@@ -265,8 +292,22 @@ def train(run: Run, state: TrainState | None = None, progress: Progress | None =
         "first_solved": progress.first_solved,
         "solved_return": solved,
         "skipped_steps": int(optim.skipped_steps(state.opt_state)),
+        "peak_memory_mb": peak_memory_mb(run.device),
+        "device": str(run.device),
     }
     return Trained(state, progress, summary)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """The process's peak resident set on CPU (Linux), the peak CUDA memory allocated on CUDA;
+    NaN where it cannot be read."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return float("nan")
 
 
 class Trainer(NamedTuple):

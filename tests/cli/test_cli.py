@@ -286,3 +286,27 @@ def test_morpho_rejects_a_malformed_cifar_folder(tmp_path):
                     "--out", str(tmp_path / "run"))
     assert_usage_error(result, "malformed CIFAR-10 files")
     assert not (tmp_path / "run").exists()
+
+
+def test_compile_auto_says_why_and_flags_force_it(tmp_path):
+    result = invoke("train", "--num-envs", "2", "--num-steps", "16", "--total-steps", "64",
+                    "--out", str(tmp_path / "a"))
+    assert result.exit_code == 0, result.output
+    auto_lines = [line for line in result.output.splitlines() if line.startswith("compile auto:")]
+    assert len(auto_lines) == 1 and auto_lines[0].startswith("compile auto: off"), result.output
+    assert "iteration: unfused" in result.output
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["compile"] is False
+    forced = invoke("train", *TINY, "--out", str(tmp_path / "b"))
+    assert forced.exit_code == 0 and "compile auto" not in forced.output
+    assert_usage_error(invoke("train", "--no-compile", "--compile", "on"), "--no-compile contradicts --compile on")
+    assert_usage_error(invoke("train", "--compile", "sometimes"), "sometimes")
+
+
+def test_preset_applies_and_flags_override_it(tmp_path):
+    out = tmp_path / "run"
+    result = invoke("train", "--preset", "cartpole-gpu", "--device", "cpu", "--num-envs", "4", "--total-steps", "128",
+                    "--no-compile", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["num_envs"], saved["num_steps"], saved["lr"], saved["device"]) == (4, 16, 1e-3, "cpu")
+    assert_usage_error(invoke("train", "--preset", "nope"), "nope")

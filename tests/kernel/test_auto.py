@@ -1,0 +1,55 @@
+"""``--compile auto``: the estimate, its records and the one line that explains it."""
+from __future__ import annotations
+
+import pytest
+
+from kernel import auto
+from kernel.config import PRESETS, Config
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    return tmp_path / "inductor"
+
+
+def test_cold_cache_compiles_only_long_runs(cache):
+    config = Config()
+    short = auto.choose(config, updates_left=10, eager_s=0.05, fused=True)
+    assert not short.compile
+    assert "compile auto: off" in short.reason and "cold" in short.reason and "\n" not in short.reason
+    long = auto.choose(config, updates_left=10_000, eager_s=0.05, fused=True)
+    assert long.compile and "compile auto: on" in long.reason
+    # the saving in the line is updates x (eager - eager / measured speedup)
+    speedup = auto.MEASURED[("cartpole", True)]["speedup"]
+    assert f"{10_000 * (0.05 - 0.05 / speedup):.0f} s saved" in long.reason
+
+
+def test_records_make_the_estimate_warm_and_measured(cache):
+    config = Config()
+    sig = auto.signature(config, fused=True)
+    assert auto.read_record(sig) is None
+    auto.write_record(sig, compile_s=50.0, iteration_s=0.004)
+    assert auto.read_record(sig) == {"cold_s": 50.0, "iteration_s": 0.004}
+    auto.write_record(sig, compile_s=6.0, iteration_s=0.005)
+    assert auto.read_record(sig) == {"cold_s": 50.0, "warm_s": 6.0, "iteration_s": 0.005}
+    choice = auto.choose(config, updates_left=100, eager_s=0.05, fused=True)
+    # 100 x (50 - 5) ms = 4.5 s < 6 s warm compile: off; the recorded numbers are the ones used
+    assert not choice.compile
+    assert "5.0 ms compiled [measured by an earlier run]" in choice.reason and "warm" in choice.reason
+    assert auto.choose(config, updates_left=1000, eager_s=0.05, fused=True).compile
+
+
+def test_signature_follows_the_graphs():
+    config = Config()
+    same = [config.replace(seed=3), config.replace(total_steps=1_000_000), config.replace(lr=1e-3)]
+    assert all(auto.signature(c, True) == auto.signature(config, True) for c in same)
+    other = [config.replace(hidden=(32, 32)), config.replace(num_envs=8), config.replace(precision="bf16")]
+    assert all(auto.signature(c, True) != auto.signature(config, True) for c in other)
+    assert auto.signature(config, True) != auto.signature(config, False)
+
+
+def test_preset_is_a_valid_config():
+    values = {k: v for k, v in PRESETS["cartpole-gpu"].items() if k != "env"}
+    config = Config.for_env("cartpole", **values)
+    assert config.num_envs >= 1024 and config.num_updates >= 100
