@@ -11,6 +11,13 @@
 #   6. morpho's host training, 64 sub-environments on the shapes set at 32x32 (2048 train, 512
 #      validation images): host-epochs/s vmapped vs a Python loop over hosts, and peak GPU memory;
 #   7. the default CartPole run started by torchrun as a one-GPU job (world size 1, same code path).
+# SUITE=fused runs instead the checks of the fused iteration (one CUDA graph per iteration):
+#   1. the fused CUDA test (equals the unfused eager path; no host sync inside the call);
+#   2. CartPole's default run (4 envs, 500k steps), forced compile, cold cache then warm: whole wall
+#      time (target < 30 s warm), compile seconds, steady SPS, peak CUDA memory;
+#   3. the cartpole-gpu preset (2048 envs x 16 steps), cold then warm: SPS (target >= 20M steady),
+#      when the rolling mean return first reached 475 (target < 20 s from the command's start);
+#   4. the default run unfused, warm, for the same-machine comparison.
 # Each step is its own process with its own time limit, so a slow one loses that step, not the run.
 # Writes the pytest log, each run's summary.json and one combined JSON under $OUT.
 #   usage: OUT=benchmarks/results/cuda BUDGET_S=540 bash benchmarks/cuda_verify.sh
@@ -51,6 +58,14 @@ train() {  # name, share, flags...
   rm -rf "$out/run-$name"
 }
 
+if [[ ${SUITE:-all} == fused ]]; then
+step tests-fused 25 python3 -m pytest -q -p no:cacheprovider tests/kernel/test_cuda.py -k fused
+train default-cold 30 --compile
+train default-warm 20 --compile
+train preset-cold 35 --preset cartpole-gpu --compile
+train preset-warm 30 --preset cartpole-gpu --compile
+train default-unfused 60 --compile --no-fuse
+else
 step tests 35 python3 -m pytest -q -p no:cacheprovider tests/kernel/test_cuda.py tests/kernel/test_hot.py \
   tests/envs/test_morpho.py
 train cartpole-4env 35
@@ -64,6 +79,7 @@ rm -rf "$out/run-torchrun"
 step torchrun-1gpu 100 python3 -m torch.distributed.run --nproc-per-node 1 --standalone -m cli.main train \
   --devices cuda:0 --checkpoint-every 0 --out "$out/run-torchrun"
 cp "$out/run-torchrun/summary.json" "$out/verify-torchrun-1gpu.summary.json" 2>/dev/null || true
+fi
 
 python3 - "$out" <<'PY'
 import glob, json, os, sys

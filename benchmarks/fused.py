@@ -159,7 +159,8 @@ def whole(envs: list) -> dict:
     for env in envs:
         for length, total in (("short", SHORT[env]), ("default", None)):
             total = total or __import__("kernel.config").config.Config.for_env(env).total_steps
-            for mode, flags in modes.items():
+            extra = {"on, fused": ["--compile", "--fuse"]} if env == "cartpole" else {}
+            for mode, flags in {**modes, **extra}.items():
                 with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as out:
                     runs = {}
                     for temp in ("cold", "warm") if mode != "off" else ("cold",):

@@ -19,7 +19,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch._higher_order_ops import scan
 
-from kernel import optim, rng, telemetry
+from kernel import auto, optim, rng, telemetry
 from kernel.hot import fused_pays
 from kernel.ppo import gae_functional, hyper_tensors, make_grad_step
 from kernel.rollout import unaliased
@@ -103,7 +103,16 @@ def fuse_reason(config, distributed: bool, env) -> tuple[bool, str]:
         return False, "not compiling (the unfused eager path is the debugging path)"
     if not fused_pays(config.device):
         return False, f"torch {torch.__version__} cannot build it with the C++ wrapper, and without it fusing is slower"
-    return True, "one compiled call per iteration"
+    if torch.device(config.device).type == "cpu":
+        # On CPU a fused iteration is faster but compiles longer: it pays only for long runs.
+        break_even = auto.fuse_break_even(config.env)
+        if break_even is None:
+            return False, f"fusing {config.env} on CPU was not measured"
+        if config.num_updates < break_even:
+            return False, (f"{config.num_updates} updates; on CPU fusing pays from ~{break_even} on (its longer "
+                           "compile against its faster iterations, measured by benchmarks/fused.py)")
+        return True, f"{config.num_updates} updates; on CPU fusing pays from ~{break_even} on"
+    return True, "one CUDA graph per iteration"
 
 
 def draws(run, key: torch.Tensor) -> tuple:

@@ -237,6 +237,8 @@ def prepare(config: Config | dict | None = None, out=None, *, resume: str | Path
             raise RunError(str(e)) from None
     if group is not None and group.count % world.size:
         raise RunError(f"{group.count} runs cannot be split evenly over {world.size} processes")
+    if group is not None and cfg.fuse == "on":
+        raise RunError("fuse='on' is not available for a group of runs (--seeds/--sweep): they train unfused")
     auto_note = None
     if auto_compile and (group is not None or world.distributed):
         cfg, auto_note = cfg.replace(compile=True), "compile auto: on (groups and data-parallel runs always compile)"

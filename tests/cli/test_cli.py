@@ -310,3 +310,11 @@ def test_preset_applies_and_flags_override_it(tmp_path):
     saved = json.loads((out / "config.json").read_text())
     assert (saved["num_envs"], saved["num_steps"], saved["lr"], saved["device"]) == (4, 16, 1e-3, "cpu")
     assert_usage_error(invoke("train", "--preset", "nope"), "nope")
+
+
+def test_fuse_where_it_cannot_be_is_a_usage_error(tmp_path):
+    assert_usage_error(invoke("train", *TINY, "--fuse", "--seeds", "0,1", "--out", str(tmp_path / "a")),
+                       "fuse='on' is not available for a group")
+    assert_usage_error(invoke("train", "--env", "morpho", "--fuse", "--out", str(tmp_path / "b")),
+                       "fuse='on' is not possible here", "morpho steps in Python")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

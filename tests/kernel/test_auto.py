@@ -21,7 +21,7 @@ def test_cold_cache_compiles_only_long_runs(cache):
     long = auto.choose(config, updates_left=10_000, eager_s=0.05, fused=True)
     assert long.compile and "compile auto: on" in long.reason
     # the saving in the line is updates x (eager - eager / measured speedup)
-    speedup = auto.MEASURED[("cartpole", True)]["speedup"]
+    speedup = auto.MEASURED["cartpole"]["eager_s"] / auto.MEASURED["cartpole"]["fused_s"]
     assert f"{10_000 * (0.05 - 0.05 / speedup):.0f} s saved" in long.reason
 
 
@@ -47,6 +47,28 @@ def test_signature_follows_the_graphs():
     other = [config.replace(hidden=(32, 32)), config.replace(num_envs=8), config.replace(precision="bf16")]
     assert all(auto.signature(c, True) != auto.signature(config, True) for c in other)
     assert auto.signature(config, True) != auto.signature(config, False)
+
+
+def test_fusing_pays_on_cpu_only_for_long_runs():
+    from kernel.fused import fuse_reason
+
+    measured = auto.MEASURED["cartpole"]
+    break_even = auto.fuse_break_even("cartpole")
+    extra_compile = measured["fused_compile_s"][1] - measured["unfused_compile_s"][1]
+    assert break_even * (measured["unfused_s"] - measured["fused_s"]) == pytest.approx(extra_compile, rel=0.01)
+    short = Config(total_steps=512 * (break_even - 10))
+    long = Config(total_steps=512 * (break_even + 10))
+    assert fuse_reason(short, False, object()) == (False, f"{short.num_updates} updates; on CPU fusing pays from "
+                                                          f"~{break_even} on (its longer compile against its faster "
+                                                          "iterations, measured by benchmarks/fused.py)")
+    assert fuse_reason(long, False, object())[0] is auto_fuse_possible()
+    assert auto.fuse_break_even("unmeasured-env") is None
+
+
+def auto_fuse_possible() -> bool:
+    from kernel.hot import fused_pays
+
+    return fused_pays("cpu")
 
 
 def test_preset_is_a_valid_config():

@@ -33,3 +33,22 @@ def test_compiled_equals_eager(env, precision):
     assert torch.isfinite(want).all()
     rtol = RTOL[precision]
     torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * want.abs().max().item())
+
+
+def test_fused_cuda_graph_equals_unfused_and_never_syncs():
+    config = CASES["cartpole"].replace(device=DEVICE, update_epochs=2)
+    fused_run, eager_run = T.build(config.replace(fuse="on")), T.build(config.replace(compile=False, fuse="off"))
+    a = b = T.init_state(eager_run)
+    for _ in range(3):  # the first calls compile, warm up and record the CUDA graph; later ones replay it
+        a, _ = T.iteration(eager_run, a)
+        b, _ = T.iteration(fused_run, b)
+    for x, y in zip(leaves(a.params), leaves(b.params)):
+        torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-4)
+    action_noise, env_noise, perm_keys = T.fused.draws(fused_run, b.rng)
+    torch.compiler.cudagraph_mark_step_begin()
+    torch.cuda.set_sync_debug_mode("error")  # any device-to-host sync inside the call raises
+    try:
+        out = fused_run.fused(b.params, b.opt_state, b.loss_scale, b.carry, action_noise, env_noise, perm_keys, b.step)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(out[-1]["loss"]).item()

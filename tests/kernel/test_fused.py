@@ -78,7 +78,7 @@ def test_permutations_are_the_unfused_minibatches():
 
 
 def test_fuse_choice():
-    config = Config()
+    config = Config(total_steps=512 * 5000)  # long enough for fusing to pay on CPU
     assert fuse_reason(config, False, object())[0] == fused_pays("cpu")
     assert fuse_reason(config.replace(compile=False), False, object())[0] is False
     assert fuse_reason(config.replace(fuse="off"), False, object())[0] is False
