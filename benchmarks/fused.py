@@ -9,6 +9,9 @@ Parts (``--only``, default all):
 - ``compile``: each formulation compiled in a child process with a fresh inductor cache (cold),
   then again with that cache (warm); seconds of the first iteration and the seconds per iteration
   after it.
+- ``preset``: `fkernel train --preset cartpole-gpu --device cpu` (2048 envs; the preset is meant
+  for a GPU, and its hyperparameters solve the same way on any device): when the rolling mean
+  return first reached 475, the final mean return, env steps/s.
 - ``whole``: `fkernel train --threads 1` as a user runs it, CartPole and seedbed at a short and the
   default length, with --compile auto / on / off, on a fresh cache (cold) and again (warm): wall
   seconds from process start to exit, and the child's peak RSS.
@@ -173,16 +176,32 @@ def whole(envs: list) -> dict:
     return results
 
 
+def preset() -> dict:
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [sys.executable, "-m", "cli.main", "train", "--preset", "cartpole-gpu", "--device", "cpu", "--compile",
+               "--checkpoint-every", "0", "--out", out]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, COLUMNS="200"))
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stdout[-3000:] + proc.stderr[-3000:])
+        summary = json.loads(open(os.path.join(out, "summary.json")).read())
+        config = json.loads(open(os.path.join(out, "config.json")).read())
+    result = {"wall_s": wall, "summary": summary, "config": config}
+    print(json.dumps(result, indent=1), flush=True)
+    return result
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=["speed", "compile", "whole"], action="append")
+    p.add_argument("--only", choices=["speed", "compile", "preset", "whole"], action="append")
     p.add_argument("--envs", nargs="+", default=["cartpole", "seedbed"])
     p.add_argument("--formulations", nargs="+", default=list(FORMULATIONS))
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--iterations", type=int, default=100, help="per timed block (eager: a tenth)")
     p.add_argument("--out", default="benchmarks/results/fused.json")
     args = p.parse_args(argv)
-    parts = args.only or ["speed", "compile", "whole"]
+    parts = args.only or ["speed", "compile", "preset", "whole"]
     torch.set_num_threads(1)
     record = {"torch": torch.__version__, "machine": platform.processor() or platform.machine(),
               "cpus": os.cpu_count(), "threads": 1}
@@ -192,6 +211,8 @@ def main(argv=None) -> None:
         print(json.dumps(record["speed"], indent=1), flush=True)
     if "compile" in parts:
         record["compile"] = compile_times(args.envs, args.formulations)
+    if "preset" in parts:
+        record["preset"] = preset()
     if "whole" in parts:
         record["whole"] = whole(args.envs)
     write_record(args.out, record)

@@ -9,6 +9,7 @@ from collections import deque
 
 import click
 from rich.live import Live
+from rich.markup import escape
 
 import envs
 from cli import common, launch, render, tools
@@ -142,7 +143,7 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, no
               f"updates={cfg.num_updates} {who} device={cfg.device} compile={cfg.compile} "
               f"precision={cfg.precision}" + (f" resuming at update {update}" if resume else ""))
     for note in prepared.notes:
-        con.print(note)
+        con.print(escape(note), soft_wrap=True)  # plain text, one line each ("[...]" is not markup)
     if group is None:
         built = prepared.trainer.run
         con.print(f"iteration: {'fused' if built.fused is not None else 'unfused'} ({built.fuse_reason})")

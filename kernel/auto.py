@@ -119,13 +119,13 @@ def choose(config, updates_left: int, eager_s: float, fused: bool) -> Choice:
         compiled_s, compiled_from = eager_s / speedup, f"eager / {speedup:.1f}"
     if record:
         compile_s = record.get("warm_s", warm_s)
-        cache = "warm: an earlier run compiled these graphs into this cache"
+        cache = "warm: compiled into this cache before"
     else:
-        compile_s, cache = cold_s, "cold: no earlier compile of these graphs in this cache"
+        compile_s, cache = cold_s, "cold: not compiled into this cache before"
     saving = updates_left * (eager_s - compiled_s)
     on = saving > compile_s
     verdict = "on" if on else "off"
     relation = ">" if on else "<="
     return Choice(on, f"compile auto: {verdict}; {updates_left} updates x ({eager_s * 1e3:.1f} ms eager - "
                       f"{compiled_s * 1e3:.1f} ms compiled [{compiled_from}]) = {saving:.0f} s saved {relation} "
-                      f"{compile_s:.0f} s to compile ({cache})")
+                      f"{compile_s:.0f} s compile ({cache})")

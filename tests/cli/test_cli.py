@@ -294,6 +294,7 @@ def test_compile_auto_says_why_and_flags_force_it(tmp_path):
     assert result.exit_code == 0, result.output
     auto_lines = [line for line in result.output.splitlines() if line.startswith("compile auto:")]
     assert len(auto_lines) == 1 and auto_lines[0].startswith("compile auto: off"), result.output
+    assert "ms compiled [eager / " in auto_lines[0]  # printed as text, not taken for rich markup
     assert "iteration: unfused" in result.output
     assert json.loads((tmp_path / "a" / "config.json").read_text())["compile"] is False
     forced = invoke("train", *TINY, "--out", str(tmp_path / "b"))
