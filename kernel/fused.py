@@ -37,8 +37,10 @@ def stacked_to_history(stacked: dict) -> list:
     return [{k: v[i] for k, v in stacked.items()} for i in range(steps)]
 
 
-def make_fused(run) -> Callable:
-    """The fused iteration of ``run`` (a :class:`kernel.train.Run`), uncompiled."""
+def make_fused(run, scanned: bool = True) -> Callable:
+    """The fused iteration of ``run`` (a :class:`kernel.train.Run`), uncompiled: its loops are
+    ``scan``s to compile, or (``scanned=False``) Python loops to run eagerly (older torch cannot
+    run a gradient inside an eager ``scan``)."""
     from kernel.train import make_batch, make_optimizer, trajectory_metrics  # (kernel.train builds with this module)
 
     config, policy = run.config, run.policy
@@ -49,7 +51,16 @@ def make_fused(run) -> Callable:
     units = config.num_envs if policy.recurrent else config.batch_size
     size = units // config.num_minibatches
 
+    def looped_steps(params, opt_state, scale, batch, perms, hyper):
+        history = []
+        for idx in perms:
+            params, opt_state, scale, metrics = step_fn(params, opt_state, scale, batch, idx, hyper)
+            history.append(metrics)
+        return params, opt_state, scale, telemetry.reduce_metrics(history)
+
     def minibatch_steps(params, opt_state, scale, batch, perms, hyper):
+        if not scanned:
+            return looped_steps(params, opt_state, scale, batch, perms, hyper)
         # A scan carries tensors only: the loss scale travels as its leaves (none for float32).
         scale_leaves, scale_spec = pytree.tree_flatten(scale)
 
@@ -68,7 +79,7 @@ def make_fused(run) -> Callable:
         return params, opt_state, scale, telemetry.reduce_metrics(stacked_to_history(stacked))
 
     def fused(params, opt_state, scale, carry, action_noise, env_noise, perm_keys, step):
-        carry, traj = run.rollout.segment(params, carry, action_noise, env_noise)
+        carry, traj = run.rollout.segment(params, carry, action_noise, env_noise, scanned)
         advantages, returns = gae_functional(traj["rewards"], traj["values"], traj["next_values"], traj["terminated"],
                                              traj["truncated"], config.gamma, config.gae_lambda)
         batch = make_batch(traj, advantages, returns, policy.recurrent)

@@ -153,13 +153,15 @@ def make_rollout(env, policy: Policy, num_steps: int, compile: bool = True, gree
         action_noise = {h: torch.cat([a[h] for a, _ in drawn], dim=1) for h in spec.sizes}
         return action_noise, torch.cat([e for _, e in drawn], dim=1)
 
-    def whole_segment(params, carry, action_noise, env_noise):
-        """The scanned segment with its bootstrap and initial hidden state, as one pure function
-        (what a fused iteration compiles)."""
+    def whole_segment(params, carry, action_noise, env_noise, scanned: bool = True):
+        """The segment with its bootstrap and initial hidden state, as one pure function (what a
+        fused iteration runs): a ``scan`` to compile, or (``scanned=False``) the eager loop."""
         hidden0 = carry["hidden"]
-        carry, traj = segment(params, carry, action_noise, env_noise)
-        if policy.recurrent:
-            traj = bootstrap(params, traj)
+        if scanned:
+            carry, traj = segment(params, carry, action_noise, env_noise)
+            traj = bootstrap(params, traj) if policy.recurrent else traj
+        else:
+            carry, traj = looped(params, carry, action_noise, env_noise)
         traj["hidden0"] = hidden0
         return carry, traj
 

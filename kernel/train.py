@@ -106,7 +106,7 @@ def build(config: Config, world: World = SINGLE) -> Run:
     fuse, why = fused.fuse_reason(config, world.distributed, env)
     if not fuse:
         return run._replace(fuse_reason=why)
-    whole = fused.make_fused(run)
+    whole = fused.make_fused(run, scanned=config.compile)
     if config.compile:
         whole = compile_hot(whole, config.device, fused_options(config.device))
     return run._replace(fused=whole, fuse_reason=why)
