@@ -31,7 +31,7 @@ class Rollout(NamedTuple):
     collect: Callable  # (params, carry, generator or list of one per run) -> (carry, trajectory)
     act: Callable  # the single acting step (pure, uncompiled)
     noise: Callable  # (generator or list of one per run) -> (action_noise, env_noise) of one segment
-    segment: Callable  # (params, carry, action_noise, env_noise) -> (carry, trajectory): pure, uncompiled
+    segment: Callable  # (params, carry, action_noise, env_noise, scanned=True) -> (carry, trajectory): pure
 
 
 def draw(shape, generator, device, dtype=torch.float32):
