@@ -34,10 +34,11 @@ def cli():
 @click.option("--no-compile", "no_compile", is_flag=True, help="Run eagerly (same as --compile off).")
 @click.option("--fuse/--no-fuse", default=None,
               help="Run each iteration (rollout, advantages, all minibatch steps) as one compiled call. "
-                   "[default: where it pays: compiled single-process runs of compilable envs]")
+                   "[default: where it pays: always on CUDA; on CPU for runs long enough to repay the longer "
+                   "compile]")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
-              help="A named set of config values, applied before --config-json and flags "
-                   "(cartpole-gpu: thousands of CartPole envs for a GPU).")
+              help="A named set of config values, applied like flags (explicit flags override them; "
+                   "cartpole-gpu: 2048 CartPole envs on CUDA).")
 @click.option("--precision", default=None,
               help="fp32, bf16, fp16 or 'params=float32,compute=bfloat16' (trunk compute dtype; heads stay fp32). "
                    "[default: fp32]")

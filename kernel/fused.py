@@ -111,7 +111,7 @@ def fuse_reason(config, distributed: bool, env) -> tuple[bool, str]:
     if why_not:
         return False, why_not
     if not config.compile:
-        return False, "not compiling (the unfused eager path is the debugging path)"
+        return False, "not compiled: eager runs take the unfused path"
     if not fused_pays(config.device):
         return False, f"torch {torch.__version__} cannot build it with the C++ wrapper, and without it fusing is slower"
     if torch.device(config.device).type == "cpu":

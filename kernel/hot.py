@@ -86,8 +86,9 @@ def fused_options(device="cpu") -> dict:
     On CPU the C++ wrapper's in-place reuse of a loop's output after the loop emits a second C++
     declaration of that buffer (reproduced with inductor 2.14.1), so in-place reuse is off; the
     wrapper and the kernels are built as two C++ units, which cut a cold compile of CartPole's
-    fused graph from 106.9 s to 40.1 s at the same step cost (``benchmarks/fused.py``). On CUDA the graph is captured as a CUDA graph (what
-    ``mode="reduce-overhead"`` does): one launch per iteration instead of one per kernel.
+    fused graph from 106.9 s to 40.1 s at the same step cost (``benchmarks/fused.py``). On CUDA
+    the graph is captured as a CUDA graph (what ``mode="reduce-overhead"`` does): one launch per
+    iteration instead of one per kernel.
     """
     options = hot_options(device)
     if torch.device(device).type == "cpu":
