@@ -11,7 +11,7 @@ from kernel import loss_scale, rng, telemetry
 from kernel.config import Config
 from kernel.hot import own_code
 from kernel.policy import group_dtypes
-from kernel.ppo import hyper_tensors, make_grad_step
+from kernel.ppo import hyper_tensors, make_grad_step, shuffle_units
 from kernel.precision import Precision
 from kernel.train import build, collect, init_state, make_optimizer, policy_for
 
@@ -33,7 +33,7 @@ def grads_by_precision(config: Config, precisions: list[Precision], params: dict
     """``{precision name: {"dtypes": {group: dtype}, "groups": {group: {stat: float, "status": str}},
     "skipped": bool}}`` for one full-batch gradient step per precision."""
     run, params, batch = one_batch(config, params)
-    units = config.num_envs if run.policy.recurrent else config.batch_size
+    units = shuffle_units(config, run.policy.recurrent)
     idx = torch.arange(units, device=batch["returns"].device)
     hyper = hyper_tensors(config, torch.zeros((), dtype=torch.int64, device=idx.device))
     report = {}

@@ -21,7 +21,7 @@ from torch._higher_order_ops import scan
 
 from kernel import auto, optim, rng, telemetry
 from kernel.hot import fused_pays
-from kernel.ppo import gae_functional, hyper_tensors, make_grad_step
+from kernel.ppo import gae_functional, hyper_tensors, make_grad_step, shuffle_units
 from kernel.rollout import unaliased
 
 
@@ -48,7 +48,7 @@ def make_fused(run, scanned: bool = True) -> Callable:
     # their list arguments). Compiled, the two forms give the same kernels.
     step_fn = make_grad_step(policy, make_optimizer(config, foreach=False), config.clip_vloss, config.norm_adv, None,
                              config.norm_entropy, config.head_average, foreach=False)
-    units = config.num_envs if policy.recurrent else config.batch_size
+    units = shuffle_units(config, policy.recurrent)
     size = units // config.num_minibatches
 
     def looped_steps(params, opt_state, scale, batch, perms, hyper):
@@ -133,6 +133,6 @@ def draws(run, key: torch.Tensor) -> tuple:
 
     generator = rng.generator(rank_key(run, key))
     action_noise, env_noise = run.rollout.noise(generator)
-    units = run.config.num_envs if run.policy.recurrent else run.config.batch_size
+    units = shuffle_units(run.config, run.policy.recurrent)
     perm_keys = torch.rand(run.config.update_epochs, units, generator=generator, device=generator.device)
     return action_noise, env_noise, perm_keys.to(run.device)

@@ -24,7 +24,7 @@ from kernel.config import Config, validated
 from kernel.distributed import SINGLE, World
 from kernel.hot import compile_hot
 from kernel.policy import Policy, masks
-from kernel.ppo import explained_variance, gae, gae_functional, make_grad_step
+from kernel.ppo import explained_variance, gae, gae_functional, make_grad_step, shuffle_units
 from kernel.rollout import Rollout, make_rollout
 from kernel.state import Progress, TrainState
 from kernel.telemetry import reduce_metrics
@@ -152,7 +152,7 @@ def make_update(config: Config, policy: Policy, optimizer) -> Callable:
         return vmap(step)(params, opt_state, scale, batch, idx, hyper)
 
     grad_steps = compile_hot(grad_steps, config.device) if config.compile else grad_steps
-    units = config.num_envs if policy.recurrent else config.batch_size
+    units = shuffle_units(config, policy.recurrent)
     size = units // config.num_minibatches
 
     def update(params, opt_state, scale, batch, generators, hyper):

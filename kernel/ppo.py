@@ -200,6 +200,12 @@ def minibatch(batch: dict, idx: torch.Tensor, recurrent: bool) -> dict:
     return mb
 
 
+def shuffle_units(config, recurrent: bool) -> int:
+    """How many units an epoch shuffles into minibatches: batch rows, or (recurrent) whole env
+    columns, so that time stays contiguous for replay."""
+    return config.num_envs if recurrent else config.batch_size
+
+
 OPTIMIZER_HYPER = ("lr", "max_grad_norm")
 
 
@@ -260,8 +266,7 @@ def make_update(config, policy: Policy, optimizer: GradientTransformation, group
     step = make_grad_step(policy, optimizer, config.clip_vloss, config.norm_adv, groups, config.norm_entropy,
                           config.head_average)
     compiled = (lambda fn: compile_hot(fn, config.device)) if config.compile else (lambda fn: fn)
-    # Recurrent minibatches are whole env columns (time stays contiguous for replay).
-    units = config.num_envs if policy.recurrent else config.batch_size
+    units = shuffle_units(config, policy.recurrent)
     size = units // config.num_minibatches
     if world is None or not world.distributed:
         grad_step = compiled(step)
