@@ -1,0 +1,694 @@
+"""Render every block of measured figures in README.md and benchmarks/README.md from the committed
+JSON in benchmarks/results/, so that no figure is typed by hand.
+
+    python -m benchmarks.report           # rewrite each <!-- report:NAME --> block in place
+    python -m benchmarks.report --check   # exit 1 naming each block that is not what it renders
+
+A block is the text between ``<!-- report:NAME -->`` and ``<!-- /report:NAME -->``; ``BLOCKS`` maps
+each name to its README and the function that renders it (one function per table or paragraph).
+Reads JSON only: no torch, nothing is measured here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable, Mapping
+from functools import cache
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+README = "README.md"
+BENCH_README = "benchmarks/README.md"
+BLOCK = re.compile(r"<!-- report:(?P<name>[\w-]+) -->\n(?P<body>.*?)\n?<!-- /report:(?P=name) -->", re.S)
+
+# The default CartPole config (kernel/config.py), which the JSON does not record everywhere.
+CARTPOLE_BATCH = 4 * 128  # env steps per iteration
+CARTPOLE_GRAD_STEPS = 4 * 4  # epochs x minibatches per iteration
+CARTPOLE_UPDATES = 500_000 // CARTPOLE_BATCH
+
+
+@cache
+def load(name: str) -> dict:
+    """One JSON record under benchmarks/results/."""
+    return json.loads((RESULTS / name).read_text())
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+
+
+def k(x: float) -> str:
+    return f"{x / 1e3:.1f}k"
+
+
+def span(values: list[float], fmt: str = "{:.1f}") -> str:
+    lo, hi = fmt.format(min(values)), fmt.format(max(values))
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
+def compiled_cells_sentence(cells: list[dict], breaks: str = "breaks") -> str:
+    kinds = {(c["graphs"], c["graph_breaks"], c["recompiles"]) for c in cells if c["mode"] != "eager"}
+    said = "; ".join(f"{g} graph{'s' * (g != 1)}, {b} {breaks}, {r} recompiles" for g, b, r in sorted(kinds))
+    return f"Every compiled cell: {said}" if len(kinds) == 1 else f"Compiled cells: {said}"
+
+
+# ---------------------------------------------------------------- CartPole (benchmarks/cartpole.py)
+
+def _cartpole_rows(record: dict, process_wall: bool) -> list[list[str]]:
+    rows = []
+    for r in record["runs"]:
+        solved = r["first_solved"] or {}
+        row = [record["precision"], str(r["seed"]), f"{r['mean_return']:.1f}",
+               f"{solved['env_steps']:,} steps" if solved else "never", f"{solved['run_s']:.1f} s" if solved else "-",
+               f"{r['compile_s']:.1f} s", f"{r['run_s']:.1f} s", k(r["sps"])]
+        rows.append(row + [f"{r['process_wall_s']:.1f} s"] * process_wall)
+    return rows
+
+
+def cartpole() -> str:
+    return table(["precision", "seed", "final mean return (last 100 ep.)", "first mean >= 475 at", "run time to 475",
+                  "compile (first call)", "run time, 500k steps", "SPS", "process wall"],
+                 _cartpole_rows(load("cartpole.json"), process_wall=True))
+
+
+def cartpole_low_precision() -> str:
+    records = [load("cartpole-bf16.json"), load("cartpole-fp16.json")]
+    rows = [row for record in records for row in _cartpole_rows(record, process_wall=False)]
+    fp16 = records[1]["runs"]
+    finite = "no NaN reached the params" if all(r["params_finite"] for r in fp16) else "params went non-finite"
+    return (table(["precision", "seed", "final mean return", "first mean >= 475 at", "run time to 475", "compile",
+                   "run time", "SPS"], rows)
+            + f"\n\nfp16 skipped {sum(r['skipped_steps'] for r in fp16)} steps (non-finite gradients while its"
+            f" dynamic loss scale settled); {finite}.\n\"Run time to 475\" counts from the end of compilation.")
+
+
+def cleanrl() -> str:
+    res = load("compare_cleanrl.json")["results"]
+    names = {"cleanrl_style_eager": "CleanRL-style, eager", "fkernel_eager": "fkernel, eager (`--no-compile`)",
+             "fkernel_compiled": "fkernel, compiled"}
+    rows = [[label, f"{r['sps_wall']:,.0f}", f"{r['sps_cpu']:,.0f}", f"{r['sps_wall_vs_cleanrl']:.2f}x",
+             f"{r['compile_s']:.1f} s (warm cache)" if r["compile_s"] else "-"] for label, r in
+            ((names[name], r) for name, r in res.items())]
+    fk = res["fkernel_compiled"]
+    return (table(["variant", "env steps/s (wall)", "env steps/s (CPU time)", "vs CleanRL-style", "compile"], rows)
+            + f"\n\nThe targets are >= 20x and >= 150k SPS; compiled fkernel is at {fk['sps_wall_vs_cleanrl']:.1f}x"
+            f" and {k(fk['sps_wall'])} SPS here.\nWhere the time goes and what was tried is in \"Where the time"
+            " goes\" below.")
+
+
+def results_cartpole() -> str:
+    runs = load("cartpole.json")["runs"]
+    fk = load("compare_cleanrl.json")["results"]["fkernel_compiled"]
+    return (
+        "See `benchmarks/README.md` for measured figures (CartPole per seed: steps and time to a mean\n"
+        "return of 475, compile vs run time; scaling with the env count; raw env stepping; CPU and CUDA\n"
+        "`fkernel bench` tables). In short, on this project's 2-core CPU, one thread, warm inductor cache\n"
+        "(`python -m benchmarks.cartpole --seeds 0 1 2`, `results/cartpole.json`): CartPole's default\n"
+        f"500k-step run trains to a mean return of {span([r['mean_return'] for r in runs])} for each seed at"
+        f" {span([r['sps'] / 1e3 for r in runs])}k env steps/s\n"
+        f"({span([r['run_s'] for r in runs])} s of run time after {span([r['compile_s'] for r in runs])} s of"
+        f" compilation, {span([r['process_wall_s'] for r in runs])} s of process wall\ntime), first reaching 475"
+        f" after {span([r['first_solved']['env_steps'] / 1e3 for r in runs], '{:.0f}k')} steps. Side by side"
+        " with a CleanRL-style eager PPO\non the same env "
+        "(`python -m benchmarks.compare_cleanrl`, `results/compare_cleanrl.json`, 100k steps),\ncompiled"
+        f" fkernel runs at {fk['sps_wall_vs_cleanrl']:.1f}x its env steps/s.")
+
+
+def _sps_vs_rev(name: str) -> tuple[dict, str, str, str]:
+    d = load(name)
+    this, rev = d["median_sps"]["this tree"], d["median_sps"][d["rev"]]
+    return d, k(this), k(rev), f"{d['ratio_this_over_rev']:.3g}"
+
+
+def results_guards() -> str:
+    d, this, rev, ratio = _sps_vs_rev("sps_guards.json")
+    return (
+        "Keeping dynamo's guards (so that no configuration can run another's graph) costs nothing\n"
+        f"measurable in steady training: `python -m benchmarks.sps_against_revision --rev {d['rev']}` (the last\n"
+        f"revision with tensor-only guards; `results/sps_guards.json`, warm caches,"
+        f" {len(d['runs']['this tree'])} runs each, alternated)\n"
+        f"measured a median of {this} env steps/s for the default run against {rev} (ratio {ratio})."
+        " The guard\ncost that remains, and what won it back, are in `benchmarks/README.md`.")
+
+
+def results_train_state() -> str:
+    d, this, rev, ratio = _sps_vs_rev("sps_train_state.json")
+    return (
+        "The typed, pure training state (explicit random key, `apply_if_finite`, the learning rate from\n"
+        f"the schedule on the device) costs nothing either: `python -m benchmarks.sps_against_revision --rev\n"
+        f"{d['rev']}` (the last revision with the dict state and its shared `torch.Generator`;\n"
+        f"`results/sps_train_state.json`, warm caches, {len(d['runs']['this tree'])} runs each, alternated)"
+        f" measured a median of {this}\nenv steps/s for the default run against {rev} (ratio {ratio}).")
+
+
+def guards_sps() -> str:
+    d, this, rev, ratio = _sps_vs_rev("sps_guards.json")
+    every = [r["sps"] for runs in d["runs"].values() for r in runs]
+    return (f"`python -m benchmarks.sps_against_revision --rev {d['rev']}` (`results/sps_guards.json`): default\n"
+            "CartPole run, `fkernel train --threads 1`, warm caches, alternating"
+            f" {len(d['runs']['this tree'])} runs each: median {this} env\n"
+            f"steps/s against {rev} for the tensor-only-guard revision ({ratio}x; the runs spread"
+            f" {span([s / 1e3 for s in every], '{:.0f}')}k on both\nsides).")
+
+
+def train_state() -> str:
+    d, this, rev, ratio = _sps_vs_rev("sps_train_state.json")
+    return (f"`python -m benchmarks.sps_against_revision --rev {d['rev']} --json"
+            " benchmarks/results/sps_train_state.json`:\n"
+            f"the default `fkernel train --threads 1`, warm caches, {len(d['runs']['this tree'])} alternating runs"
+            " each. Median steady env\n"
+            f"steps/s: {this} for the typed state (explicit key split per iteration, `apply_if_finite`, learning\n"
+            f"rate from the schedule on the device) against {rev} for the dict state at {d['rev']} (ratio {ratio}).")
+
+
+# ---------------------------------------------------------------- scaling (benchmarks/scaling.py)
+
+def scaling() -> str:
+    def ms(x: float) -> str:
+        return f"{x:.1f} ms" if x < 1000 else f"{x / 1e3:.1f} s"
+
+    rows = [[f"{r['num_envs']:,}", f"{r['batch']:,}", f"{r['minibatch_rows']:,}", f"{r['rollout_sps'] / 1e3:.0f}k",
+             k(r["train_sps"]), ms(r["iteration_ms"]), f"{r['compile_s']:.1f} s"]
+            for r in load("scaling.json")["by_num_envs"]]
+    return table(["envs", "batch", "minibatch rows", "rollout env steps/s", "training env steps/s", "iteration",
+                  "compile (warm cache)"], rows)
+
+
+def scaling_raw() -> str:
+    r = load("scaling.json")["raw_cartpole"]
+    return (f"Raw batched CartPole ({r['num_envs']} envs, random actions, auto-reset, {r['num_steps']}-step segments,"
+            f" same run):\neager Python loop {r['eager_sps'] / 1e6:.1f} M env steps/s; one compiled `scan` over the"
+            f" segment with the noise drawn\nbeforehand {r['compiled_scan_sps'] / 1e6:.1f} M env steps/s"
+            f" ({r['compiled_vs_eager']:.1f}x; compile {r['compile_s']:.1f} s). TORCH-NOTES measured a leaner"
+            " CartPole step\nthat does less: fkernel's step also keeps the time-limit counter, truncation and the"
+            " pre-reset\nobservation that bootstrapping needs.")
+
+
+# ---------------------------------------------------------------- fkernel bench (cli/tools.py bench --json)
+
+def _bench(record: dict) -> dict:
+    return {(c["target"], c["mode"], c["precision"], c["size"]): c for c in record["cells"]}
+
+
+def bench_cpu() -> str:
+    record = load("bench-cpu.json")
+    cells = _bench(record)
+    rows = [[t, p, str(s), f"{c['median_ms']:.2f}", f"{cells[t, 'default', p, s]['median_ms']:.2f}",
+             f"{cells[t, 'default', p, s]['speedup_vs_eager']:.2f}x"]
+            for (t, mode, p, s), c in cells.items() if mode == "eager"]
+    return (table(["target", "precision", "size", "eager ms", "compiled ms", "compiled vs eager"], rows)
+            + f"\n\n{compiled_cells_sentence(record['cells'])}.")
+
+
+def precision() -> str:
+    cells = _bench(load("bench-cpu.json"))
+    ms = {(p, s): cells["update", "default", p, s]["median_ms"] for p in ("fp32", "bf16", "fp16") for s in (128, 2048)}
+    rows = [[p, f"{ms[p, 128]:.2f} ms", f"{ms[p, 2048]:.2f} ms"] for p in ("fp32", "bf16", "fp16")]
+    slower = {(p, s): f"{ms[p, s] / ms['fp32', s]:.1f}x" for p in ("bf16", "fp16") for s in (128, 2048)}
+    returns = [r["mean_return"] for f in ("cartpole", "cartpole-bf16", "cartpole-fp16")
+               for r in load(f"{f}.json")["runs"]]
+    return (table(["precision", "update step, 128 rows", "update step, 2048 rows"], rows)
+            + f"\n\nSo on this CPU low precision does not pay: bf16 is {slower['bf16', 128]} slower than fp32 at 128"
+            f" rows and\n{slower['bf16', 2048]} slower at 2048, and fp16 is {slower['fp16', 128]} and"
+            f" {slower['fp16', 2048]} slower (no native fp16 matmul). On an H200 all\nthree cost about the same"
+            " (launch-bound; `benchmarks/README.md`). Both exist for\nGPUs and to show that training stays finite."
+            f" CartPole trains to a mean\nreturn of {span(returns)} under all three (`results/cartpole*.json`,"
+            " see `benchmarks/README.md`).")
+
+
+def cuda_bench() -> str:
+    records = [load(f"cuda/bench-cuda-{p}.json") for p in ("fp32", "bf16", "fp16")]
+    all_cells = [c for r in records for c in r["cells"] if c["target"] == "update"]
+    cells = {(c["mode"], c["precision"], c["size"]): c for c in all_cells}
+    rows = []
+    for (mode, p, s), eager in cells.items():
+        if mode != "eager":
+            continue
+        d, ro = cells["default", p, s], cells["reduce-overhead", p, s]
+        rows.append([p, str(s), f"{eager['median_ms']:.2f}", f"{d['median_ms']:.2f} ({d['compile_s']:.1f} s)",
+                     f"{ro['median_ms']:.2f} ({ro['compile_s']:.1f} s)", f"{d['speedup_vs_eager']:.1f}x",
+                     f"{ro['speedup_vs_eager']:.1f}x"])
+
+    def by_mode(key: str, mode: str, fmt: str) -> str:
+        return span([c[key] for c in all_cells if c["mode"] == mode], fmt)
+
+    return (table(["precision", "rows", "eager ms", "default ms (compile)", "reduce-overhead ms (compile)",
+                   "default vs eager", "reduce-overhead vs eager"], rows)
+            + f"\n\n{compiled_cells_sentence(all_cells, 'graph breaks')}; peak CUDA memory"
+            f" {by_mode('peak_mem_mb', 'eager', '{:.0f}')} MB eager,\n{by_mode('peak_mem_mb', 'default', '{:.0f}')}"
+            f" MB default, {by_mode('peak_mem_mb', 'reduce-overhead', '{:.0f}')} MB reduce-overhead. At PPO's sizes"
+            " a GPU step is launch-bound: eager\nruns hundreds of tiny kernels"
+            f" ({by_mode('median_ms', 'eager', '{:.1f}')} ms), inductor fuses them"
+            f" ({by_mode('median_ms', 'default', '{:.1f}')} ms), and CUDA graphs\n(`reduce-overhead`) replay the"
+            f" whole step as one launch ({by_mode('median_ms', 'reduce-overhead', '{:.2f}')} ms), whatever the"
+            " precision.")
+
+
+# ---------------------------------------------------------------- seedbed (benchmarks/seedbed.py)
+
+def seedbed() -> str:
+    d = load("seedbed.json")
+    seeds = sorted({r["seed"] for r in d["runs"]})
+    cell = {(r["policy"], r["seed"]): f"{r['mean']:.2f} +- {r['std']:.2f}" for r in d["runs"]}
+    means = {p: m["mean"] for p, m in d["mean_over_seeds"].items()}
+    rows = [[p, *(cell[p, s] for s in seeds), f"{m:.2f}"] for p, m in means.items()]
+    trained = [r for r in d["runs"] if "op_decision_fraction" in r]
+    fractions = [f for r in trained for f in r["op_decision_fraction"].values()]
+    dead = sum(counts.get("dead", 0) for r in trained for counts in r["grad_status_counts"].values())
+    return (table(["policy", *(f"seed {s}" for s in seeds), "mean over seeds"], rows)
+            + "\n\nAveraging over decisions rather than relevant steps made no difference beyond the spread between\n"
+            f"seeds (LSTM {means['lstm-sampled']:.2f} vs {means['lstm-avg-relevant-sampled']:.2f},"
+            f" MLP {means['mlp-sampled']:.2f} vs {means['mlp-avg-relevant-sampled']:.2f}). Over every update"
+            " after the first of every run,\nthe fraction of batch steps where the op head had a real decision"
+            f" stayed between {min(fractions):.2f} and {max(fractions):.2f}\n(the high end is early training, when"
+            " the untrained policy keeps slots open), and the live view's\nclassification gave"
+            f" {dead or 'no'} `dead` row{'s' * (dead != 1)} in any update of any run (`grad_status_counts` in the"
+            " JSON).")
+
+
+# ---------------------------------------------------------------- morpho (benchmarks/morpho.py)
+
+def _morpho_controllers() -> list[tuple[str, dict]]:
+    d = load("morpho.json")
+    labels = {"crippled host (wait)": "crippled host alone (WAIT)", "random": "uniform random valid actions",
+              "heuristic": "scripted heuristic"}
+    return [*((labels[name], r) for name, r in d["baselines"].items()),
+            ("trained LSTM policy, greedy", d["trained"]["greedy"]),
+            ("trained LSTM policy, sampled", d["trained"]["sampled"])]
+
+
+def morpho_controllers() -> str:
+    def accuracy(r: dict) -> str:
+        return f"{r['mean']:.1f}% ({', '.join(f'{x:.1f}' for x in r['per_round'])})"
+
+    rows = [[label, accuracy(r["final_val_acc"]), f"{r['final_gain']['mean']:+.1f}", f"{r['return']['mean']:.2f}"]
+            for label, r in _morpho_controllers()]
+    d = load("morpho.json")
+    t, curve = d["trained"], {c["update"]: c["mean_return"] for c in d["trained"]["curve"]}
+    said = ", ".join(f"{curve[u]:.2f} after {u}" for u in (10, 20) if u in curve)
+    return (table(["controller", "final accuracy", "gain (points)", "return"], rows)
+            + f"\n\nThe policy trained with `Config.for_env(\"morpho\", total_steps={t['total_steps']})`:"
+            f" {t['updates']} updates of {d['envs']} envs x {d['episode_epochs']}\nsteps in"
+            f" {t['train_seconds']:.0f} s, {t['precision']}, {t['skipped_steps'] or 'no'} skipped steps. Its mean"
+            f" training return was {curve[1]:.2f} after the first\nupdate, {said} and {curve[max(curve)]:.2f} after"
+            f" {max(curve)}. A plain three-layer CNN trained on the\nsame generator's images (2048 training, 512"
+            f" validation, 6 epochs) reaches {d['plain_cnn_val_acc']:.1f}%, so the task\nleaves room above what the"
+            f" grown hosts reach in {d['episode_epochs']} epochs. Peak RSS of the benchmark process:\n"
+            f"{d['peak_rss_mib']:.0f} MiB.")
+
+
+def morpho() -> str:
+    d = load("morpho.json")
+    t, curve = d["trained"], {c["update"]: c["mean_return"] for c in d["trained"]["curve"]}
+    rows = [[label + (f" ({t['updates']} updates, {t['total_steps']} env steps, {t['train_seconds'] / 60:.0f} min)"
+                      if label.endswith("greedy") else ""),
+             f"{r['final_val_acc']['mean']:.1f}%", f"{r['final_gain']['mean']:+.1f} points",
+             f"{r['return']['mean']:.2f}"]
+            for label, r in _morpho_controllers()]
+    rows[0][0] = "crippled host alone (WAIT only)"
+    rows[2][0] = "scripted heuristic (`kernel/baselines.py`)"
+    return (f"The trained policy is the default config ({d['envs']} envs x {d['episode_epochs']} steps, LSTM\n"
+            f"factored policy, {t['precision']}) trained for {t['updates']} updates; its mean training return was"
+            f" {curve[20]:.1f} after 20\nupdates and {curve[max(curve)]:.1f} after {max(curve)} (the curve is in the"
+            " JSON).\n\n"
+            + table(["controller", "final validation accuracy", "seeds' gain (ablation)", "episode return"], rows))
+
+
+def _morpho_throughput(record: dict, batch_column: bool) -> list[list[str]]:
+    rows = []
+    for name, r in record["throughput"].items():
+        v, loop = r["host_epochs_per_s"]["vmapped"], r["host_epochs_per_s"]["python loop"]
+        if not batch_column:
+            rows.append([name, f"{v:.1f} host-epochs/s", f"{loop:.1f}", f"{r['ratio']:.1f}x"])
+            continue
+        default = record["batch_size"] == 32  # the env's default minibatch
+        seconds = r["epoch_seconds"]
+        rows.append([name.replace(" hosts", "").replace("hosts ", ""),
+                     f"{record['batch_size']}" + " (default)" * default,
+                     f"{v:.1f} host-epochs/s" + f" ({seconds['vmapped']:.2f} s)" * default,
+                     f"{loop:.1f}" + f" ({seconds['python loop']:.2f} s)" * default, f"{r['ratio']:.1f}x"])
+    return rows
+
+
+def morpho_host_throughput() -> str:
+    rows = [row for f in ("morpho.json", "morpho_throughput_batch128.json")
+            for row in _morpho_throughput(load(f), batch_column=True)]
+    return table(["hosts", "minibatch", "vmapped", "Python loop", "ratio"], rows)
+
+
+def morpho_throughput() -> str:
+    d = load("morpho.json")
+    cold, warm = load("morpho_compile_cold.json")["compile"], load("morpho_compile_warm.json")["compile"]
+    saves = [c["eager"]["epoch_s"] - c["compiled"]["epoch_s"] for c in (cold, warm)]
+    return (table(["hosts", "vmapped", "Python loop over hosts", "ratio"], _morpho_throughput(d, batch_column=False))
+            + "\n\nCompiling the vmapped host step does not pay here: `torch.compile` takes"
+            f" {cold['compile_s']:.0f} s cold and\n{warm['compile_s']:.0f} s with a warm cache (`--only compile`,"
+            " `results/morpho_compile_{cold,warm}.json`)\nfor one set of blueprints in use, and every other set"
+            f" compiles again, while it saves\n{span(saves, '{:.2f}')} s per epoch of {d['envs']} hosts. Host"
+            f" training stays eager.\nPeak RSS of the whole benchmark process: {d['peak_rss_mib']:.0f} MiB.")
+
+
+def morpho_compile() -> str:
+    cold, warm = load("morpho_compile_cold.json")["compile"], load("morpho_compile_warm.json")["compile"]
+    return (f"- compile time: {cold['compile_s']:.0f} s cold, {warm['compile_s']:.0f} s warm, for one set of"
+            " blueprints in use;\n"
+            f"- epoch time: {cold['compiled']['epoch_s']:.2f} s and {warm['compiled']['epoch_s']:.2f} s compiled,"
+            f" against {cold['eager']['epoch_s']:.2f} s and {warm['eager']['epoch_s']:.2f} s eager in the same runs.")
+
+
+def _morpho_iteration() -> tuple[float, float]:
+    s = load("morpho_iteration.json")["iteration_seconds"]
+    return s["collect"], s["update"]
+
+
+def morpho_iteration_bench() -> str:
+    d = load("morpho_iteration.json")
+    collect, update = _morpho_iteration()
+    return ("Where an iteration's time goes (`--only iteration --repeats 3`, `results/morpho_iteration.json`,\n"
+            f"median): collecting {d['episode_epochs']} steps of {d['envs']} envs takes {collect:.1f} s and the"
+            f" eager policy update {update:.2f} s.")
+
+
+def morpho_iteration() -> str:
+    d = load("morpho_iteration.json")
+    collect, update = _morpho_iteration()
+    return ("The env runs eagerly (its epoch is a Python loop over minibatches), and `fkernel train --env morpho`\n"
+            "trains its LSTM factored policy with `compile: false` by default: one iteration of the default\n"
+            f"config spends {collect:.1f} s collecting ({d['episode_epochs']} epochs of {d['envs']} hosts) and"
+            f" {update:.2f} s in the eager policy update\n(`python -m benchmarks.morpho --only iteration`,"
+            " `results/morpho_iteration.json`), so compiling\nthe update could save at most"
+            f" {100 * update / (collect + update):.0f}% of an iteration. `--compile` still compiles it.")
+
+
+# ---------------------------------------------------------------- sound guards (benchmarks/configs_in_one_process.py)
+
+def configs_in_one_process() -> str:
+    rows = []
+    for which, rev in (("before", "cd97aab (tensor-only guards)"), ("after", "now")):
+        d = load(f"configs_in_one_process-{which}.json")
+        graphs = f"{rev}: {d['graphs_compiled']} graph{'s' * (d['graphs_compiled'] != 1)} compiled"
+        rows += [[graphs, c["config"], f"{c['loss_compiled']:.6f}", f"{c['loss_eager']:.6f}",
+                  f"{c['max_abs_param_diff']:.1e}"] for c in d["configs"]]
+    return table(["revision", "configuration", "compiled loss", "eager loss", "max abs param diff after one step"],
+                 rows)
+
+
+# ---------------------------------------------------------------- many runs (benchmarks/many_runs.py)
+
+def many_runs_bench() -> str:
+    rows = [[str(r["runs"]), k(r["vmapped_sps"]), k(r["sequential_sps"]), f"{r['ratio_vmapped_over_sequential']:.2f}x",
+             f"{r['first_iteration_s']:.1f} s"] for r in load("many_runs.json")["rows"]]
+    return table(["runs", "vmapped", "one after another", "ratio", "group's first iteration (warm cache)"], rows)
+
+
+def many_runs() -> str:
+    rows = load("many_runs.json")["rows"]
+    one = next(r for r in rows if r["runs"] == 1)
+    big = [r for r in rows if r["runs"] > 8]
+    groups = [r["first_iteration_s"] for r in rows if r["runs"] > 1]
+    levels = ", ".join(f"{k(r['vmapped_sps'])} at {r['runs']} runs" for r in big)
+    return (table(["runs", "vmapped", "one after another", "ratio"],
+                  [[str(r["runs"]), k(r["vmapped_sps"]), k(r["sequential_sps"]),
+                    f"{r['ratio_vmapped_over_sequential']:.2f}x"] for r in rows])
+            + "\n\nBeyond 8 runs the grad step is bound by its batched matmuls and the per-step gradient statistics,\n"
+            f"so throughput levels off ({levels})"
+            f" on one core.\nThe first iteration of a group of several runs takes {span(groups)} s even with a warm"
+            " inductor cache\n(dynamo traces the vmapped grad step before the cache can answer), against"
+            f" {one['first_iteration_s']:.1f} s for a group of one.")
+
+
+# ---------------------------------------------------------------- distributed (benchmarks/distributed_scaling.py)
+
+def _distributed() -> tuple[list[dict], float, float]:
+    rows = load("distributed_scaling.json")["rows"]
+    one, two = (CARTPOLE_BATCH / rows[0]["median_sps"][n] * 1e3 for n in ("1", "2"))  # ms per iteration
+    return rows, one, (two - one) / CARTPOLE_GRAD_STEPS
+
+
+def distributed_bench() -> str:
+    rows, one, per_step = _distributed()
+    labels = {"default (4 envs)": "default CartPole (4 envs in all, 500k steps)", "64 envs": "64 envs, 2M steps"}
+    table_rows = [[labels.get(r["job"], r["job"]), k(r["median_sps"]["1"]), k(r["median_sps"]["2"]),
+                   f"{r['ratio']:.2f}x"] for r in rows]
+    returns = [{run["mean_return"] for run in r["runs"]["2"]} for r in rows]
+    same = "the same results as each other" if all(len(s) == 1 for s in returns) else "different results"
+    two = rows[0]["median_sps"]["2"]
+    return (table(["job", "1 process", "2 processes", "ratio"], table_rows)
+            + f"\n\nBoth two-process jobs trained to {same} (mean return"
+            f" {' and '.join(f'{max(s):.1f}' for s in returns)}).\nEach minibatch step all-reduces ~9k gradient"
+            " floats plus the loss; with gloo between two\nprocesses on the two cores this costs about"
+            f" {per_step:.1f} ms per step (from the default job's per-iteration\ntime,"
+            f" {CARTPOLE_BATCH / two * 1e3:.0f} ms against {one:.1f} ms for {CARTPOLE_GRAD_STEPS} steps).")
+
+
+def distributed() -> str:
+    rows, one, per_step = _distributed()
+    a, b = rows
+    return ("On this 2-core machine data parallelism does not pay for CartPole's small network\n"
+            "(`python -m benchmarks.distributed_scaling`, `benchmarks/results/distributed_scaling.json`, one\n"
+            f"thread per process, warm cache, median of {len(a['runs']['1'])}): the default 4-env job trains at"
+            f" {k(a['median_sps']['1'])} env steps/s\nin one process and {k(a['median_sps']['2'])} in two"
+            f" ({a['ratio']:.2f}x: every minibatch step waits for a gloo all-reduce, about\n{per_step:.1f} ms here,"
+            f" while a whole one-process iteration of {CARTPOLE_GRAD_STEPS} steps takes\n{one:.1f} ms), a 64-env job"
+            f" at {k(b['median_sps']['1'])} and {k(b['median_sps']['2'])} ({b['ratio']:.2f}x). It is for networks"
+            " and envs whose steps\ncost more than the exchange, and for several GPUs.")
+
+
+# ---------------------------------------------------------------- fused iteration (benchmarks/fused.py)
+
+def _fused_break_even() -> dict[str, int]:
+    """Updates from which fusing pays on CPU, from the figures as the tables show them (kernel/auto.py's
+    ``fuse_break_even`` over its copy of them)."""
+    d = load("fused_speed_compile.json")
+    out = {}
+    for env, s in d["speed"].items():
+        per_it = s["seconds_per_iteration"]
+        warm = {path: round(d["compile"][f"{env}: {path}"]["warm"]["first_iteration_s"], 1)
+                for path in ("unfused", "fused")}
+        extra = warm["fused"] - warm["unfused"]
+        shown = {path: float(f"{per_it[path]:.3g}") for path in ("unfused", "fused")}
+        out[env] = round(extra / (shown["unfused"] - shown["fused"]))
+    return out
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3g} ms"
+
+
+def fused_speed() -> str:
+    rows = []
+    for env, s in load("fused_speed_compile.json")["speed"].items():
+        per_it, sps, c = s["seconds_per_iteration"], s["env_steps_per_s"], s["config"]
+        name = "CartPole" if env == "cartpole" else "seedbed LSTM"
+        rows.append([f"{name} ({c['num_envs']} envs x {c['num_steps']} steps)", _ms(per_it["eager"]),
+                     *(f"{_ms(per_it[path])} ({k(sps[path])} env steps/s)" for path in ("unfused", "fused")),
+                     f"{s['fused_over_unfused']:.2f}x"])
+    return table(["", "eager", "compiled, unfused", "compiled, fused", "fused / unfused"], rows)
+
+
+FORMULATIONS = {"unfused": "unfused (rollout scan, GAE, 16 grad-step calls)",
+                "fused": "fused, C++ wrapper, wrapper and kernels built separately (the default)",
+                "fused, wrapper and kernels in one C++ unit": "fused, C++ wrapper as one C++ unit",
+                "fused, Python wrapper": "fused, Python wrapper"}
+
+
+def fused_compile() -> str:
+    compile_s = load("fused_speed_compile.json")["compile"]
+
+    def cold_warm(env: str, name: str) -> str:
+        r = compile_s.get(f"{env}: {name}")
+        return f"{r['cold']['first_iteration_s']:.1f} / {r['warm']['first_iteration_s']:.1f} s" if r else ""
+
+    rows = [[label, cold_warm("cartpole", name), cold_warm("seedbed", name),
+             f"{compile_s[f'cartpole: {name}']['cold']['iteration_s'] * 1e3:.1f} ms"]
+            for name, label in FORMULATIONS.items()]
+    return table(["formulation", "CartPole cold / warm", "seedbed cold / warm", "CartPole s per iteration"], rows)
+
+
+def _whole() -> dict[str, dict]:
+    return load("fused_whole.json")["whole"]
+
+
+def fused_whole() -> str:
+    rows = []
+    for name, runs in _whole().items():
+        run, mode = name.split(", compile ", 1)
+
+        def cell(r: dict) -> str:
+            auto = re.match(r"compile auto: (\w+)", r["auto"] or "")
+            return (f"{r['wall_s']:.1f} s ({r['compile_s']:.1f} + {r['run_s']:.1f})"
+                    + (f" auto: {auto[1]}" if auto else ""))
+
+        last = runs.get("warm", runs["cold"])
+        rows.append([run, mode, cell(runs["cold"]), cell(runs["warm"]) if "warm" in runs else
+                     "(same: nothing to compile)", f"{last['peak_rss_mb']:.0f} MiB", f"{last['mean_return']:.1f}"])
+    header = ["run", "compile", "cold cache: wall (compile + run)", "warm cache: wall (compile + run)", "peak RSS",
+              "mean return"]
+
+    whole, right, cases, eager = _whole(), 0, 0, {}
+    for name, runs in whole.items():
+        if not name.endswith("compile auto"):
+            continue
+        base = name[: -len("auto")]
+        for state, r in runs.items():
+            chose_on = r["auto"].startswith("compile auto: on")
+            right += chose_on == (whole[base + "on"][state]["wall_s"] < whole[base + "off"]["cold"]["wall_s"])
+            cases += 1
+            env = name.split()[0]
+            eager[env] = max(eager.get(env, 0.0), 2 * float(re.search(r"\(([\d.]+) ms eager", r["auto"])[1]) / 1e3)
+    verdict = f"In all {cases} cases" if right == cases else f"In {right} of {cases} cases"
+    return (table(header, rows)
+            + f"\n\n{verdict} `auto` chose the faster of compiling and not compiling. Its two eager\n"
+            f"iterations cost up to {eager['cartpole']:.2f} s for CartPole and {eager['seedbed']:.2f} s for seedbed.")
+
+
+def fused_auto_line() -> str:
+    line = _whole()["cartpole default (500000 steps), compile auto"]["cold"]["auto"]
+    return f"It prints one line with every number it used, for example (from the run in the table below)\n`{line}`."
+
+
+def fused_break_even() -> str:
+    be = _fused_break_even()
+    stays = "unfused" if CARTPOLE_UPDATES < be["cartpole"] else "fused"
+    return ("`--fuse/--no-fuse` force either. The default (`fuse: auto`) fuses on CUDA, and on CPU only runs\n"
+            "long enough for its faster iterations to pay for its longer compile: measured below, that is from\n"
+            f"~{be['cartpole']} updates on for CartPole and ~{be['seedbed']} for seedbed, so the default 500k-step"
+            f" CartPole run stays\n{stays}. Groups of runs (`--seeds`, `--sweep`), data-parallel ranks and envs that"
+            " step in Python\n(morpho) always train unfused. `fkernel train` prints which path it took and why.")
+
+
+def fused_summary() -> str:
+    d = load("fused_speed_compile.json")
+    s, c = d["speed"], d["compile"]
+
+    def pair(key: str, state_key: str = "first_iteration_s") -> str:
+        return f"{c[key]['cold'][state_key]:.1f} / {c[key]['warm'][state_key]:.1f} s"
+
+    def per_it(env: str, path: str) -> str:
+        return _ms(s[env]["seconds_per_iteration"][path])
+
+    be = _fused_break_even()
+    p = load("fused_preset_cpu.json")["preset"]
+    summary, config = p["summary"], p["config"]
+    updates = config["total_steps"] // (config["num_envs"] * config["num_steps"])
+    fuses = updates >= be["cartpole"]
+    one_unit, python = (c[f"cartpole: {name}"] for name in list(FORMULATIONS)[2:])
+    return (
+        "- Steady seconds per iteration, fused vs unfused, alternating blocks in one process: CartPole\n"
+        f"  {per_it('cartpole', 'fused')} vs {per_it('cartpole', 'unfused')}"
+        f" ({s['cartpole']['fused_over_unfused']:.2f}x), seedbed {per_it('seedbed', 'fused')} vs"
+        f" {per_it('seedbed', 'unfused')} ({s['seedbed']['fused_over_unfused']:.2f}x); eager"
+        f" {per_it('cartpole', 'eager')} and {per_it('seedbed', 'eager')}.\n"
+        "- Compile (first iteration, own process, cold / warm cache): CartPole unfused"
+        f" {pair('cartpole: unfused')}, fused\n  {pair('cartpole: fused')}; seedbed unfused"
+        f" {pair('seedbed: unfused')}, fused {pair('seedbed: fused')}. The fused graph built as one\n"
+        f"  C++ unit took {pair('cartpole: fused, wrapper and kernels in one C++ unit')}"
+        f" ({one_unit['cold']['iteration_s'] * 1e3:.1f} ms per iteration), with the Python wrapper"
+        f" {pair('cartpole: fused, Python wrapper')} ({python['cold']['iteration_s'] * 1e3:.1f} ms\n"
+        "  per iteration: Python runs both loops).\n"
+        f"- So on CPU fusing pays only for long runs (CartPole from ~{be['cartpole']} updates, seedbed from"
+        f" ~{be['seedbed']}): the\n  default `fuse: auto` follows these figures (`kernel/auto.py` holds them).\n"
+        f"- `--preset cartpole-gpu` on this CPU (torch's default threads, {'fused' if fuses else 'unfused'}"
+        f" because its {updates} updates are\n  {'above' if fuses else 'below'} the break-even):"
+        f" the rolling mean return first reached 475 at update {summary['first_solved']['update']}"
+        f" ({summary['first_solved']['env_steps'] / 1e6:.2f}M env steps,\n  {summary['first_solved']['run_s']:.1f} s"
+        f" of run time), {summary['mean_return']:.1f} at the end of {config['total_steps'] / 1e6:.0f}M steps;"
+        f" {summary['sps'] / 1e3:.0f}k env steps/s; {p['wall_s']:.1f} s of\n  process wall time with a"
+        f" {summary['compile_s']:.1f} s compile.")
+
+
+# ---------------------------------------------------------------- the registry, and rewriting the READMEs
+
+BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
+    "many-runs": (README, many_runs),
+    "distributed": (README, distributed),
+    "precision": (README, precision),
+    "morpho-iteration": (README, morpho_iteration),
+    "morpho": (README, morpho),
+    "morpho-throughput": (README, morpho_throughput),
+    "fused-auto-line": (README, fused_auto_line),
+    "fused-break-even": (README, fused_break_even),
+    "fused-speed": (README, fused_speed),
+    "fused-compile": (README, fused_compile),
+    "fused-whole": (README, fused_whole),
+    "results-cartpole": (README, results_cartpole),
+    "results-guards": (README, results_guards),
+    "results-train-state": (README, results_train_state),
+    "cartpole": (BENCH_README, cartpole),
+    "cartpole-low-precision": (BENCH_README, cartpole_low_precision),
+    "cleanrl": (BENCH_README, cleanrl),
+    "scaling": (BENCH_README, scaling),
+    "scaling-raw": (BENCH_README, scaling_raw),
+    "bench-cpu": (BENCH_README, bench_cpu),
+    "cuda-bench": (BENCH_README, cuda_bench),
+    "seedbed": (BENCH_README, seedbed),
+    "morpho-controllers": (BENCH_README, morpho_controllers),
+    "morpho-host-throughput": (BENCH_README, morpho_host_throughput),
+    "morpho-iteration-bench": (BENCH_README, morpho_iteration_bench),
+    "morpho-compile": (BENCH_README, morpho_compile),
+    "configs-in-one-process": (BENCH_README, configs_in_one_process),
+    "guards-sps": (BENCH_README, guards_sps),
+    "fused-summary": (BENCH_README, fused_summary),
+    "train-state": (BENCH_README, train_state),
+    "many-runs-bench": (BENCH_README, many_runs_bench),
+    "distributed-bench": (BENCH_README, distributed_bench),
+}
+
+
+def render(text: str, readme: str) -> str:
+    """``text`` (the contents of ``readme``) with every registered block replaced by its rendering."""
+    def fill(m: re.Match) -> str:
+        entry = BLOCKS.get(m["name"])
+        if entry is None or entry[0] != readme:
+            return m[0]
+        return f"<!-- report:{m['name']} -->\n{entry[1]()}\n<!-- /report:{m['name']} -->"
+
+    return BLOCK.sub(fill, text)
+
+
+def differences(texts: Mapping[str, str]) -> list[str]:
+    """One line per block that is missing, unknown, or not what it renders today; ``texts`` maps each
+    README path (``README``, ``BENCH_README``) to its contents."""
+    found = {readme: {m["name"]: m["body"] for m in BLOCK.finditer(text)} for readme, text in texts.items()}
+    problems = []
+    for name, (readme, renderer) in BLOCKS.items():
+        body = found.get(readme, {}).get(name)
+        if body is None:
+            problems.append(f"{name}: no <!-- report:{name} --> block in {readme}")
+        elif body != renderer():
+            problems.append(f"{name}: {readme} differs from what benchmarks.report renders")
+    for readme, blocks in found.items():
+        problems += [f"{name}: unknown block in {readme}" for name in blocks
+                     if BLOCKS.get(name, (None,))[0] != readme]
+    return problems
+
+
+def read_readmes(root: Path = ROOT) -> dict[str, str]:
+    return {readme: (root / readme).read_text() for readme in (README, BENCH_README)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true", help="exit 1 if any block differs from its rendering")
+    args = ap.parse_args(argv)
+    texts = read_readmes()
+    if args.check:
+        problems = differences(texts)
+        print("\n".join(problems) if problems else f"OK: {len(BLOCKS)} blocks match benchmarks/results/*.json")
+        return 1 if problems else 0
+    for readme, text in texts.items():
+        new = render(text, readme)
+        if new != text:
+            (ROOT / readme).write_text(new)
+            print(f"rewrote {readme}")
+    problems = differences(read_readmes())
+    print("\n".join(problems) if problems else "OK")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
