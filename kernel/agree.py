@@ -1,0 +1,188 @@
+"""Whether two computations of the same PPO steps agree: leaf by leaf, each on its own scale.
+
+One absolute tolerance for everything lets the largest number (a value loss, a big weight) set the
+bar for all the rest, so a doubled learning rate or a dropped entropy term hides under it. Here
+every quantity is measured against its own magnitude:
+
+- params through their update: ``|(p1 - p0) - (q1 - p0)| / |p1 - p0|`` per leaf (L2 norms), so a
+  step twice as long, or pointing elsewhere, counts in full however large the weights are;
+- optimizer moments, the rollout carry and outputs (losses, log-probs, values), each leaf or
+  output against its own norm;
+- what must not differ at all, exactly: integer and boolean leaves (step counts, skip counts,
+  random keys, episode counters) and the loss scale.
+
+Float rounding alone cannot flip a structural choice, so two checks see what a tolerance of a low
+precision's size would hide: which dtypes the trunk's and the heads' matrix products run in
+(:func:`matmul_dtypes`), and whether the reported loss is made of the terms and coefficients the
+config asks for (:func:`loss_recomposition_gap`).
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from kernel.tree import as_dicts, flatten_with_paths
+
+
+class Tolerance(NamedTuple):
+    """Relative tolerances: ``update`` for a parameter leaf's change, ``state`` for optimizer
+    moments and the rollout carry, ``output`` for losses, log-probs and values."""
+
+    update: float
+    state: float
+    output: float
+
+
+# Compiled against eager, per compute dtype: a few times the largest gap measured on CartPole's MLP
+# and seedbed's LSTM after a rollout segment and eight grad steps with both clips engaged
+# (tests/kernel/compiled_vs_eager.py; CPU, torch 2.14.1), largest of the two envs:
+#   fp32: update 2.7e-6, state 2.5e-6, output 1.1e-6
+#   bf16: update 1.1e-2, state 3.8e-2, output 4.5e-3
+#   fp16: update 5.5e-3, state 1.5e-3, output 6.8e-4
+# Low precision's gaps come from rounding the trunk at other points (inductor keeps a fused chain in
+# float32 and rounds once; eager rounds after every op). At bf16's size a dropped entropy term or an
+# fp32 trunk can hide: the structural checks below catch those.
+TOLERANCE = {
+    "fp32": Tolerance(update=1e-5, state=1e-5, output=1e-5),
+    "bf16": Tolerance(update=3e-2, state=1e-1, output=1e-2),
+    "fp16": Tolerance(update=2e-2, state=1e-2, output=3e-3),
+}
+# How far a loss may sit from the sum of its terms: each is float32 whatever the compute dtype.
+LOSS_TERMS_RTOL = 1e-5
+
+
+def relative_gap(got: torch.Tensor, want: torch.Tensor, scale: torch.Tensor | None = None) -> float:
+    """``|got - want| / |scale|`` in float64 L2 norms (``scale`` defaults to ``want``); 0 when both
+    sides are equal, inf when they differ and the scale is 0; inf for mismatched non-finite values."""
+    got, want = got.detach().double().cpu(), want.detach().double().cpu()
+    scale = want if scale is None else scale.detach().double().cpu()
+    if not torch.equal(torch.isnan(got), torch.isnan(want)) or not torch.equal(torch.isinf(got), torch.isinf(want)):
+        return math.inf
+    finite = torch.isfinite(want)
+    if not torch.equal(got[~finite], want[~finite]):
+        return math.inf
+    diff = torch.linalg.vector_norm(got[finite] - want[finite]).item()
+    if diff == 0.0:
+        return 0.0
+    norm = torch.linalg.vector_norm(scale[torch.isfinite(scale)]).item()
+    return diff / norm if norm > 0 else math.inf
+
+
+def exact(x: torch.Tensor) -> bool:
+    """Leaves that must match bit for bit: integers and booleans."""
+    return not x.is_floating_point()
+
+
+def state_disagreements(want, got, start, tol: Tolerance, exact_paths: tuple = ("loss_scale", "rng", "step")) -> list:
+    """Each leaf of two training states (``want`` the reference) that differs beyond ``tol``, as
+    one line. ``start`` is the state both began from: parameter leaves compare by their update.
+    Paths that begin with one of ``exact_paths`` must be equal."""
+    flat_want, flat_got = flatten_with_paths(as_dicts(want)), flatten_with_paths(as_dicts(got))
+    if flat_want.keys() != flat_got.keys():
+        return [f"leaves differ: {sorted(set(flat_want) ^ set(flat_got))}"]
+    flat_start = flatten_with_paths(as_dicts(start)) if start is not None else {}
+    problems = []
+    for path, w in flat_want.items():
+        g = flat_got[path]
+        if g.shape != w.shape or g.dtype != w.dtype:
+            problems.append(f"{path}: {tuple(g.shape)} {g.dtype} where {tuple(w.shape)} {w.dtype} was expected")
+        elif exact(w) or path.startswith(exact_paths):
+            if not torch.equal(g.cpu(), w.cpu()):
+                problems.append(f"{path}: must be equal, differs in {int((g.cpu() != w.cpu()).sum())} element(s)")
+        elif path.startswith("params.") and path in flat_start:
+            p0 = flat_start[path].double()
+            gap = relative_gap(g.double() - p0, w.double() - p0)
+            if gap > tol.update:
+                problems.append(f"{path}: update differs by {gap:.2e} of its size (allowed {tol.update:.0e})")
+        else:
+            gap = relative_gap(g, w)
+            if gap > tol.state:
+                problems.append(f"{path}: differs by {gap:.2e} of its size (allowed {tol.state:.0e})")
+    return problems
+
+
+def output_disagreements(want: dict, got: dict, tol: Tolerance, scales: dict | None = None) -> list:
+    """Each named output (a loss, log-probs, values: tensors) that differs from ``want``'s by more
+    than ``tol.output`` of its own size (or of ``scales[name]``, for an output whose value can sit
+    near 0 while its terms do not); integer outputs (counts) must be equal."""
+    scales = scales or {}
+    problems = [f"{name}: missing" for name in want if name not in got]
+    for name, w in want.items():
+        if name not in got:
+            continue
+        g = got[name]
+        if exact(w):
+            if not torch.equal(g.cpu(), w.cpu()):
+                problems.append(f"{name}: must be equal")
+            continue
+        gap = relative_gap(g, w, scales.get(name))
+        if gap > tol.output:
+            problems.append(f"{name}: differs by {gap:.2e} of its size (allowed {tol.output:.0e})")
+    return problems
+
+
+def loss_recomposition_gap(metrics: dict, hyper: dict, head_names: tuple) -> float:
+    """How far the reported loss is from ``pg_loss - sum_h (ent_coef + ent_coef/h) * entropy_h +
+    vf_coef * v_loss`` with ``hyper``'s coefficients, relative to the terms' sizes. A step that
+    drops a term or uses another coefficient than ``hyper`` says is off by that term."""
+    if len(head_names) == 1:
+        entropies = {head_names[0]: metrics["entropy"]}
+    else:
+        entropies = {h: metrics[f"head/{h}/entropy"] for h in head_names}
+    terms = [metrics["pg_loss"].double(), hyper["vf_coef"].double() * metrics["v_loss"].double()]
+    for h, ent in entropies.items():
+        coef = hyper["ent_coef"].double() + hyper.get(f"ent_coef/{h}", torch.zeros(())).double()
+        terms.append(-coef.cpu() * ent.double().cpu())
+    terms = [t.cpu() for t in terms]
+    size = sum(t.abs() for t in terms)
+    return float((metrics["loss"].double().cpu() - sum(terms)).abs() / size)
+
+
+class _MatmulDtypes(TorchDispatchMode):
+    """Records the dtype of every matrix product run under it."""
+
+    OPS = ("mm", "addmm", "bmm", "baddbmm", "matmul", "linear")
+
+    def __init__(self):
+        super().__init__()
+        self.dtypes = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.split(".")[0] in self.OPS:
+            self.dtypes.update(a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point())
+        return func(*args, **(kwargs or {}))
+
+
+def matmul_dtypes(fn) -> set:
+    """The dtypes of the matrix products ``fn()`` runs (eagerly)."""
+    mode = _MatmulDtypes()
+    with mode, torch.no_grad():
+        fn()
+    return mode.dtypes
+
+
+def trunk_dtype_problem(policy, precision, params, batch: dict) -> str | None:
+    """Whether ``policy`` computes its trunk in ``precision``'s compute dtype and its heads in
+    float32 (its matrix products on ``batch`` run in exactly those dtypes); a line if not."""
+    from kernel.ppo import evaluate
+
+    want = {precision.compute_dtype, torch.float32}
+    got = matmul_dtypes(lambda: evaluate(policy, params, batch))
+    if got != want:
+        return f"matrix products ran in {sorted(map(str, got))}, expected {sorted(map(str, want))}"
+    return None
+
+
+def loss_problems(outputs: dict, hyper: dict, head_names: tuple) -> list:
+    """Steps (outputs named ``step<k>.<metric>``) whose loss is not the sum of ``hyper``'s terms."""
+    problems = []
+    for prefix in sorted({name.split(".")[0] for name in outputs if name.endswith(".loss")}):
+        metrics = {name[len(prefix) + 1:]: v for name, v in outputs.items() if name.startswith(prefix + ".")}
+        gap = loss_recomposition_gap(metrics, hyper, head_names)
+        if not gap <= LOSS_TERMS_RTOL:
+            problems.append(f"{prefix}: the loss is {gap:.1e} of its terms away from pg - ent_coef * entropy "
+                            f"+ vf_coef * v_loss (allowed {LOSS_TERMS_RTOL:.0e})")
+    return problems
