@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,11 +94,13 @@ ENV_DEFAULTS = {
 # Named sets of config values (``fkernel train --preset NAME``), applied like flags.
 PRESETS = {
     # Thousands of envs with short segments: each update sees a large, fresh batch, so a larger
-    # learning rate is stable and CartPole solves in few updates (tested in tests/kernel/test_presets.py).
+    # learning rate is stable and CartPole solves in few updates (tests/kernel/test_presets.py trains
+    # it with fewer envs on the CPU).
     "cartpole-gpu": dict(env="cartpole", num_envs=2048, num_steps=16, total_steps=8_000_000, update_epochs=4,
                          num_minibatches=4, lr=1e-3, device="cuda"),
 }
 POSITIVE_INTS = ("num_envs", "num_steps", "total_steps", "update_epochs", "num_minibatches")
+FLOATS = ("lr", "adam_eps", "max_grad_norm", "gamma", "gae_lambda", "clip_coef", "ent_coef", "vf_coef")
 
 
 def validated(config: Config) -> Config:
@@ -116,9 +119,16 @@ def validated(config: Config) -> Config:
         raise ValueError(
             f"total_steps={config.total_steps} is smaller than one batch (num_envs*num_steps={config.batch_size})"
         )
+    for name in FLOATS:
+        value = getattr(config, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
     for name in ("lr", "adam_eps", "max_grad_norm", "clip_coef"):
         if not getattr(config, name) > 0:
             raise ValueError(f"{name} must be > 0, got {getattr(config, name)!r}")
+    for name in ("ent_coef", "vf_coef"):
+        if not getattr(config, name) >= 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(config, name)!r}")
     for name in ("gamma", "gae_lambda"):
         if not 0.0 <= getattr(config, name) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(config, name)!r}")
@@ -133,8 +143,13 @@ def validated(config: Config) -> Config:
         raise ValueError(f"lstm_size must be a positive integer, got {config.lstm_size!r}")
     if not isinstance(config.env_options, dict) or not all(isinstance(k, str) for k in config.env_options):
         raise ValueError(f"env_options must map option names to values, got {config.env_options!r}")
-    if not all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in config.ent_coef_heads.items()):
-        raise ValueError(f"ent_coef_heads must map head names to numbers, got {config.ent_coef_heads!r}")
+    if not all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+               for k, v in config.ent_coef_heads.items()):
+        raise ValueError(f"ent_coef_heads must map head names to finite numbers, got {config.ent_coef_heads!r}")
+    for head, extra in config.ent_coef_heads.items():
+        if not config.ent_coef + extra >= 0:
+            raise ValueError(f"ent_coef_heads: head {head!r}'s entropy coefficient ent_coef + {extra!r} "
+                             f"= {config.ent_coef + extra!r} must be >= 0")
     if config.head_average not in ("decisions", "relevant"):
         raise ValueError(f"head_average must be 'decisions' or 'relevant', got {config.head_average!r}")
     if config.fuse not in ("auto", "on", "off"):

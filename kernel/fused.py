@@ -1,12 +1,14 @@
 """The whole PPO iteration as one compiled call.
 
 :func:`make_fused` returns ``fused(params, opt_state, scale, carry, action_noise, env_noise,
-perm_keys, step) -> (params, opt_state, scale, carry, metrics)``: the rollout scan, its bootstrap,
-GAE, the batch, the hyperparameters of update ``step``, every epoch x minibatch gradient step (one
-``scan`` over the minibatches' indices) and the metrics, all in one function that
-``torch.compile`` turns into one graph. Its inputs are the training state and the noise of this
-iteration, drawn from the state's key by :func:`iteration` exactly as the unfused path draws it,
-so both paths compute the same numbers.
+perm_keys, hyper) -> (params, opt_state, scale, carry, metrics)``: the rollout scan, its bootstrap,
+GAE, the batch, every epoch x minibatch gradient step (one ``scan`` over the minibatches' indices)
+and the metrics, all in one function that ``torch.compile`` turns into one graph. Its inputs are
+the training state, the noise of this iteration, drawn from the state's key by :func:`iteration`
+exactly as the unfused path draws it, and this update's hyperparameters as tensors
+(:func:`kernel.ppo.hyper_tensors`: the learning rate from its schedule, the coefficients), so both
+paths compute the same numbers and a new learning rate, run length or coefficient reuses the
+compiled graph.
 
 The unfused :func:`kernel.train.iteration` stays for debugging (each piece can be called and
 inspected on its own); ``tests/kernel/test_fused.py`` checks that the two agree.
@@ -21,7 +23,7 @@ from torch._higher_order_ops import scan
 
 from kernel import auto, optim, rng, telemetry
 from kernel.hot import fused_pays
-from kernel.ppo import gae_functional, hyper_tensors, make_grad_step, shuffle_units
+from kernel.ppo import gae_functional, make_grad_step, shuffle_units
 from kernel.rollout import unaliased
 
 
@@ -78,12 +80,11 @@ def make_fused(run, scanned: bool = True) -> Callable:
         scale = pytree.tree_unflatten(scale_leaves, scale_spec)
         return params, opt_state, scale, telemetry.reduce_metrics(stacked_to_history(stacked))
 
-    def fused(params, opt_state, scale, carry, action_noise, env_noise, perm_keys, step):
+    def fused(params, opt_state, scale, carry, action_noise, env_noise, perm_keys, hyper):
         carry, traj = run.rollout.segment(params, carry, action_noise, env_noise, scanned)
         advantages, returns = gae_functional(traj["rewards"], traj["values"], traj["next_values"], traj["terminated"],
                                              traj["truncated"], config.gamma, config.gae_lambda)
         batch = make_batch(traj, advantages, returns, policy.recurrent)
-        hyper = hyper_tensors(config, step)
         params, opt_state, scale, metrics = minibatch_steps(params, opt_state, scale, batch,
                                                             permutations(perm_keys, size), hyper)
         metrics.update(trajectory_metrics(run, traj, batch))

@@ -106,4 +106,9 @@ def fused_pays(device="cpu") -> bool:
 
 
 def compile_hot(fn: Callable, device="cpu", options: dict | None = None) -> Callable:
-    return torch.compile(own_code(fn), fullgraph=True, options=options or hot_options(device))
+    """``fn`` compiled as one graph with static shapes. ``dynamic=False`` because dynamo's
+    automatic-dynamic record is kept per function name and source line, not per code object: a
+    second build with other shapes in the same process (a sweep over ``num_envs``, a notebook)
+    would otherwise get graphs with symbolic sizes, which run slower than the static ones it
+    gets when built alone."""
+    return torch.compile(own_code(fn), fullgraph=True, dynamic=False, options=options or hot_options(device))

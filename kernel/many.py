@@ -56,16 +56,35 @@ class Runs(NamedTuple):
         return cls(tuple(d["seeds"]), {k: tuple(v) for k, v in d["values"].items()})
 
 
+# Keys whose value sets a tensor's shape; every other key outside SWEEPABLE is a constant of the
+# compiled graphs (or of the env and run), the same for every run of a group.
+SHAPE_KEYS = ("num_envs", "num_steps", "update_epochs", "num_minibatches", "hidden", "lstm_size", "policy", "env",
+              "env_options", "total_steps")
+
+
+def unsweepable(key: str) -> str | None:
+    """Why ``key`` cannot differ between the runs of a group (None: it can)."""
+    if key in SWEEPABLE:
+        return None
+    if key not in Config.__dataclass_fields__:
+        return "it is not a config key"
+    if key in SHAPE_KEYS:
+        return "it sets tensor shapes or the length of the run, shared by every run of a group"
+    return "it is a constant of the compiled graph, shared by every run of a group"
+
+
 def grid(seeds: Sequence[int], sweep: dict | None = None) -> Runs:
     """Every combination of the swept values (keys in the given order), each with every seed."""
     sweep = dict(sweep or {})
     for key in sweep:
-        if key not in SWEEPABLE:
-            why = "it changes tensor shapes or the compiled graph" if key in Config.__dataclass_fields__ \
-                else "it is not a config key"
+        why = unsweepable(key)
+        if why:
             raise ValueError(f"cannot sweep {key!r}: {why}; values that may differ per run: {', '.join(SWEEPABLE)}")
         if not sweep[key]:
             raise ValueError(f"sweep of {key!r} has no values")
+        repeated = sorted({v for v in sweep[key] if list(sweep[key]).count(v) > 1})
+        if repeated:
+            raise ValueError(f"sweep of {key!r} repeats {', '.join(map(str, repeated))}: each value once")
     if not seeds:
         raise ValueError("need at least one seed")
     combos = [dict(zip(sweep, c)) for c in itertools.product(*sweep.values())]

@@ -12,7 +12,6 @@ Python API and the CLI produce the same folder::
 """
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ from kernel import config as config_mod
 from kernel.config import Config
 from kernel.distributed import SINGLE, World
 from kernel.fused import fuse_reason
+from kernel.jsonsafe import dumps
 from kernel.many import Runs
 from kernel.ppo import learning_rate_schedule
 from kernel.resume import (
@@ -294,7 +294,7 @@ def execute(run: Prepared, on_update: Callable[[UpdateLog], None] | None = None)
     main = world.is_main  # data-parallel ranks other than 0 train and checkpoint, but write nothing
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        (out / "config.json").write_text(dumps(cfg.to_dict(), indent=2) + "\n")
     checkpointer = Checkpointer(out, opts.checkpoint_every, opts.keep, world) if opts.checkpoint_every else None
     files = [RunFiles(Path(opts.telemetry_dir or out) / curves.TELEMETRY, opts.tensorboard_dir)] if main else []
 
@@ -316,7 +316,7 @@ def execute(run: Prepared, on_update: Callable[[UpdateLog], None] | None = None)
     save_state(params_path, cfg, state, progress, world=world)
     if main:
         summary["world_size"] = world.size
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (out / "summary.json").write_text(dumps(summary, indent=2) + "\n")
     return Finished(state, progress, summary, params_path)
 
 
@@ -378,13 +378,13 @@ def execute_group(run: Prepared, on_update: Callable | None = None) -> Finished:
     main = world.is_main  # with several ranks (each training a share of the runs), rank 0 writes
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-        (out / "runs.json").write_text(json.dumps(group.to_dict(), indent=2) + "\n")
+        (out / "config.json").write_text(dumps(cfg.to_dict(), indent=2) + "\n")
+        (out / "runs.json").write_text(dumps(group.to_dict(), indent=2) + "\n")
     files = []
     for r in range(group.count if main else 0):
         folder = Path(opts.telemetry_dir) / f"run-{r}" if opts.telemetry_dir else run_dir(out, r)
         run_dir(out, r).mkdir(exist_ok=True)
-        (run_dir(out, r) / "config.json").write_text(json.dumps(many.run_config(cfg, group, r).to_dict(), indent=2)
+        (run_dir(out, r) / "config.json").write_text(dumps(many.run_config(cfg, group, r).to_dict(), indent=2)
                                                       + "\n")
         files.append(RunFiles(folder / curves.TELEMETRY,
                               Path(opts.tensorboard_dir) / f"run-{r}" if opts.tensorboard_dir else None))
@@ -413,8 +413,8 @@ def execute_group(run: Prepared, on_update: Callable | None = None) -> Finished:
         one_cfg = many.run_config(cfg, group, r)
         save_state(run_dir(out, r) / "params.safetensors", one_cfg, many.run_slice(run.trainer.run, state, r),
                    progress[r])
-        (run_dir(out, r) / "summary.json").write_text(json.dumps(row, indent=2) + "\n")
+        (run_dir(out, r) / "summary.json").write_text(dumps(row, indent=2) + "\n")
     summary["settings"] = many.ranked_settings(summary)
     summary["world_size"] = world.size
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.json").write_text(dumps(summary, indent=2) + "\n")
     return Finished(state, progress, summary, params_path)

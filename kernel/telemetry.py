@@ -8,13 +8,13 @@ gradient reached shows up as an all-zero group instead of silently vanishing.
 """
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from pathlib import Path
 
 import torch
 
+from kernel.jsonsafe import dumps, finite_or_none
 from kernel.tree import flatten_with_paths
 
 STATS = ("norm", "max_abs", "nan", "inf", "zero_frac", "update_ratio")  # plus "relevant" for factored heads
@@ -93,16 +93,14 @@ def group_table(metrics: dict) -> dict:
 
 
 def jsonable(x):
-    """Non-finite floats become the strings "nan" / "inf" / "-inf" (JSON has no such numbers)."""
+    """Tensors as Python numbers and non-finite floats as None (null: :mod:`kernel.jsonsafe`)."""
     if isinstance(x, dict):
         return {k: jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [jsonable(v) for v in x]
     if isinstance(x, torch.Tensor):
         x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    return x
+    return finite_or_none(x)
 
 
 class JsonlWriter:
@@ -114,7 +112,7 @@ class JsonlWriter:
         self._f = open(self.path, "a")
 
     def write(self, record: dict) -> None:
-        self._f.write(json.dumps(jsonable(record), sort_keys=True) + "\n")
+        self._f.write(dumps(jsonable(record), sort_keys=True) + "\n")
         self._f.flush()
 
     def close(self) -> None:

@@ -188,8 +188,9 @@ def fused_iteration(run: Run, state: TrainState) -> tuple[TrainState, dict]:
     action_noise, env_noise, perm_keys = fused.draws(run, key)
     if run.device.type == "cuda":  # a new CUDA-graph replay: the last one's outputs are this one's inputs
         torch.compiler.cudagraph_mark_step_begin()
+    hyper = hyper_tensors(run.config, state.step)  # inputs of the graph, not constants in it
     params, opt_state, scale, carry, metrics = run.fused(state.params, state.opt_state, state.loss_scale, state.carry,
-                                                         action_noise, env_noise, perm_keys, state.step)
+                                                         action_noise, env_noise, perm_keys, hyper)
     return TrainState(params, opt_state, scale, carry, next_key, state.step + 1), metrics
 
 

@@ -265,7 +265,10 @@ def test_every_policy_head_gets_a_finite_gradient_with_a_low_precision_trunk(pre
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_host_training_on_cuda_equals_cpu():
+def test_host_training_on_cuda_equals_cpu(monkeypatch):
+    # cuDNN's convolutions may use TF32 (10-bit mantissas) by default: float32 on both sides.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     cpu, gpu = small_env(), small_env(device="cuda")
     state = with_seeds(cpu, cpu.reset(noise(cpu))[0])
     _, _, order, flips = cpu.noise_parts(noise(cpu, 1))
