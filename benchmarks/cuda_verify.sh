@@ -19,7 +19,9 @@
 #      when the rolling mean return first reached 475 (target < 20 s from the command's start);
 #   4. the default run unfused, warm, for the same-machine comparison.
 # Each step is its own process with its own time limit, so a slow one loses that step, not the run.
-# Writes the pytest log, each run's summary.json and one combined JSON under $OUT.
+# Writes the pytest log, each run's summary.json and one combined JSON under $OUT, and
+# verify-log.json: the GPU's name, the commit and date, and each test suite's pass/fail counts
+# (commit it: until it exists, the README marks the CUDA properties as not run on a GPU).
 #   usage: OUT=benchmarks/results/cuda BUDGET_S=540 bash benchmarks/cuda_verify.sh
 set -u
 out=${OUT:-benchmarks/results/cuda}
@@ -29,6 +31,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$(pwd)
 export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-$(nproc)}
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$(mktemp -d)}  # cold compiles, measured
 start=$(date +%s)
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo "${FKERNEL_COMMIT:-unknown}")
 python3 -c "import torch, sys; print(sys.version.split()[0], 'torch', torch.__version__, torch.cuda.get_device_name())" \
   | tee "$out/verify-device.txt"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$out/verify-device.txt" || true
@@ -81,9 +84,9 @@ step torchrun-1gpu 100 python3 -m torch.distributed.run --nproc-per-node 1 --sta
 cp "$out/run-torchrun/summary.json" "$out/verify-torchrun-1gpu.summary.json" 2>/dev/null || true
 fi
 
-python3 - "$out" <<'PY'
-import glob, json, os, sys
-out = sys.argv[1]
+python3 - "$out" "$commit" <<'PY'
+import datetime, glob, json, os, re, sys
+out, commit = sys.argv[1], sys.argv[2]
 record = {"device": open(os.path.join(out, "verify-device.txt")).read().strip()}
 for wall in sorted(glob.glob(os.path.join(out, "verify-*.wall.json"))):
     name = os.path.basename(wall)[len("verify-"):-len(".wall.json")]
@@ -95,4 +98,17 @@ for wall in sorted(glob.glob(os.path.join(out, "verify-*.wall.json"))):
 with open(os.path.join(out, "verify-cuda.json"), "w") as f:
     json.dump(record, f, indent=2)
 print(json.dumps(record, indent=2))
+
+# The log a README may cite: which GPU, which commit, and what each test suite counted.
+suites = {}
+for log in sorted(glob.glob(os.path.join(out, "verify-tests*.log"))):
+    text = open(log).read()
+    counts = {word: int(n) for n, word in re.findall(r"(\d+) (passed|failed|skipped|errors?)", text.splitlines()[-1]
+                                                     if text.strip() else "")}
+    suites[os.path.basename(log)[len("verify-"):-len(".log")]] = counts
+log = {"gpu": record["device"], "commit": commit,
+       "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"), "suites": suites}
+with open(os.path.join(out, "verify-log.json"), "w") as f:
+    json.dump(log, f, indent=2)
+print(json.dumps(log, indent=2))
 PY

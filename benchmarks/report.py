@@ -601,6 +601,23 @@ def fused_summary() -> str:
         f" {summary['compile_s']:.1f} s compile.")
 
 
+# ---------------------------------------------------------------- benchmarks/second_build.py
+
+def measured_at(record: dict) -> str:
+    """Where a record says it was measured (commit, torch, threads, date), as a phrase."""
+    m = record.get("measured")
+    return f"commit {m['commit']}, torch {m['torch']}, {m['threads']} thread(s), {m['date']}" if m else "not recorded"
+
+
+def second_build() -> str:
+    d = load("second_build.json")
+    rows = [[case, _ms(c["iteration_s"]), ", ".join(_ms(x) for x in c["runs_s"]), f"{c['ratio_to_alone']:.2f}x"]
+            for case, c in d["cases"].items()]
+    return (table(["B built", "median s per iteration", "each process", "vs alone"], rows)
+            + f"\n\n{d['repeats']} processes per case, alternating, {d['iterations']} iterations each (medians of"
+            f" blocks of 10); measured at {measured_at(d)}.")
+
+
 # ---------------------------------------------------------------- the registry, and rewriting the READMEs
 
 BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
@@ -636,6 +653,7 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "train-state": (BENCH_README, train_state),
     "many-runs-bench": (BENCH_README, many_runs_bench),
     "distributed-bench": (BENCH_README, distributed_bench),
+    "second-build": (BENCH_README, second_build),
 }
 
 

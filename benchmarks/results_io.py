@@ -14,8 +14,9 @@ import subprocess
 from kernel.jsonsafe import finite_or_none
 
 
-def provenance() -> dict:
-    """Commit, torch version, thread count and UTC date of this measurement."""
+def provenance(threads: int | None = None) -> dict:
+    """Commit, torch version, thread count (``threads``: what the measured processes used, when
+    not this one's) and UTC date of this measurement."""
     import torch
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,12 +28,13 @@ def provenance() -> dict:
         commit += "+dirty" if dirty else ""
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
-    return {"commit": commit, "torch": torch.__version__, "threads": torch.get_num_threads(),
+    return {"commit": commit, "torch": torch.__version__, "threads": threads or torch.get_num_threads(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
 
 
 def write_record(path: str, record: dict) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
-        json.dump(finite_or_none(dict(record, measured=provenance())), f, indent=2, allow_nan=False)
+        json.dump(finite_or_none(dict(record, measured=provenance(record.get("threads")))), f, indent=2,
+                  allow_nan=False)
     print(f"wrote {path}")

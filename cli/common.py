@@ -88,11 +88,12 @@ def sweep(items: tuple) -> dict:
             raise click.BadParameter(f"{item!r} is not KEY=V1,V2,...", param_hint="--sweep")
         if key in out:
             raise click.BadParameter(f"{key} is swept twice", param_hint="--sweep")
-        from kernel.many import unsweepable
+        from kernel.many import SWEEPABLE, unsweepable
 
         why = unsweepable(key)  # before reading the values: 'precision=fp32,bf16' is no list of numbers
         if why:
-            raise click.BadParameter(f"cannot sweep {key!r}: {why}", param_hint="--sweep")
+            raise click.BadParameter(f"cannot sweep {key!r}: {why}; values that may differ per run: "
+                                     f"{', '.join(SWEEPABLE)}", param_hint="--sweep")
         out[key] = csv_list(values, "--sweep", float)
     return out
 

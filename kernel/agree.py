@@ -50,6 +50,13 @@ TOLERANCE = {
     "bf16": Tolerance(update=3e-2, state=1e-1, output=1e-2),
     "fp16": Tolerance(update=2e-2, state=1e-2, output=3e-3),
 }
+# Compiled against eager after several whole iterations (each rollout from params that already
+# differ by rounding, a dozen grad steps): float32's gaps grow past its one-segment bound; the low
+# precisions' bounds hold. Measured after 3 fused iterations (tests/kernel/test_fused.py): fp32
+# update 7.3e-6, state 1.3e-5 (an Adam moment of CartPole's 2-element head bias), output 2.1e-7;
+# fp16 1.1e-3, 1.6e-3, 1.4e-5; bf16 (seedbed) 2.1e-2, 5.0e-2, 4.1e-3; a compiled group of two runs
+# after 2 iterations: fp32 update 1.05e-5.
+AFTER_ITERATIONS = dict(TOLERANCE, fp32=Tolerance(update=3e-5, state=5e-5, output=3e-5))
 # How far a loss may sit from the sum of its terms: each is float32 whatever the compute dtype.
 LOSS_TERMS_RTOL = 1e-5
 

@@ -1,17 +1,21 @@
 """How the training loop compiles its hot functions (rollout segment, advantages, grad step).
 
-Sound by construction: every function is compiled with dynamo's full guards, so a graph traced for
-one configuration (closure constants such as the activation, precision or max_grad_norm), one
-dict structure (an extra ``ent_coef/<head>`` key in ``hyper``) or one grad mode never runs for
-another; it recompiles instead. On top of that, :func:`compile_hot` gives every function it
-compiles a code object of its own. Dynamo keeps its cache of graphs per code object, and the
-grad steps of two configurations are closures over one code object: without a copy, every build in
-a process (a sweep, a notebook, a test session) would add an entry to one shared cache, each call
-would check the guards of every earlier build, and the ninth build would hit dynamo's recompile
-limit (an error under ``fullgraph=True``). With a copy, each build owns its cache, which is freed
-with the build.
+Every function is compiled with dynamo's guards, so a graph traced for one configuration (closure
+constants such as the activation, precision or max_grad_norm), one dict structure (an extra
+``ent_coef/<head>`` key in ``hyper``) or one grad mode never runs for another; it recompiles
+instead. One kind is skipped: guards on module globals (:func:`skip_module_global_guards`), so a
+module-level value that a build reads, changed after the build's first call, is not seen by it.
+On top of that, :func:`compile_hot` gives every function it compiles a code object of its own.
+Dynamo keeps its cache of graphs per code object, and the grad steps of two configurations are
+closures over one code object: without a copy, every build in a process (a sweep, a notebook, a test
+session) would add an entry to one shared cache, each call would check the guards of every earlier
+build, and the ninth build would hit dynamo's recompile limit (an error under ``fullgraph=True``).
+With a copy, each build owns its cache, which is freed with the build. Shapes are static
+(``dynamic=False``): dynamo's automatic-dynamic record is kept per function name and line, which the
+copies share, so without it a second build with other shapes would get slower graphs with symbolic
+sizes.
 
-Options (what each is for, and its measured effect, is in ``benchmarks/README.md``): guards on
+Options (what each is for is in ``benchmarks/README.md``): guards on
 module globals skipped (:func:`skip_module_global_guards`; all others kept); ``cpp_wrapper`` on
 CPU for torch >= 2.13; ``scan`` marked cacheable by inductor's FX graph cache; no loop reordering
 after fusion on CUDA; ``tanh`` through ``exp`` in generated CPU code. The fused iteration's graph
@@ -48,8 +52,8 @@ def skip_module_global_guards(entries) -> list:
     """Keep every guard but those on module globals (``G['...']``: imported modules, module-level
     functions and constants). Configuration reaches a compiled function through its closure and its
     arguments, both still guarded, as are grad mode and the other global state; a module global
-    changes only if someone reassigns it after compiling, which the training code never does. The
-    global guards were most of the remaining guard cost (~20 us of a ~285 us CartPole grad step)."""
+    changes only if someone reassigns it after compiling, which the training code never does (a
+    user who does must build again). The global guards were most of the remaining guard cost."""
     return [not entry.is_global for entry in entries]
 
 

@@ -61,6 +61,39 @@ def test_config_json_errors(tmp_path):
     assert_usage_error(invoke("train", "--config-json", str(indivisible)), "num_minibatches=3", "does not divide")
 
 
+@pytest.mark.parametrize("text, needles", [
+    ('{"vf_coef": NaN}', ["vf_coef must be a finite number"]),
+    ('{"ent_coef": Infinity}', ["ent_coef must be a finite number"]),
+    ('{"max_grad_norm": Infinity}', ["max_grad_norm must be a finite number"]),
+    ('{"ent_coef": -0.01}', ["ent_coef must be >= 0"]),
+    ('{"vf_coef": -1}', ["vf_coef must be >= 0"]),
+    ('{"max_grad_norm": -0.5}', ["max_grad_norm must be > 0"]),
+    ('{"ent_coef_heads": {"action": -0.02}}', ["ent_coef_heads", "must be >= 0"]),
+])
+def test_non_finite_and_negative_values_are_usage_errors(text, needles, tmp_path):
+    path = tmp_path / "values.json"
+    path.write_text(text)  # Python's json reads NaN and Infinity; a user's file may hold them
+    result = invoke("train", *TINY, "--config-json", str(path), "--out", str(tmp_path / "run"))
+    assert_usage_error(result, *needles)
+    assert not (tmp_path / "run").exists()
+
+
+def test_summary_and_telemetry_are_strict_json(tmp_path):
+    """A run too short to finish an episode has no mean return: null, not a bare NaN."""
+    out = tmp_path / "run"
+    result = invoke("train", "--num-envs", "2", "--num-steps", "4", "--total-steps", "8", "--no-compile",
+                    "--checkpoint-every", "0", "--out", str(out), "--telemetry-dir", str(tmp_path / "tel"))
+    assert result.exit_code == 0, result.output
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name} in JSON"))
+
+    summary = strict((out / "summary.json").read_text())
+    assert summary["mean_return"] is None
+    records = [strict(line) for line in (tmp_path / "tel" / "telemetry.jsonl").read_text().splitlines()]
+    assert records
+
+
 def test_train_then_eval_end_to_end(tmp_path):
     out = tmp_path / "run"
     cfg = tmp_path / "cfg.json"
@@ -217,6 +250,12 @@ def test_seeds_and_sweep_train_a_group_with_a_folder_per_run(tmp_path):
     (["--seeds", "3-a"], ["--seeds", "0-15"]),
     (["--seeds", "1,1"], ["distinct"]),
     (["--sweep", "gamma=2"], ["gamma must be in"]),
+    (["--sweep", "lr=1e-3,1e-3"], ["sweep of 'lr' repeats 0.001"]),
+    (["--sweep", "precision=fp32,bf16"], ["cannot sweep 'precision'", "constant of the compiled graph"]),
+    (["--sweep", "num_envs=4,8"], ["cannot sweep 'num_envs'", "tensor shapes"]),
+    (["--sweep", "vf_coef=0.5,nan"], ["run 1", "vf_coef must be a finite number"]),
+    (["--sweep", "ent_coef=0,-0.01"], ["run 1", "ent_coef must be >= 0"]),
+    (["--sweep", "max_grad_norm=0.5,inf"], ["run 1", "max_grad_norm must be a finite number"]),
 ])
 def test_bad_seeds_and_sweeps_are_usage_errors(args, needles, tmp_path):
     result = invoke("train", *TINY, *args, "--out", str(tmp_path / "run"))

@@ -1,5 +1,6 @@
 import json
 
+import torch
 from click.testing import CliRunner
 from rich.console import Console
 
@@ -35,9 +36,9 @@ def test_grad_table_rows_and_flags():
     assert "#800000" in html or "#ff0000" in html or "color: #" in html  # colours were emitted
 
 
-def test_jsonable_marks_non_finite_as_strings():
-    got = jsonable({"a": float("nan"), "b": [float("inf"), -float("inf"), 1.5]})
-    assert got == {"a": "nan", "b": ["inf", "-inf", 1.5]}
+def test_jsonable_writes_non_finite_as_null():
+    got = jsonable({"a": float("nan"), "b": [float("inf"), -float("inf"), 1.5], "c": torch.tensor(float("nan"))})
+    assert got == {"a": None, "b": [None, None, 1.5], "c": None}
 
 
 def test_grads_json_reports_each_precision_and_group():

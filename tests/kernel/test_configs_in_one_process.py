@@ -81,3 +81,33 @@ def test_training_b_after_a_equals_b_alone(tmp_path):
     assert alone.keys() == after_a.keys()
     for key, value in after_a.items():
         assert torch.equal(value, alone[key]), key
+
+
+def symbolic_inputs(graph) -> list:
+    """The inputs of a post-grad graph whose size is symbolic (a dynamic-shape graph)."""
+    out = []
+    for node in graph.nodes:
+        value = node.meta.get("val") if node.op == "placeholder" else None
+        if isinstance(value, torch.SymInt) or (isinstance(value, torch.Tensor)
+                                               and any(isinstance(s, torch.SymInt) for s in value.shape)):
+            out.append(node.name)
+    return out
+
+
+def test_a_second_build_with_other_shapes_gets_static_graphs():
+    """Dynamo keeps its automatic-dynamic record per function name and line, shared by every build's
+    code copy: a second build with another num_envs would get graphs with symbolic sizes (slower,
+    ``benchmarks/second_build.py``) unless compile_hot asks for static ones. The inductor pass hook
+    sees each graph B compiles (it also keeps B's graphs out of the on-disk cache, so they are
+    compiled here, not loaded)."""
+    import torch._inductor.config as inductor_config
+
+    a = Config(num_envs=4, num_steps=16, hidden=(16, 16), update_epochs=1, num_minibatches=2, total_steps=64 * 4)
+    first = T.make_train(a)
+    first.iteration(first.init())
+    seen = []
+    with inductor_config.patch(post_grad_custom_pre_pass=lambda graph: seen.append(symbolic_inputs(graph))):
+        second = T.make_train(a.replace(num_envs=8, total_steps=128 * 4))
+        second.iteration(second.init())
+    assert len(seen) >= 3  # rollout segment, advantages, grad step (forward graphs)
+    assert seen == [[]] * len(seen)
