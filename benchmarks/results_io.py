@@ -33,8 +33,10 @@ def provenance(threads: int | None = None) -> dict:
 
 
 def write_record(path: str, record: dict) -> None:
+    # Provenance before the file is opened: truncating a tracked result would mark the tree dirty.
+    text = json.dumps(finite_or_none(dict(record, measured=provenance(record.get("threads")))), indent=2,
+                      allow_nan=False)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
-        json.dump(finite_or_none(dict(record, measured=provenance(record.get("threads")))), f, indent=2,
-                  allow_nan=False)
+        f.write(text)
     print(f"wrote {path}")
