@@ -201,23 +201,23 @@ def bench_cpu() -> str:
              f"{cells[t, 'default', p, s]['speedup_vs_eager']:.2f}x"]
             for (t, mode, p, s), c in cells.items() if mode == "eager"]
     return (table(["target", "precision", "size", "eager ms", "compiled ms", "compiled vs eager"], rows)
-            + f"\n\n{compiled_cells_sentence(record['cells'])}.")
+            + f"\n\n{compiled_cells_sentence(record['cells'])}. Measured at {measured_at(record)}.")
 
 
 def precision() -> str:
-    cells = _bench(load("bench-cpu.json"))
+    record = load("bench-cpu.json")
+    cells = _bench(record)
     ms = {(p, s): cells["update", "default", p, s]["median_ms"] for p in ("fp32", "bf16", "fp16") for s in (128, 2048)}
     rows = [[p, f"{ms[p, 128]:.2f} ms", f"{ms[p, 2048]:.2f} ms"] for p in ("fp32", "bf16", "fp16")]
-    slower = {(p, s): f"{ms[p, s] / ms['fp32', s]:.1f}x" for p in ("bf16", "fp16") for s in (128, 2048)}
+    vs = {(p, s): f"{ms[p, s] / ms['fp32', s]:.2f}x" for p in ("bf16", "fp16") for s in (128, 2048)}
     returns = [r["mean_return"] for f in ("cartpole", "cartpole-bf16", "cartpole-fp16")
                for r in load(f"{f}.json")["runs"]]
     return (table(["precision", "update step, 128 rows", "update step, 2048 rows"], rows)
-            + f"\n\nSo on this CPU low precision does not pay: bf16 is {slower['bf16', 128]} slower than fp32 at 128"
-            f" rows and\n{slower['bf16', 2048]} slower at 2048, and fp16 is {slower['fp16', 128]} and"
-            f" {slower['fp16', 2048]} slower (no native fp16 matmul). On an H200 all\nthree cost about the same"
-            " (launch-bound; `benchmarks/README.md`). Both exist for\nGPUs and to show that training stays finite."
-            f" CartPole trains to a mean\nreturn of {span(returns)} under all three (`results/cartpole*.json`,"
-            " see `benchmarks/README.md`).")
+            + f"\n\nOn this CPU (measured at {measured_at(record)}), the compiled bf16 update step takes"
+            f" {vs['bf16', 128]} fp32's time at 128 rows and {vs['bf16', 2048]} at 2048; fp16 takes"
+            f" {vs['fp16', 128]} and {vs['fp16', 2048]} (no native fp16 matmul). On an H200 all three"
+            " cost about the same (launch-bound; `benchmarks/README.md`). CartPole trains to a mean return of"
+            f" {span(returns)} under all three (`results/cartpole*.json`, see `benchmarks/README.md`).")
 
 
 def cuda_bench() -> str:
