@@ -448,7 +448,9 @@ def distributed_bench() -> str:
 def distributed() -> str:
     rows, one, per_step = _distributed()
     a, b = rows
-    return ("On this 2-core machine data parallelism does not pay for CartPole's small network\n"
+    d = load("distributed_scaling.json")
+    return (f"On a {d['cpus']}-core AMD EPYC VM (torch {d['torch'].split('+')[0]}) data parallelism does not pay"
+            " for CartPole's small network\n"
             "(`python -m benchmarks.distributed_scaling`, `benchmarks/results/distributed_scaling.json`, one\n"
             f"thread per process, warm cache, median of {len(a['runs']['1'])}): the default 4-env job trains at"
             f" {k(a['median_sps']['1'])} env steps/s\nin one process and {k(a['median_sps']['2'])} in two"

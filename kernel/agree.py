@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from kernel.ppo import evaluate
 from kernel.tree import as_dicts, flatten_with_paths
 
 
@@ -174,8 +175,6 @@ def matmul_dtypes(fn) -> set:
 def trunk_dtype_problem(policy, precision, params, batch: dict) -> str | None:
     """Whether ``policy`` computes its trunk in ``precision``'s compute dtype and its heads in
     float32 (its matrix products on ``batch`` run in exactly those dtypes); a line if not."""
-    from kernel.ppo import evaluate
-
     want = {precision.compute_dtype, torch.float32}
     got = matmul_dtypes(lambda: evaluate(policy, params, batch))
     if got != want:
