@@ -104,45 +104,20 @@ def results_cartpole() -> str:
     runs = load("cartpole.json")["runs"]
     fk = load("compare_cleanrl.json")["results"]["fkernel_compiled"]
     return (
-        "See `benchmarks/README.md` for measured figures (CartPole per seed: steps and time to a mean\n"
-        "return of 475, compile vs run time; scaling with the env count; raw env stepping; CPU and CUDA\n"
-        "`fkernel bench` tables). In short, on this project's 2-core CPU, one thread, warm inductor cache\n"
-        "(`python -m benchmarks.cartpole --seeds 0 1 2`, `results/cartpole.json`): CartPole's default\n"
-        f"500k-step run trains to a mean return of {span([r['mean_return'] for r in runs])} for each seed at"
-        f" {span([r['sps'] / 1e3 for r in runs])}k env steps/s\n"
-        f"({span([r['run_s'] for r in runs])} s of run time after {span([r['compile_s'] for r in runs])} s of"
-        f" compilation, {span([r['process_wall_s'] for r in runs])} s of process wall\ntime), first reaching 475"
-        f" after {span([r['first_solved']['env_steps'] / 1e3 for r in runs], '{:.0f}k')} steps. Side by side"
-        " with a CleanRL-style eager PPO\non the same env "
-        "(`python -m benchmarks.compare_cleanrl`, `results/compare_cleanrl.json`, 100k steps),\ncompiled"
-        f" fkernel runs at {fk['sps_wall_vs_cleanrl']:.1f}x its env steps/s.")
+        "On this project's 2-core CPU, one thread, warm inductor cache (`python -m benchmarks.cartpole\n"
+        "--seeds 0 1 2`, `results/cartpole.json`), the default 500k-step CartPole run trains to a mean"
+        f" return of\n{span([r['mean_return'] for r in runs])} for every seed at"
+        f" {span([r['sps'] / 1e3 for r in runs])}k env steps/s: {span([r['run_s'] for r in runs])} s of run"
+        f" time after {span([r['compile_s'] for r in runs])} s of compilation,\nfirst reaching 475 after"
+        f" {span([r['first_solved']['env_steps'] / 1e3 for r in runs], '{:.0f}k')} steps. Compiled fkernel"
+        f" runs at {fk['sps_wall_vs_cleanrl']:.1f}x the env steps/s of a CleanRL-style\neager PPO on the same"
+        " env (`python -m benchmarks.compare_cleanrl`, `results/compare_cleanrl.json`).")
 
 
 def _sps_vs_rev(name: str) -> tuple[dict, str, str, str]:
     d = load(name)
     this, rev = d["median_sps"]["this tree"], d["median_sps"][d["rev"]]
     return d, k(this), k(rev), f"{d['ratio_this_over_rev']:.3g}"
-
-
-def results_guards() -> str:
-    d, this, rev, ratio = _sps_vs_rev("sps_guards.json")
-    return (
-        "Keeping dynamo's guards (so that no configuration can run another's graph) costs nothing\n"
-        f"measurable in steady training: `python -m benchmarks.sps_against_revision --rev {d['rev']}` (the last\n"
-        f"revision with tensor-only guards; `results/sps_guards.json`, warm caches,"
-        f" {len(d['runs']['this tree'])} runs each, alternated)\n"
-        f"measured a median of {this} env steps/s for the default run against {rev} (ratio {ratio})."
-        " The guard\ncost that remains, and what won it back, are in `benchmarks/README.md`.")
-
-
-def results_train_state() -> str:
-    d, this, rev, ratio = _sps_vs_rev("sps_train_state.json")
-    return (
-        "The typed, pure training state (explicit random key, `apply_if_finite`, the learning rate from\n"
-        f"the schedule on the device) costs nothing either: `python -m benchmarks.sps_against_revision --rev\n"
-        f"{d['rev']}` (the last revision with the dict state and its shared `torch.Generator`;\n"
-        f"`results/sps_train_state.json`, warm caches, {len(d['runs']['this tree'])} runs each, alternated)"
-        f" measured a median of {this}\nenv steps/s for the default run against {rev} (ratio {ratio}).")
 
 
 def guards_sps() -> str:
@@ -301,31 +276,11 @@ def morpho_controllers() -> str:
             f"{d['peak_rss_mib']:.0f} MiB.")
 
 
-def morpho() -> str:
-    d = load("morpho.json")
-    t, curve = d["trained"], {c["update"]: c["mean_return"] for c in d["trained"]["curve"]}
-    rows = [[label + (f" ({t['updates']} updates, {t['total_steps']} env steps, {t['train_seconds'] / 60:.0f} min)"
-                      if label.endswith("greedy") else ""),
-             f"{r['final_val_acc']['mean']:.1f}%", f"{r['final_gain']['mean']:+.1f} points",
-             f"{r['return']['mean']:.2f}"]
-            for label, r in _morpho_controllers()]
-    rows[0][0] = "crippled host alone (WAIT only)"
-    rows[2][0] = "scripted heuristic (`kernel/baselines.py`)"
-    return (f"The trained policy is the default config ({d['envs']} envs x {d['episode_epochs']} steps, LSTM\n"
-            f"factored policy, {t['precision']}) trained for {t['updates']} updates; its mean training return was"
-            f" {curve[20]:.1f} after 20\nupdates and {curve[max(curve)]:.1f} after {max(curve)} (the curve is in the"
-            " JSON).\n\n"
-            + table(["controller", "final validation accuracy", "seeds' gain (ablation)", "episode return"], rows))
-
-
-def _morpho_throughput(record: dict, batch_column: bool) -> list[list[str]]:
+def _morpho_throughput(record: dict) -> list[list[str]]:
     rows = []
+    default = record["batch_size"] == 32  # the env's default minibatch
     for name, r in record["throughput"].items():
         v, loop = r["host_epochs_per_s"]["vmapped"], r["host_epochs_per_s"]["python loop"]
-        if not batch_column:
-            rows.append([name, f"{v:.1f} host-epochs/s", f"{loop:.1f}", f"{r['ratio']:.1f}x"])
-            continue
-        default = record["batch_size"] == 32  # the env's default minibatch
         seconds = r["epoch_seconds"]
         rows.append([name.replace(" hosts", "").replace("hosts ", ""),
                      f"{record['batch_size']}" + " (default)" * default,
@@ -336,20 +291,8 @@ def _morpho_throughput(record: dict, batch_column: bool) -> list[list[str]]:
 
 def morpho_host_throughput() -> str:
     rows = [row for f in ("morpho.json", "morpho_throughput_batch128.json")
-            for row in _morpho_throughput(load(f), batch_column=True)]
+            for row in _morpho_throughput(load(f))]
     return table(["hosts", "minibatch", "vmapped", "Python loop", "ratio"], rows)
-
-
-def morpho_throughput() -> str:
-    d = load("morpho.json")
-    cold, warm = load("morpho_compile_cold.json")["compile"], load("morpho_compile_warm.json")["compile"]
-    saves = [c["eager"]["epoch_s"] - c["compiled"]["epoch_s"] for c in (cold, warm)]
-    return (table(["hosts", "vmapped", "Python loop over hosts", "ratio"], _morpho_throughput(d, batch_column=False))
-            + "\n\nCompiling the vmapped host step does not pay here: `torch.compile` takes"
-            f" {cold['compile_s']:.0f} s cold and\n{warm['compile_s']:.0f} s with a warm cache (`--only compile`,"
-            " `results/morpho_compile_{cold,warm}.json`)\nfor one set of blueprints in use, and every other set"
-            f" compiles again, while it saves\n{span(saves, '{:.2f}')} s per epoch of {d['envs']} hosts. Host"
-            f" training stays eager.\nPeak RSS of the whole benchmark process: {d['peak_rss_mib']:.0f} MiB.")
 
 
 def morpho_compile() -> str:
@@ -360,28 +303,12 @@ def morpho_compile() -> str:
             f" against {cold['eager']['epoch_s']:.2f} s and {warm['eager']['epoch_s']:.2f} s eager in the same runs.")
 
 
-def _morpho_iteration() -> tuple[float, float]:
-    s = load("morpho_iteration.json")["iteration_seconds"]
-    return s["collect"], s["update"]
-
-
 def morpho_iteration_bench() -> str:
     d = load("morpho_iteration.json")
-    collect, update = _morpho_iteration()
+    s = d["iteration_seconds"]
     return ("Where an iteration's time goes (`--only iteration --repeats 3`, `results/morpho_iteration.json`,\n"
-            f"median): collecting {d['episode_epochs']} steps of {d['envs']} envs takes {collect:.1f} s and the"
-            f" eager policy update {update:.2f} s.")
-
-
-def morpho_iteration() -> str:
-    d = load("morpho_iteration.json")
-    collect, update = _morpho_iteration()
-    return ("The env runs eagerly (its epoch is a Python loop over minibatches), and `fkernel train --env morpho`\n"
-            "trains its LSTM factored policy with `compile: false` by default: one iteration of the default\n"
-            f"config spends {collect:.1f} s collecting ({d['episode_epochs']} epochs of {d['envs']} hosts) and"
-            f" {update:.2f} s in the eager policy update\n(`python -m benchmarks.morpho --only iteration`,"
-            " `results/morpho_iteration.json`), so compiling\nthe update could save at most"
-            f" {100 * update / (collect + update):.0f}% of an iteration. `--compile` still compiles it.")
+            f"median): collecting {d['episode_epochs']} steps of {d['envs']} envs takes {s['collect']:.1f} s and the"
+            f" eager policy update {s['update']:.2f} s.")
 
 
 # ---------------------------------------------------------------- sound guards (benchmarks/configs_in_one_process.py)
@@ -463,8 +390,8 @@ def distributed() -> str:
 # ---------------------------------------------------------------- fused iteration (benchmarks/fused.py)
 
 def _fused_break_even() -> dict[str, int]:
-    """Updates from which fusing pays on CPU, from the figures as the tables show them (kernel/auto.py's
-    ``fuse_break_even`` over its copy of them)."""
+    """Updates from which fusing pays on CPU, from the figures as the tables show them (the same
+    arithmetic as ``kernel.plan.fuse_choice`` over a machine's own records)."""
     d = load("fused_speed_compile.json")
     out = {}
     for env, s in d["speed"].items():
@@ -593,7 +520,8 @@ def fused_summary() -> str:
         f" {pair('cartpole: fused, Python wrapper')} ({python['cold']['iteration_s'] * 1e3:.1f} ms\n"
         "  per iteration: Python runs both loops).\n"
         f"- So on CPU fusing pays only for long runs (CartPole from ~{be['cartpole']} updates, seedbed from"
-        f" ~{be['seedbed']}): the\n  default `fuse: auto` follows these figures (`kernel/auto.py` holds them).\n"
+        f" ~{be['seedbed']}) on this\n  machine; `fuse: auto` makes the same comparison from each machine's own records"
+        " (`kernel/plan.py`).\n"
         f"- `--preset cartpole-gpu` on this CPU (torch's default threads, {'fused' if fuses else 'unfused'}"
         f" because its {updates} updates are\n  {'above' if fuses else 'below'} the break-even):"
         f" the rolling mean return first reached 475 at update {summary['first_solved']['update']}"
@@ -626,17 +554,7 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "many-runs": (README, many_runs),
     "distributed": (README, distributed),
     "precision": (README, precision),
-    "morpho-iteration": (README, morpho_iteration),
-    "morpho": (README, morpho),
-    "morpho-throughput": (README, morpho_throughput),
-    "fused-auto-line": (README, fused_auto_line),
-    "fused-break-even": (README, fused_break_even),
-    "fused-speed": (README, fused_speed),
-    "fused-compile": (README, fused_compile),
-    "fused-whole": (README, fused_whole),
     "results-cartpole": (README, results_cartpole),
-    "results-guards": (README, results_guards),
-    "results-train-state": (README, results_train_state),
     "cartpole": (BENCH_README, cartpole),
     "cartpole-low-precision": (BENCH_README, cartpole_low_precision),
     "cleanrl": (BENCH_README, cleanrl),
@@ -652,6 +570,11 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "configs-in-one-process": (BENCH_README, configs_in_one_process),
     "guards-sps": (BENCH_README, guards_sps),
     "fused-summary": (BENCH_README, fused_summary),
+    "fused-auto-line": (BENCH_README, fused_auto_line),
+    "fused-break-even": (BENCH_README, fused_break_even),
+    "fused-speed": (BENCH_README, fused_speed),
+    "fused-compile": (BENCH_README, fused_compile),
+    "fused-whole": (BENCH_README, fused_whole),
     "train-state": (BENCH_README, train_state),
     "many-runs-bench": (BENCH_README, many_runs_bench),
     "distributed-bench": (BENCH_README, distributed_bench),
