@@ -102,7 +102,7 @@ def fkernel_train(cfg: Config) -> dict:
 
     train = T.make_train(cfg)
     state = train.init()
-    compile_s = T.warmup(train.run, state)
+    compile_s = T.warmup(train.built, state)
     cpu0 = time.process_time()
     summary = train.train(state=state).summary
     cpu = time.process_time() - cpu0

@@ -24,11 +24,11 @@ import torch
 import torch._dynamo
 
 from kernel import loss_scale
+from kernel.build import make_optimizer, policy_for
 from kernel.config import Config
 from kernel.diagnose import one_batch
 from kernel.hot import compile_hot
 from kernel.ppo import hyper_tensors, make_grad_step
-from kernel.train import make_optimizer, policy_for
 
 VARIANTS = [
     ("tanh, fp32, max_grad_norm 0.5", {}),

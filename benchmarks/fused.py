@@ -60,8 +60,9 @@ def peak_rss_mb(usage=None) -> float:
 
 
 def speed(env: str, repeats: int, iterations: int) -> dict:
+    from kernel.build import build, init_state
     from kernel.config import Config
-    from kernel.train import build, init_state, iteration
+    from kernel.train import iteration
 
     config = Config.for_env(env)
     paths = {"eager": build(config.replace(compile=False, fuse="off")),
@@ -98,12 +99,13 @@ import json, sys, time, torch
 torch.set_num_threads(1)
 from kernel.config import Config
 from kernel import hot
-from kernel.train import build, init_state, iteration
+from kernel.build import build, init_state
+from kernel.train import iteration
 env, fuse, extra = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 original = hot.fused_options
 hot.fused_options = lambda device="cpu": dict(original(device), **extra)
-import kernel.train
-kernel.train.fused_options = hot.fused_options
+import kernel.build
+kernel.build.fused_options = hot.fused_options
 run = build(Config.for_env(env, compile=True, fuse=fuse))
 state = init_state(run)
 start = time.perf_counter()

@@ -32,9 +32,9 @@ import torch.nn.functional as F
 import envs
 from benchmarks.results_io import write_record
 from envs import images
+from envs.baselines import heuristic_actions, random_valid_actions
 from envs.seedbed import BLENDING, FOSSILIZED, HOLDING, TRAINING, WAIT
 from kernel import rng
-from kernel.baselines import heuristic_actions, random_valid_actions
 from kernel.config import Config
 from kernel.rollout import draw, make_rollout
 
@@ -128,11 +128,13 @@ def compile_cost(env, epochs: int) -> dict:
 def iteration_split(env_options: dict, repeats: int) -> dict:
     """Seconds per iteration collecting vs updating the policy (eager), default morpho config."""
     from kernel import train as T
-    from kernel.ppo import hyper_tensors
+    from kernel.build import build, init_state
+    from kernel.iteration import minibatch_steps, permutations
+    from kernel.ppo import hyper_tensors, shuffle_units
 
     config = Config.for_env("morpho", env_options=env_options)
-    run = T.build(config)
-    state = T.init_state(run)
+    run = build(config)
+    state = init_state(run)
     times = {"collect": [], "update": []}
     for _ in range(repeats):
         generator = rng.generator(rng.split(state.rng)[1])
@@ -140,8 +142,9 @@ def iteration_split(env_options: dict, repeats: int) -> dict:
         carry, _, batch = T.collect(run, state.params, state.carry, generator)
         times["collect"].append(time.perf_counter() - t)
         t = time.perf_counter()
-        run.update(state.params, state.opt_state, state.loss_scale, batch, generator,
-                   hyper_tensors(config, state.step))
+        perm_keys = torch.rand(config.update_epochs, shuffle_units(config, True), generator=generator)
+        minibatch_steps(run.stages, state.params, state.opt_state, state.loss_scale, batch,
+                        permutations(perm_keys, run.stages.minibatch), hyper_tensors(config, state.step))
         times["update"].append(time.perf_counter() - t)
         state = state._replace(carry=carry)
     out = {name: statistics.median(ts) for name, ts in times.items()}
@@ -177,9 +180,9 @@ def play_scripted(env, name: str, seed: int) -> dict:
 
 @torch.no_grad()
 def play_policy(env, config: Config, params: dict, greedy: bool, seed: int) -> dict:
-    from kernel.train import policy_for
+    from kernel.build import policy_for
 
-    rollout = make_rollout(env, policy_for(config, env), 1, compile=False, greedy=greedy)
+    rollout = make_rollout(env, policy_for(config, env), 1, greedy=greedy)
     generator = rng.generator(rng.key(seed))
     carry = rollout.init(generator)
     for _ in range(env.episode_epochs):

@@ -69,6 +69,13 @@ def raw_stepping(num_envs: int, num_steps: int, repeats: int) -> dict:
             "compiled_scan_sps": steps / scan_s, "compiled_vs_eager": eager_s / scan_s, "compile_s": compile_s}
 
 
+def segment(run, state, generator):
+    import torch
+
+    with torch.no_grad():
+        return run.stages.segment(state.params, state.carry, *run.rollout.noise(generator))
+
+
 def one_size(num_envs: int, iterations: int) -> dict:
     import torch
 
@@ -77,16 +84,16 @@ def one_size(num_envs: int, iterations: int) -> dict:
 
     cfg = Config(num_envs=num_envs, total_steps=num_envs * 128 * 1000)
     train = T.make_train(cfg)
-    run, state = train.run, train.init()
+    run, state = train.built, train.init()
     compile_s = T.warmup(run, state)
     g = torch.Generator().manual_seed(1)
     # Rollout-only: the compiled segment (plus its noise draw and the bootstrap values).
-    rollout_s = median_seconds(lambda: run.rollout.collect(state.params, state.carry, g), iterations)
+    rollout_s = median_seconds(lambda: segment(run, state, g), iterations)
     times = []
     for _ in range(iterations):
         start = time.perf_counter()
         state, metrics = train.iteration(state)
-        T.to_host(metrics)  # the sync a logging loop would do
+        T.to_host(metrics, None)  # the sync a logging loop would do
         times.append(time.perf_counter() - start)
     train_s = sorted(times)[len(times) // 2]
     steps = cfg.batch_size

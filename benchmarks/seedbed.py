@@ -20,7 +20,7 @@ import torch
 
 import envs
 from benchmarks.results_io import write_record
-from kernel.baselines import heuristic_actions, random_valid_actions
+from envs.baselines import heuristic_actions, random_valid_actions
 
 
 def play_baseline(name: str, episodes: int, seed: int) -> torch.Tensor:

@@ -7,7 +7,7 @@ default CartPole configuration unless flags are given after ``--``) alternately 
 from this one, ``--reps`` times each, in fresh processes that share one inductor cache (so both
 sides are measured warm after a first, untimed run of each). Reports each run's steady env
 steps/s (the training loop's ``sps``: env steps over run time, compile excluded), its compile
-seconds and the process wall time, and the ratio of the medians.
+seconds and the process wall time, and the ratios of the medians (env steps/s, compile seconds).
 """
 from __future__ import annotations
 
@@ -62,9 +62,12 @@ def main() -> None:
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(other)], cwd=ROOT, check=False)
     medians = {name: statistics.median(r["sps"] for r in rs) for name, rs in runs.items()}
+    compiles = {name: statistics.median(r["compile_s"] for r in rs) for name, rs in runs.items()}
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     result = {"command": "fkernel train --threads 1 " + " ".join(args.flags), "rev": args.rev, "this_tree_head": head,
-              "runs": runs, "median_sps": medians, "ratio_this_over_rev": medians["this tree"] / medians[args.rev]}
+              "runs": runs, "median_sps": medians, "ratio_this_over_rev": medians["this tree"] / medians[args.rev],
+              "median_compile_s": compiles,
+              "compile_ratio_this_over_rev": compiles["this tree"] / max(compiles[args.rev], 1e-9)}
     print(json.dumps(result, indent=2))
     if args.json:
         write_record(str(args.json), result)

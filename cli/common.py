@@ -88,7 +88,7 @@ def sweep(items: tuple) -> dict:
             raise click.BadParameter(f"{item!r} is not KEY=V1,V2,...", param_hint="--sweep")
         if key in out:
             raise click.BadParameter(f"{key} is swept twice", param_hint="--sweep")
-        from kernel.many import SWEEPABLE, unsweepable
+        from kernel.group import SWEEPABLE, unsweepable
 
         why = unsweepable(key)  # before reading the values: 'precision=fp32,bf16' is no list of numbers
         if why:

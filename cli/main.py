@@ -94,18 +94,23 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, no
     devices = [d.strip() for text in devices for d in text.split(",") if d.strip()]
     if no_compile and compile_ not in (None, "off"):
         raise click.UsageError(f"--no-compile contradicts --compile {compile_}")
+    if resume == "latest" and not out:
+        raise click.UsageError("--resume latest needs --out RUN_FOLDER to look in")
     compile_ = "off" if no_compile else compile_
     compile_flag = {"on": True, "off": False}.get(compile_)  # None: auto (unless the config file says)
-    env_options = common.env_options(dataset=dataset, data_dir=data_dir, train_size=train_size, val_size=val_size)
+    flags = dict(env=env_name, num_envs=num_envs, num_steps=num_steps, total_steps=total_steps, seed=seed,
+                 device=device, compile=compile_flag, precision=precision, policy=policy_kind,
+                 env_options=common.env_options(dataset=dataset, data_dir=data_dir, train_size=train_size,
+                                                val_size=val_size),
+                 fuse=None if fuse is None else ("on" if fuse else "off"))
+    for key, value in PRESETS.get(preset, {}).items():  # a preset's values, unless a flag gives one
+        flags[key] = value if flags.get(key) is None else flags[key]
+    if devices:  # one process per device: the launcher's check sees the first, each rank its own
+        flags["device"] = devices[int(os.environ.get("LOCAL_RANK", 0))]
     if (nproc or devices) and not distributed.launched():
         if nproc and devices and nproc != len(devices):
             raise click.BadParameter(f"{nproc} processes for {len(devices)} devices", param_hint="--nproc")
-        if resume == "latest" and not out:
-            raise click.UsageError("--resume latest needs --out RUN_FOLDER to look in")
         if not resume:  # refuse a config the ranks cannot split before starting any of them
-            flags = dict(env=env_name, num_envs=num_envs, num_steps=num_steps, total_steps=total_steps,
-                         precision=precision, policy=policy_kind, device=(devices or [device])[0],
-                         env_options=env_options)
             try:
                 runs.check_splittable(runs.resolve_config(flags, config_json), nproc or len(devices),
                                       common.seeds(seed_list), common.sweep(sweeps))
@@ -113,18 +118,9 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, no
                 raise common.usage_error(e)
         return launch.launch(click.get_current_context(), nproc or len(devices))
     common.set_threads(threads)
-    if resume == "latest" and not out:
-        raise click.UsageError("--resume latest needs --out RUN_FOLDER to look in")
-    flags = dict(env=env_name, num_envs=num_envs, num_steps=num_steps, total_steps=total_steps, seed=seed,
-                 device=device, compile=compile_flag, precision=precision, policy=policy_kind, env_options=env_options,
-                 fuse=None if fuse is None else ("on" if fuse else "off"))
-    for key, value in PRESETS.get(preset, {}).items():  # a preset's values, unless a flag gives one
-        flags[key] = value if flags.get(key) is None else flags[key]
     auto_compile = compile_flag is None and "compile" not in file_keys(config_json)
     options = runs.Options(checkpoint_every, keep, max_bad_steps, telemetry_dir, tensorboard_dir)
     try:
-        if devices:  # one process per device: this rank's is at its local rank
-            flags["device"] = devices[int(os.environ.get("LOCAL_RANK", 0))]
         world = distributed.join(flags["device"] or "cpu")
         prepared = runs.prepare(flags, out, resume=resume, config_json=config_json, options=options,
                                 seeds=common.seeds(seed_list), sweep=common.sweep(sweeps), world=world,
@@ -145,9 +141,8 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, no
               f"precision={cfg.precision}" + (f" resuming at update {update}" if resume else ""))
     for note in prepared.notes:
         con.print(escape(note), soft_wrap=True)  # plain text, one line each ("[...]" is not markup)
-    if group is None:
-        built = prepared.trainer.run
-        con.print(f"iteration: {'fused' if built.fused is not None else 'unfused'} ({built.fuse_reason})")
+    built = prepared.trainer.built
+    con.print(f"iteration: {'fused' if built.plan.fuse else 'unfused'} ({built.plan.why})")
     returns_seen: deque = deque(maxlen=60)  # for the live view's sparkline
     progress = render.make_progress()
     task = progress.add_task("train", total=cfg.num_updates, completed=update)

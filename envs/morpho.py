@@ -70,7 +70,7 @@ OPTIONS = ("dataset", "data_dir", "train_size", "val_size", "data_seed", "channe
 
 class Morpho:
     name = "morpho"
-    solved_return = None  # compare with the scripted baselines (kernel.baselines)
+    solved_return = None  # compare with the scripted baselines (envs.baselines)
     description = "grow a crippled image classifier by seeds; one step is one epoch of real training"
     compilable = False  # steps train networks in Python loops: the rollout runs it eagerly
     OPTIONS = OPTIONS

@@ -45,7 +45,7 @@ Masks (in ``obs["masks"]``): op: WAIT always; GERMINATE needs an empty slot and 
 HOLDING seed; PRUNE needs a live non-fossilized seed at least one step old. ``slot`` masks are
 ``[N, 5, S]``, one row per op (the WAIT row allows every slot; it is irrelevant there).
 
-Scripted baselines to compare a trained policy with live in :mod:`kernel.baselines`.
+Scripted baselines to compare a trained policy with live in :mod:`envs.baselines`.
 """
 from __future__ import annotations
 
@@ -160,7 +160,7 @@ def lifecycle_step(state: dict, action: dict, m: dict, tempo_steps: torch.Tensor
 
 class Seedbed:
     name = "seedbed"
-    solved_return = None  # no fixed bar: compare with the scripted baselines (kernel.baselines)
+    solved_return = None  # no fixed bar: compare with the scripted baselines (envs.baselines)
     description = "grow a host network by seeds: germinate, train, blend, fossilize or prune"
 
     def __init__(self, num_envs: int, device="cpu", dtype: torch.dtype = torch.float32, slots: int = 3,

@@ -5,15 +5,20 @@ The public API::
     from kernel import Config, make_train
 
     train = make_train(Config(total_steps=500_000))   # builds env, policy, compiled steps
-    state = train.init(seed=0)                         # TrainState: a pytree of tensors
+    state = train.init()                               # TrainState: a pytree of tensors
     state, metrics = train.iteration(state)            # one PPO update; the input is untouched
     result = train.train()                             # the whole run: (state, progress, summary)
-    group = make_train(Config(), seeds=range(8))       # 8 runs as one vmapped program (kernel.many)
+    group = make_train(Config(), seeds=range(8))       # 8 runs as one vmapped program
 
-Runs with a folder on disk (config, checkpoints, telemetry, summary), as ``fkernel train`` makes
-them: :func:`prepare` then :func:`execute`; data-parallel ranks join through
-:func:`kernel.distributed.join`. Building blocks live in the submodules: ``optim``
-(optax-style transforms), ``loss_scale`` (jmp-style), ``precision``, ``rng``, ``ppo``, ``rollout``.
+The shape: :func:`kernel.iteration.iterate` is the one PPO iteration (rollout, advantages, batch,
+minibatch steps, metrics). :mod:`kernel.build` makes the stages it calls: eager, compiled one by
+one, or the whole iteration compiled as one graph (fused), as :mod:`kernel.plan` decides. A group
+of runs (:mod:`kernel.group`) maps it over a run axis with ``vmap``; a data-parallel rank
+(:mod:`kernel.distributed`) all-reduces inside its gradient step. :mod:`kernel.train` draws each
+iteration's noise from the state's key and loops; :mod:`kernel.runs` puts a run on disk
+(:func:`prepare`, then :func:`execute`) and :mod:`kernel.resume` restores it. Building blocks:
+``optim`` (optax-style), ``loss_scale`` (jmp-style), ``precision``, ``rng``, ``ppo``, ``rollout``,
+``loop``.
 """
 from kernel.config import Config
 from kernel.evaluate import evaluate, load_policy

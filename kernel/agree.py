@@ -11,10 +11,8 @@ every quantity is measured against its own magnitude:
 - what must not differ at all, exactly: integer and boolean leaves (step counts, skip counts,
   random keys, episode counters) and the loss scale.
 
-Float rounding alone cannot flip a structural choice, so two checks see what a tolerance of a low
-precision's size would hide: which dtypes the trunk's and the heads' matrix products run in
-(:func:`matmul_dtypes`), and whether the reported loss is made of the terms and coefficients the
-config asks for (:func:`loss_recomposition_gap`).
+What a low precision's tolerance would hide (a dropped term, a trunk in the wrong dtype) the tests
+check structurally (``tests/kernel/structural.py``).
 """
 from __future__ import annotations
 
@@ -22,9 +20,7 @@ import math
 from typing import NamedTuple
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from kernel.ppo import evaluate
 from kernel.tree import as_dicts, flatten_with_paths
 
 
@@ -59,7 +55,6 @@ TOLERANCE = {
 # after 2 iterations: fp32 update 1.05e-5.
 AFTER_ITERATIONS = dict(TOLERANCE, fp32=Tolerance(update=3e-5, state=5e-5, output=3e-5))
 # How far a loss may sit from the sum of its terms: each is float32 whatever the compute dtype.
-LOSS_TERMS_RTOL = 1e-5
 
 
 def relative_gap(got: torch.Tensor, want: torch.Tensor, scale: torch.Tensor | None = None) -> float:
@@ -129,66 +124,4 @@ def output_disagreements(want: dict, got: dict, tol: Tolerance, scales: dict | N
         gap = relative_gap(g, w, scales.get(name))
         if gap > tol.output:
             problems.append(f"{name}: differs by {gap:.2e} of its size (allowed {tol.output:.0e})")
-    return problems
-
-
-def loss_recomposition_gap(metrics: dict, hyper: dict, head_names: tuple) -> float:
-    """How far the reported loss is from ``pg_loss - sum_h (ent_coef + ent_coef/h) * entropy_h +
-    vf_coef * v_loss`` with ``hyper``'s coefficients, relative to the terms' sizes. A step that
-    drops a term or uses another coefficient than ``hyper`` says is off by that term."""
-    if len(head_names) == 1:
-        entropies = {head_names[0]: metrics["entropy"]}
-    else:
-        entropies = {h: metrics[f"head/{h}/entropy"] for h in head_names}
-    terms = [metrics["pg_loss"].double(), hyper["vf_coef"].double() * metrics["v_loss"].double()]
-    for h, ent in entropies.items():
-        coef = hyper["ent_coef"].double() + hyper.get(f"ent_coef/{h}", torch.zeros(())).double()
-        terms.append(-coef.cpu() * ent.double().cpu())
-    terms = [t.cpu() for t in terms]
-    size = sum(t.abs() for t in terms)
-    return float((metrics["loss"].double().cpu() - sum(terms)).abs() / size)
-
-
-class _MatmulDtypes(TorchDispatchMode):
-    """Records the dtype of every matrix product run under it."""
-
-    OPS = ("mm", "addmm", "bmm", "baddbmm", "matmul", "linear")
-
-    def __init__(self):
-        super().__init__()
-        self.dtypes = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.__name__.split(".")[0] in self.OPS:
-            self.dtypes.update(a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point())
-        return func(*args, **(kwargs or {}))
-
-
-def matmul_dtypes(fn) -> set:
-    """The dtypes of the matrix products ``fn()`` runs (eagerly)."""
-    mode = _MatmulDtypes()
-    with mode, torch.no_grad():
-        fn()
-    return mode.dtypes
-
-
-def trunk_dtype_problem(policy, precision, params, batch: dict) -> str | None:
-    """Whether ``policy`` computes its trunk in ``precision``'s compute dtype and its heads in
-    float32 (its matrix products on ``batch`` run in exactly those dtypes); a line if not."""
-    want = {precision.compute_dtype, torch.float32}
-    got = matmul_dtypes(lambda: evaluate(policy, params, batch))
-    if got != want:
-        return f"matrix products ran in {sorted(map(str, got))}, expected {sorted(map(str, want))}"
-    return None
-
-
-def loss_problems(outputs: dict, hyper: dict, head_names: tuple) -> list:
-    """Steps (outputs named ``step<k>.<metric>``) whose loss is not the sum of ``hyper``'s terms."""
-    problems = []
-    for prefix in sorted({name.split(".")[0] for name in outputs if name.endswith(".loss")}):
-        metrics = {name[len(prefix) + 1:]: v for name, v in outputs.items() if name.startswith(prefix + ".")}
-        gap = loss_recomposition_gap(metrics, hyper, head_names)
-        if not gap <= LOSS_TERMS_RTOL:
-            problems.append(f"{prefix}: the loss is {gap:.1e} of its terms away from pg - ent_coef * entropy "
-                            f"+ vf_coef * v_loss (allowed {LOSS_TERMS_RTOL:.0e})")
     return problems

@@ -13,12 +13,13 @@ import torch
 import torch._dynamo
 
 from kernel import loss_scale
+from kernel.build import make_env, make_optimizer, policy_for
 from kernel.config import Config
 from kernel.diagnose import one_batch
 from kernel.ppo import hyper_tensors, make_grad_step
 from kernel.precision import Precision
 from kernel.rollout import make_rollout
-from kernel.train import make_env, make_optimizer, policy_for
+from kernel.train import peak_memory_mb
 from kernel.tree import tree_map
 
 MODES = ("eager", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
@@ -39,19 +40,6 @@ def reset_peak_memory(device: torch.device) -> None:
                 f.write("5")
         except OSError:
             pass
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
 
 
 def dynamo_counts() -> dict:
@@ -91,7 +79,7 @@ def rollout_case(config: Config, precision: Precision, num_envs: int):
     """One acting step (policy forward, sampling, env step) for ``num_envs`` environments."""
     env = make_env(config, num_envs)
     policy = policy_for(config.replace(precision=precision), env)
-    rollout = make_rollout(env, policy, 1, compile=False)
+    rollout = make_rollout(env, policy, 1)
     g = torch.Generator().manual_seed(0)
     params = tree_map(lambda x: x.to(env.device), policy.init(g))
     carry = rollout.init(g)

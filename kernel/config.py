@@ -74,9 +74,6 @@ class Config:
         """The env's recommended defaults (ENV_DEFAULTS), then ``changes``."""
         return validated(dataclasses.replace(cls(), **{"env": env, **ENV_DEFAULTS.get(env, {}), **changes}))
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
@@ -185,10 +182,6 @@ def from_dict(values: dict, base: Config | None = None) -> Config:
                 (expected is int and isinstance(value, bool)):
             raise ValueError(f"config key {name!r} must be {expected.__name__}, got {value!r}")
     return validated(dataclasses.replace(base or Config(), **values))
-
-
-def from_json_file(path: str | Path, base: Config | None = None) -> Config:
-    return from_dict(read_json_object(path), base)
 
 
 def read_json_object(path: str | Path) -> dict:

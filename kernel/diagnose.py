@@ -8,12 +8,13 @@ from __future__ import annotations
 import torch
 
 from kernel import loss_scale, rng, telemetry
+from kernel.build import build, init_state, make_optimizer, policy_for
 from kernel.config import Config
 from kernel.hot import own_code
 from kernel.policy import group_dtypes
 from kernel.ppo import hyper_tensors, make_grad_step, shuffle_units
 from kernel.precision import Precision
-from kernel.train import build, collect, init_state, make_optimizer, policy_for
+from kernel.train import collect
 
 MAX_HALVINGS = 24
 

@@ -4,28 +4,28 @@ from __future__ import annotations
 import torch
 
 from kernel import rng
+from kernel.build import make_env, policy_for
+from kernel.checkpoint import CheckpointError, load
 from kernel.config import Config, from_dict
-from kernel.rollout import draw, make_rollout
+from kernel.resume import check_matches
+from kernel.rollout import make_rollout
 
 
 @torch.no_grad()
 def evaluate(config: Config, params: dict, episodes: int, greedy: bool = True, seed: int = 0) -> torch.Tensor:
     """Returns ``[episodes]`` float returns; each sub-environment plays exactly one episode, with the
     same acting step as training (:func:`kernel.rollout.make_rollout`)."""
-    from kernel.train import make_env, policy_for
-
     env = make_env(config, episodes)
     if hasattr(env, "desync"):
         env.desync = False  # whole episodes from the first step
-    rollout = make_rollout(env, policy_for(config, env), 1, compile=False, greedy=greedy)
+    rollout = make_rollout(env, policy_for(config, env), 1, greedy=greedy)
     generator = rng.generator(rng.key(seed))
     carry = rollout.init(generator)
     final = torch.zeros(episodes, device=env.device)
     finished = torch.zeros(episodes, dtype=torch.bool, device=env.device)
     while not bool(finished.all()):
-        action_noise = {h: draw((episodes, k), generator, env.device) for h, k in env.action_spec.sizes.items()}
-        carry, record = rollout.act(params, carry, action_noise, draw(env.noise_shape(), generator, env.device,
-                                                                      env.dtype))
+        action_noise, env_noise = rollout.noise(generator)  # one step's, as training draws it
+        carry, record = rollout.act(params, carry, {h: x[0] for h, x in action_noise.items()}, env_noise[0])
         done = record["terminated"] | record["truncated"]
         final = torch.where(done & ~finished, record["episode_return"], final)
         finished |= done
@@ -36,10 +36,6 @@ def load_policy(path) -> tuple[Config, dict, dict]:
     """Config, params and metadata of a saved run. Raises ``CheckpointError`` on a bad file, and
     when the params do not fit the policy the saved config builds (a missing or unexpected leaf, a
     wrong shape or dtype, params saved for another env), naming every difference."""
-    from kernel.checkpoint import CheckpointError, load
-    from kernel.resume import check_matches
-    from kernel.train import make_env, policy_for
-
     sections, meta = load(path)
     if "params" not in sections or "config" not in meta:
         raise CheckpointError(f"{path} holds no policy params or config")

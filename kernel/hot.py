@@ -1,27 +1,15 @@
-"""How the training loop compiles its hot functions (rollout segment, advantages, grad step).
+"""How the training loop compiles its hot functions (rollout segment, advantages, grad step, or the
+whole iteration).
 
 Every function is compiled with dynamo's guards, so a graph traced for one configuration (closure
-constants such as the activation, precision or max_grad_norm), one dict structure (an extra
-``ent_coef/<head>`` key in ``hyper``) or one grad mode never runs for another; it recompiles
-instead. One kind is skipped: guards on module globals (:func:`skip_module_global_guards`), so a
-module-level value that a build reads, changed after the build's first call, is not seen by it.
-On top of that, :func:`compile_hot` gives every function it compiles a code object of its own.
-Dynamo keeps its cache of graphs per code object, and the grad steps of two configurations are
-closures over one code object: without a copy, every build in a process (a sweep, a notebook, a test
-session) would add an entry to one shared cache, each call would check the guards of every earlier
-build, and the ninth build would hit dynamo's recompile limit (an error under ``fullgraph=True``).
-With a copy, each build owns its cache, which is freed with the build. Shapes are static
-(``dynamic=False``): dynamo's automatic-dynamic record is kept per function name and line, which the
-copies share, so without it a second build with other shapes would get slower graphs with symbolic
-sizes.
-
-Options (what each is for is in ``benchmarks/README.md``): guards on
-module globals skipped (:func:`skip_module_global_guards`; all others kept); ``cpp_wrapper`` on
-CPU for torch >= 2.13; ``scan`` marked cacheable by inductor's FX graph cache; no loop reordering
-after fusion on CUDA; ``tanh`` through ``exp`` in generated CPU code. The fused iteration's graph
-adds its own (:func:`fused_options`). An option the installed torch
-does not know is left out (older releases lack some of them); the tests check that each one still
-does what it is here for.
+constants such as the activation or precision), one dict structure or one grad mode never runs
+for another; it recompiles instead. One kind is skipped: guards on module globals
+(:func:`skip_module_global_guards`). :func:`compile_hot` gives every function a code object of
+its own (:func:`own_code`), so each build owns its cache of graphs, and asks for static shapes.
+Options (what each is for is in ``benchmarks/README.md``): ``cpp_wrapper`` on CPU where it
+compiles a ``scan``; ``scan`` marked cacheable by inductor's FX graph cache; ``tanh`` through
+``exp`` in generated CPU code; no loop reordering after fusion on CUDA; the fused graph adds its
+own (:func:`fused_options`). An option the installed torch does not know is left out.
 """
 from __future__ import annotations
 
@@ -43,8 +31,8 @@ def known_option(name: str) -> bool:
 
 
 def cpp_wrapper_compiles_scan() -> bool:
-    """Inductor 2.11's C++ wrapper asserts on any graph holding a ``scan`` (measured); 2.13 and
-    2.14 compile it. 2.12 was never tried, so the wrapper is used from 2.13 on."""
+    """Whether inductor's C++ wrapper compiles a graph holding a ``scan``: not before torch 2.13
+    (older wrappers assert on it; ``benchmarks/README.md`` lists the versions tried)."""
     return torch.torch_version.TorchVersion(torch.__version__) >= (2, 13)
 
 
@@ -65,7 +53,7 @@ def hot_options(device="cpu") -> dict:
         if cpp_wrapper_compiles_scan():
             wanted["cpp_wrapper"] = True
     else:
-        # torch 2.11's CUDA inductor asserts in its loop-reordering pass on the grad step (seen on
+        # Some CUDA inductors assert in their loop-reordering pass on the grad step (seen on
         # an H200); the pass only reorders loops for speed, so it is off for every version.
         wanted["loop_ordering_after_fusion"] = False
     options = {name: value for name, value in wanted.items() if known_option(name)}
@@ -75,7 +63,11 @@ def hot_options(device="cpu") -> dict:
 
 def own_code(fn: Callable) -> Callable:
     """``fn`` with a private copy of its code object (same globals, closure, defaults): dynamo's
-    cache of compiled graphs then belongs to this function alone. Builtins pass through."""
+    cache of compiled graphs then belongs to this function alone. Dynamo keys its cache by code
+    object, and the stages of two builds are closures over one: without a copy every build in a
+    process (a sweep, a notebook, a test session) would add to one cache, each call would check
+    every earlier build's guards, and the ninth build would hit the recompile limit. Builtins pass
+    through."""
     if not isinstance(fn, types.FunctionType):
         return fn
     code = fn.__code__.replace()  # a new code object, equal in content
@@ -88,9 +80,9 @@ def fused_options(device="cpu") -> dict:
     """:func:`hot_options` for a graph holding two scans (the fused iteration).
 
     On CPU the C++ wrapper's in-place reuse of a loop's output after the loop emits a second C++
-    declaration of that buffer (reproduced with inductor 2.14.1), so in-place reuse is off; the
-    wrapper and the kernels are built as two C++ units, which cut a cold compile of CartPole's
-    fused graph from 106.9 s to 40.1 s at the same step cost (``benchmarks/fused.py``). On CUDA
+    declaration of that buffer, so in-place reuse is off; the wrapper and the kernels are built as
+    two C++ units, which cuts the fused graph's cold compile at the same step cost (the figures are
+    in ``benchmarks/README.md``). On CUDA
     the graph is captured as a CUDA graph (what ``mode="reduce-overhead"`` does): one launch per
     iteration instead of one per kernel.
     """

@@ -183,10 +183,6 @@ def apply_updates(params: Tree, updates: Tree, foreach: bool = True) -> Tree:
     return unflatten(spec, torch._foreach_add(p, u) if foreach else [a + b for a, b in zip(p, u)])
 
 
-def constant_schedule(value: float) -> Schedule:
-    return lambda count: torch.full((), value, dtype=torch.float32, device=count.device)
-
-
 def linear_schedule(init_value: float, end_value: float, transition_steps: int, every: int = 1) -> Schedule:
     """Linear from ``init_value`` to ``end_value`` over ``transition_steps`` periods of ``every``
     optimizer steps; ``every`` = steps per PPO update anneals once per update as CleanRL does."""

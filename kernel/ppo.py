@@ -1,22 +1,21 @@
-"""PPO: advantages, the clipped loss, and the update step. Reads top to bottom like CleanRL.
+"""PPO: advantages, the clipped loss, and the gradient step. Reads top to bottom like CleanRL.
 
-The gradient + optimizer step is one pure function ``(params, opt_state, batch, idx, hyper) ->
-(params, opt_state, metrics)`` compiled with ``torch.compile(fullgraph=True)``. Minibatch indices,
-learning rate, clip range and entropy coefficient enter as tensors, so nothing in the hot loop recompiles; metrics
-stay on device as tensors until someone logs them.
+The gradient + optimizer step is one pure function ``(params, opt_state, scale, batch, idx, hyper)
+-> (params, opt_state, scale, metrics)``. Minibatch indices and every hyperparameter (learning
+rate, clip range, coefficients, gamma and lambda) enter as tensors (:func:`hyper_tensors`), so a
+new value never recompiles; metrics stay on device as tensors until someone logs them.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import torch
-from torch._higher_order_ops import scan
 from torch.func import grad_and_value
 
 from kernel import heads, telemetry
-from kernel.hot import compile_hot
+from kernel.loop import loop
 from kernel.loss_scale import all_finite
-from kernel.optim import GradientTransformation, Schedule, apply_updates, constant_schedule, linear_schedule
+from kernel.optim import GradientTransformation, apply_updates, linear_schedule
 from kernel.policy import Policy, masks
 from kernel.tree import tree_map
 
@@ -37,57 +36,31 @@ def deltas_and_decay(rewards, values, next_values, terminated, truncated, gamma:
     return deltas, (gamma * lam) * not_done
 
 
-def gae(rewards, values, next_values, terminated, truncated, gamma: float, lam: float):
-    """Generalised advantage estimates and returns over ``[T, N]`` trajectories (eager)."""
-    deltas, decay = deltas_and_decay(rewards, values, next_values, terminated, truncated, gamma, lam)
-    # One fused op per step, written in place: at RL sizes the loop is per-op overhead, not maths.
-    advantages = torch.empty_like(deltas)
-    adv, d, c = advantages.unbind(0), deltas.unbind(0), decay.unbind(0)  # all views made at once
-    adv[-1].copy_(d[-1])
-    for t in range(values.shape[0] - 2, -1, -1):
-        torch.addcmul(d[t], c[t], adv[t + 1], out=adv[t])
-    return advantages, advantages + values
-
-
 # Up to this many steps the compiled recursion is unrolled (inductor fuses the whole chain into one
-# loop over envs: ~35 us for 128 steps x 4 envs vs ~310 us for the eager loop); longer segments use a
-# reverse scan, whose compile time does not grow with the length.
+# loop over envs); longer segments use a reverse scan, whose compile time does not grow with the
+# length. benchmarks/README.md has the measured costs.
 UNROLL_MAX_STEPS = 256
 
 
-def gae_functional(rewards, values, next_values, terminated, truncated, gamma: float, lam: float):
-    """The same estimates written without in-place writes, so that ``torch.compile`` can fuse them."""
+def gae(rewards, values, next_values, terminated, truncated, gamma, lam, scanned: bool = False):
+    """Generalised advantage estimates and returns over ``[T, N]`` trajectories: the recursion
+    backwards in time, a Python loop (eager, or unrolled in a graph) or (``scanned``) a scan.
+    ``gamma`` and ``lam`` are floats or 0-d tensors."""
     deltas, decay = deltas_and_decay(rewards, values, next_values, terminated, truncated, gamma, lam)
-    if deltas.shape[0] <= UNROLL_MAX_STEPS:
-        reversed_adv = [deltas[-1]]
-        for t in range(deltas.shape[0] - 2, -1, -1):
-            reversed_adv.append(torch.addcmul(deltas[t], decay[t], reversed_adv[-1]))
-        advantages = torch.stack(reversed_adv[::-1])
-    else:
-        def body(next_adv, x):
-            adv = torch.addcmul(x[0], x[1], next_adv)
-            return adv, adv.clone()
 
-        _, advantages = scan(body, torch.zeros_like(deltas[0]), (deltas.flip(0), decay.flip(0)))
-        advantages = advantages.flip(0)
+    def body(next_adv, x):
+        adv = torch.addcmul(x[0], x[1], next_adv)
+        return adv, adv
+
+    _, advantages = loop(body, torch.zeros_like(deltas[0]), (deltas.flip(0), decay.flip(0)), scanned)
+    advantages = advantages.flip(0)
     return advantages, advantages + values
 
 
-def make_gae(gamma: float, lam: float, compile: bool = False, device="cpu") -> Callable:
-    """``advantages(rewards, values, next_values, terminated, truncated) -> (advantages, returns)``."""
-    if not compile:
-        return lambda *traj: gae(*traj, gamma, lam)
-
-    def advantages(rewards, values, next_values, terminated, truncated):
-        return gae_functional(rewards, values, next_values, terminated, truncated, gamma, lam)
-
-    return compile_hot(advantages, device)
-
-
 def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
-    """1 - Var[returns - values] / Var[returns]; NaN when the returns do not vary."""
-    var = returns.var()
-    return torch.where(var == 0, torch.full_like(var, float("nan")), 1 - (returns - values).var() / var)
+    """1 - Var[returns - values] / Var[returns] over the last axis; NaN when the returns do not vary."""
+    var = returns.var(-1)
+    return torch.where(var == 0, torch.full_like(var, float("nan")), 1 - (returns - values).var(-1) / var)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,77 +227,38 @@ def make_grad_step(policy: Policy, optimizer: GradientTransformation, clip_vloss
     return grad_step
 
 
-def make_update(config, policy: Policy, optimizer: GradientTransformation, groups=None, world=None) -> Callable:
-    """``update(params, opt_state, scale, batch, generator, hyper) -> (params, opt_state,
-    scale, metrics)``: ``update_epochs`` passes over the batch in shuffled minibatches of
-    fixed size. The permutation comes from the explicit ``generator``; metrics are reduced over
-    minibatches (means; counts summed; maxima maxed).
-
-    With a distributed ``world`` (kernel.distributed), each minibatch step takes this rank's
-    gradients, all-reduces them with the loss as one flat buffer, and applies the mean on every
-    rank; advantages are normalised with every rank's minibatch together."""
-    step = make_grad_step(policy, optimizer, config.clip_vloss, config.norm_adv, groups, config.norm_entropy,
-                          config.head_average)
-    compiled = (lambda fn: compile_hot(fn, config.device)) if config.compile else (lambda fn: fn)
-    units = shuffle_units(config, policy.recurrent)
-    size = units // config.num_minibatches
-    if world is None or not world.distributed:
-        grad_step = compiled(step)
-    else:
-        gradients, apply = compiled(step.gradients), compiled(step.apply)
-
-        def grad_step(params, opt_state, scale, batch, idx, hyper):
-            grads, loss, metrics = gradients(params, scale, batch, idx, hyper)
-            grads, loss = world.mean_tree((grads, loss))  # a NaN on any rank reaches every rank
-            return apply(params, opt_state, scale, grads, loss, metrics, hyper)
-
-    def update(params, opt_state, scale, batch, generator, hyper):
-        device = batch["returns"].device
-        history = []
-        # Every epoch's permutation from one draw (argsort of uniforms): one op instead of one per epoch.
-        keys = torch.rand(config.update_epochs, units, generator=generator, device=generator.device)
-        perms = keys.argsort(dim=1).to(device).view(config.update_epochs, config.num_minibatches, size)
-        stats = global_advantage_stats(batch["advantages"], perms, policy.recurrent, world) \
-            if world is not None and world.distributed and config.norm_adv else None
-        for e in range(config.update_epochs):
-            for m in range(config.num_minibatches):
-                step_hyper = hyper if stats is None else dict(hyper, adv_mean=stats[0][e, m], adv_std=stats[1][e, m])
-                params, opt_state, scale, metrics = grad_step(params, opt_state, scale, batch, perms[e, m], step_hyper)
-                history.append(metrics)
-        return params, opt_state, scale, telemetry.reduce_metrics(history)
-
-    update.grad_step = grad_step
-    return update
-
-
-def global_advantage_stats(advantages: torch.Tensor, perms: torch.Tensor, recurrent: bool, world):
-    """Mean and (unbiased) std of every minibatch's advantages over all ranks: ``[epochs,
-    minibatches]`` each, from one all-reduce of sums, sums of squares and counts."""
+def global_advantage_stats(advantages: torch.Tensor, perms: torch.Tensor, recurrent: bool, world) -> dict:
+    """Mean and (unbiased) std over all ranks of every minibatch's advantages (``perms``: ``[steps,
+    size]``), ``[steps]`` each, from one all-reduce of sums, sums of squares and counts: what the
+    loss normalizes with instead of this rank's minibatch alone."""
     # Feed-forward rows are flat; recurrent minibatches are env columns of [T, N].
     picked = advantages[perms] if not recurrent else advantages[:, perms].movedim(0, -1)
-    local = torch.stack([picked.sum(-1) if not recurrent else picked.sum((-2, -1)),
-                         (picked * picked).sum(-1) if not recurrent else (picked * picked).sum((-2, -1)),
-                         torch.full(perms.shape[:2], picked[0, 0].numel(), dtype=picked.dtype,
-                                    device=picked.device)])
-    total, total_sq, n = world.sum(local).unbind(0)
+    dims = tuple(range(1, picked.dim()))
+    count = torch.full(perms.shape[:1], picked[0].numel(), dtype=picked.dtype, device=picked.device)
+    total, total_sq, n = world.sum(torch.stack([picked.sum(dims), (picked * picked).sum(dims), count])).unbind(0)
     mean = total / n
     var = (total_sq - n * mean * mean) / (n - 1)
-    return mean, var.clamp(min=0).sqrt()
+    return {"adv_mean": mean, "adv_std": var.clamp(min=0).sqrt()}
 
 
-def learning_rate_schedule(config) -> Schedule:
-    """CleanRL / PureJaxRL annealing: linear from ``lr`` to 0 over the run, stepped once per update."""
-    if not config.anneal_lr:
-        return constant_schedule(config.lr)
-    return linear_schedule(config.lr, 0.0, config.num_updates)
+HYPER = ("clip_coef", "ent_coef", "vf_coef", "max_grad_norm", "gamma", "gae_lambda")
 
 
-def hyper_tensors(config, update: torch.Tensor) -> dict:
-    """The values the loss and optimizer read, as 0-d tensors on ``update``'s device, so a new
-    value never recompiles: the learning rate at PPO update ``update`` (0-d int64) and the
-    coefficients."""
-    values = {k: float(getattr(config, k)) for k in ("clip_coef", "ent_coef", "vf_coef")}
-    values.update({f"ent_coef/{h}": float(c) for h, c in config.ent_coef_heads.items()})
-    hyper = {k: torch.tensor(v, device=update.device) for k, v in values.items()}
-    hyper["lr"] = learning_rate_schedule(config)(update)
+def hyper_tensors(config, update: torch.Tensor, group=None) -> dict:
+    """The values the loss, the optimizer and the advantages read, as tensors on ``update``'s
+    device, so a new value never recompiles: the learning rate at PPO update ``update`` (0-d int64)
+    and the coefficients. With a ``group`` (:class:`kernel.group.Group`) each is a ``[runs]``
+    tensor of the runs' values (swept, or the config's)."""
+    device = update.device
+    if group is None:
+        value = lambda k: torch.tensor(float(getattr(config, k)), device=device)
+        per_head = lambda c: torch.tensor(float(c), device=device)
+    else:
+        value = lambda k: torch.tensor([float(v) for v in group.values.get(k, (getattr(config, k),) * group.count)],
+                                       device=device)
+        per_head = lambda c: torch.full((group.count,), float(c), device=device)
+    hyper = {k: value(k) for k in HYPER}
+    hyper.update({f"ent_coef/{h}": per_head(c) for h, c in config.ent_coef_heads.items()})
+    base = value("lr")
+    hyper["lr"] = linear_schedule(base, 0.0, config.num_updates)(update) if config.anneal_lr else base
     return hyper

@@ -17,6 +17,7 @@ from kernel import checkpoint
 from kernel.checkpoint import CheckpointError
 from kernel.config import Config, from_dict
 from kernel.distributed import SINGLE, World
+from kernel.group import Group
 from kernel.state import Progress, TrainState
 from kernel.tree import as_dicts, fill, flatten_with_paths, tree_map
 
@@ -32,18 +33,18 @@ def window(progress: Progress) -> torch.Tensor:
     return torch.tensor(progress.returns, dtype=torch.float32)
 
 
-def state_sections(state: TrainState, progress: Progress | list | None = None) -> dict:
-    """The checkpoint's tensors; ``progress`` is one record, or one per run of a group (kernel.many)."""
+def state_sections(state: TrainState, progress: Progress | list | None = None, group: Group | None = None) -> dict:
+    """The checkpoint's tensors; ``progress`` is one record, or (``group``) one per run."""
     sections = as_dicts(state)
-    if isinstance(progress, list):
+    if group is not None:
         sections["stats"] = {"returns_window": {str(r): window(p) for r, p in enumerate(progress)}}
     else:
         sections["stats"] = {"returns_window": window(progress or Progress())}
     return sections
 
 
-def state_meta(config: Config, progress: Progress | list, runs=None) -> dict:
-    if not isinstance(progress, list):
+def state_meta(config: Config, progress: Progress | list, runs: Group | None = None) -> dict:
+    if runs is None:
         return {"config": config.to_dict(), "env": config.env, "update": progress.update,
                 "env_steps": progress.env_steps, "first_solved": progress.first_solved}
     return {"config": config.to_dict(), "env": config.env, "update": progress[0].update,
@@ -51,7 +52,7 @@ def state_meta(config: Config, progress: Progress | list, runs=None) -> dict:
             "progress": [{"env_steps": p.env_steps, "first_solved": p.first_solved} for p in progress]}
 
 
-def save_state(path, config: Config, state: TrainState, progress: Progress | list, runs=None,
+def save_state(path, config: Config, state: TrainState, progress: Progress | list, runs: Group | None = None,
                world: World = SINGLE) -> Path | None:
     """Write the run's whole state to ``path``. Data-parallel ranks all call it: each rank's
     rollout carry (its own envs) is gathered, stacked along a leading rank axis, and rank 0 alone
@@ -64,7 +65,7 @@ def save_state(path, config: Config, state: TrainState, progress: Progress | lis
         meta["world_size"] = world.size
     if world.distributed and not world.is_main:
         return None
-    return checkpoint.save(path, state_sections(state, progress), meta)
+    return checkpoint.save(path, state_sections(state, progress, runs), meta)
 
 
 def read_config(meta: dict, path) -> Config:
@@ -103,21 +104,21 @@ def check_matches(expected_sections: dict, sections: dict, path, against: str = 
         raise CheckpointError(f"{path} does not match {against} ({len(diffs)} differences): {'; '.join(diffs)}")
 
 
-def restore_state(path, run, fresh_state: TrainState, loaded: tuple | None = None):
-    """Load ``path`` into a state shaped like ``fresh_state`` (built from ``run.config``) and its
-    progress record (a list, one per run, for a group of runs); ``loaded`` is
-    ``checkpoint.load(path)``'s result when the caller already has it."""
+def restore_state(path, built, fresh_state: TrainState, loaded: tuple | None = None):
+    """Load ``path`` into a state shaped like ``fresh_state`` (from ``built``, a
+    :class:`kernel.build.Built`) and its progress record (a list, one per run of this process, for
+    a group); ``loaded`` is ``checkpoint.load(path)``'s result when the caller already has it."""
     sections, meta = loaded or checkpoint.load(path)
     if isinstance(sections.get("rng"), dict):  # the old layout kept a torch.Generator's state there
         raise CheckpointError(f"{path} was saved by an older fkernel whose random state cannot be resumed "
                               "(its params still work with `fkernel eval`)")
-    group = run.all_runs if hasattr(run, "all_runs") else None
+    group = built.all_runs
     if (group is None) != ("runs" not in meta):
         raise CheckpointError(f"{path} holds {'a group of runs' if 'runs' in meta else 'one run'}; "
                               f"resume it as {'a group (same seeds and sweep)' if 'runs' in meta else 'one run'}")
     if group is not None and meta["runs"] != group.to_dict():
         raise CheckpointError(f"{path} holds runs {meta['runs']}, not {group.to_dict()}")
-    world = getattr(run, "world", SINGLE)
+    world = built.world
     saved_world = int(meta.get("world_size", 1))
     if group is None and saved_world != world.size:
         raise CheckpointError(f"{path} was saved by {saved_world} data-parallel process(es); resume it with "
@@ -129,11 +130,11 @@ def restore_state(path, run, fresh_state: TrainState, loaded: tuple | None = Non
         fresh_state = fresh_state._replace(carry=tree_map(lambda x: x.expand(world.size, *x.shape),
                                                           fresh_state.carry))
     fresh_progress = [Progress()] * group.count if group is not None else None
-    check_matches(state_sections(fresh_state, fresh_progress), sections, path)
+    check_matches(state_sections(fresh_state, fresh_progress, group), sections, path)
     flat = flatten_with_paths(as_dicts({k: v for k, v in sections.items() if k != "stats"}))
     state = fill(fresh_state, flat)
     # The key stays on the CPU; everything else goes to the run's device.
-    state = tree_map(lambda x: x.to(run.config.device), state._replace(rng=None))._replace(rng=state.rng)
+    state = tree_map(lambda x: x.to(built.config.device), state._replace(rng=None))._replace(rng=state.rng)
     if split_group:
         state = world.chunk_tree(state)
     elif world.distributed:
@@ -183,12 +184,13 @@ class Checkpointer:
         self.run_dir, self.every, self.keep, self.world = Path(run_dir), every, keep, world
         self.last: Path | None = latest_checkpoint(run_dir)
 
-    def maybe_save(self, config: Config, state: TrainState, progress: Progress | list, runs=None) -> Path | None:
-        update = progress[0].update if isinstance(progress, list) else progress.update
+    def maybe_save(self, config: Config, state: TrainState, progress: Progress | list, runs: Group | None = None
+                   ) -> Path | None:
+        update = progress[0].update if runs is not None else progress.update
         return None if update % self.every else self.save(config, state, progress, runs)
 
-    def save(self, config: Config, state: TrainState, progress: Progress | list, runs=None) -> Path:
-        update = progress[0].update if isinstance(progress, list) else progress.update
+    def save(self, config: Config, state: TrainState, progress: Progress | list, runs: Group | None = None) -> Path:
+        update = progress[0].update if runs is not None else progress.update
         path = checkpoint_path(self.run_dir, update)
         save_state(path, config, state, progress, runs, self.world)
         self.last = path

@@ -1,12 +1,12 @@
 """Collect a ``[T, N]`` trajectory segment from a batched env with a policy.
 
 One acting step (policy forward, factored Gumbel-max sampling, env step, episode bookkeeping) is a
-pure function of ``(params, carry, noise)``. Compiled, the whole T-step segment is one call: a
-``scan`` over the acting step (a Python loop of T compiled calls spends most of its time in
-per-call overhead at RL sizes; an unrolled loop takes minutes to compile). Eager mode runs the same
-step in a Python loop. All noise for the segment is drawn up front from the explicit generator,
-because random numbers drawn inside a compiled CPU graph are slow and would hide RNG state from
-checkpoints.
+pure function of ``(params, carry, noise)``; a segment is T of them through :func:`kernel.loop.loop`.
+Compiled, the whole segment is one call: a ``scan`` over the acting step (a Python loop of T
+compiled calls spends most of its time in per-call overhead at RL sizes; an unrolled loop takes
+minutes to compile). Eager mode runs the same step in a Python loop. All noise for the segment is
+drawn up front from the explicit generator, because random numbers drawn inside a compiled CPU
+graph are slow and would hide RNG state from checkpoints.
 
 Recurrent policies carry their hidden state in ``carry["hidden"]``; ``carry["start"]`` marks
 sub-environments whose next step begins an episode (the state is zeroed before that step). Each
@@ -18,33 +18,31 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
-from torch._higher_order_ops import scan
 
 from kernel import heads
-from kernel.hot import compile_hot
+from kernel.loop import loop, unaliased
 from kernel.policy import Policy, masks
-from kernel.tree import leaves, tree_map
+from kernel.tree import tree_map
 
 
 class Rollout(NamedTuple):
-    init: Callable  # (generator or list of one per run) -> carry
-    collect: Callable  # (params, carry, generator or list of one per run) -> (carry, trajectory)
-    act: Callable  # the single acting step (pure, uncompiled)
-    noise: Callable  # (generator or list of one per run) -> (action_noise, env_noise) of one segment
-    segment: Callable  # (params, carry, action_noise, env_noise, scanned=True) -> (carry, trajectory): pure
+    init: Callable  # (generator, or one per run) -> carry
+    act: Callable  # the single acting step (pure)
+    noise: Callable  # (generator, or one per run) -> (action_noise, env_noise) of one segment
+    segment: Callable  # (params, carry, action_noise, env_noise, scanned, bootstrapped=True) -> (carry, traj)
+    bootstrap: Callable  # (params, traj) -> traj with "next_values"
 
 
 def draw(shape, generator, device, dtype=torch.float32):
     return torch.rand(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
 
 
-def make_rollout(env, policy: Policy, num_steps: int, compile: bool = True, greedy: bool = False,
-                 runs: int = 1) -> Rollout:
+def make_rollout(env, policy: Policy, num_steps: int, greedy: bool = False, runs: int = 1) -> Rollout:
     """``greedy``: act with each head's most likely valid action instead of sampling (evaluation).
 
-    ``runs`` > 1: the env's sub-environments are ``runs`` equal blocks, one per independent run
-    (``policy`` acts each block with its own params, see :func:`kernel.many.policy_over_runs`),
-    and ``init``/``collect`` take one generator per run. Each block's noise is drawn from its own
+    ``runs`` > 1: the env's sub-environments are ``runs`` equal blocks, one per run of a group
+    (``policy`` acts each block with its own params, see :func:`kernel.group.policy_over_runs`),
+    and ``init``/``noise`` take one generator per run. Each block's noise is drawn from its own
     run's generator exactly as a one-run rollout would draw it, then the blocks are concatenated.
     """
     spec = env.action_spec
@@ -110,6 +108,7 @@ def make_rollout(env, policy: Policy, num_steps: int, compile: bool = True, gree
     def bootstrap(params, traj):
         """Value of the observation each step really led to (pre-reset), with the state after that
         step, in one batched forward: what a time-limit truncation bootstraps from."""
+        traj = dict(traj)
         final_obs, after = traj.pop("final_obs"), traj.pop("hidden_after")
         flat = lambda x: x.reshape(num_steps * n, *x.shape[2:])
         no_start = torch.zeros(num_steps * n, dtype=torch.bool, device=env.device)
@@ -117,29 +116,16 @@ def make_rollout(env, policy: Policy, num_steps: int, compile: bool = True, gree
         traj["next_values"] = next_values.reshape(num_steps, n)
         return traj
 
-    def segment(params, carry, action_noise, env_noise):
-        def body(c, x):
-            # Only the body's own arguments are compared: testing the segment's real inputs
-            # (params, carry) for identity could make dynamo guard on them.
-            return unaliased(act(params, c, x[0], x[1]), (c, x))
-
+    def segment(params, carry, action_noise, env_noise, scanned: bool, bootstrapped: bool = True):
+        """``num_steps`` acting steps from ``carry`` with the given noise, then (``bootstrapped``)
+        the values to bootstrap from; the trajectory keeps the segment's initial hidden state for
+        the update to replay from."""
+        hidden0 = carry["hidden"]
         # The initial carry may hold one tensor twice (CartPole's state is its obs): copy it.
-        carry, traj = scan(body, tree_map(torch.clone, carry), (action_noise, env_noise))
-        # Feed-forward: bootstrap in the same compiled call (no eager forward after it). The LSTM
-        # bootstrap stays outside: inductor 2.14.1's cpp_wrapper emits a duplicate C++ declaration
-        # for scan + LSTM step in one graph.
-        return carry, traj if policy.recurrent else bootstrap(params, traj)
-
-    def looped(params, carry, action_noise, env_noise):
-        records = []
-        for t in range(num_steps):
-            carry, record = act(params, carry, {h: u[t] for h, u in action_noise.items()}, env_noise[t])
-            records.append(record)
-        return carry, bootstrap(params, {k: _stack([r[k] for r in records]) for k in records[0]})
-
-    # compile_hot's cpp_wrapper runs the scan's per-iteration bookkeeping in C++ (halves a CartPole segment).
-    # An env that steps in Python loops (``compilable = False``) runs eagerly, policy included.
-    run_segment = compile_hot(segment, env.device) if compile and getattr(env, "compilable", True) else looped
+        carry = tree_map(torch.clone, carry) if scanned else carry
+        carry, traj = loop(lambda c, x: act(params, c, x[0], x[1]), carry, (action_noise, env_noise), scanned)
+        traj = bootstrap(params, traj) if bootstrapped else traj
+        return carry, dict(traj, hidden0=hidden0)
 
     def segment_noise(generator):
         action_noise = {h: draw((num_steps, per_run, k), generator, env.device) for h, k in spec.sizes.items()}
@@ -147,69 +133,8 @@ def make_rollout(env, policy: Policy, num_steps: int, compile: bool = True, gree
 
     def noise(generators):
         drawn = [segment_noise(g) for g in per_run_generators(generators)]
-        if runs == 1:
-            return drawn[0]
-        # run blocks side by side along the sub-environment axis
-        action_noise = {h: torch.cat([a[h] for a, _ in drawn], dim=1) for h in spec.sizes}
-        return action_noise, torch.cat([e for _, e in drawn], dim=1)
+        # a group's run blocks side by side along the sub-environment axis
+        return drawn[0] if runs == 1 else tree_map(lambda *xs: torch.cat(xs, dim=1), *drawn)
 
-    def whole_segment(params, carry, action_noise, env_noise, scanned: bool = True):
-        """The segment with its bootstrap and initial hidden state, as one pure function (what a
-        fused iteration runs): a ``scan`` to compile, or (``scanned=False``) the eager loop."""
-        hidden0 = carry["hidden"]
-        if scanned:
-            carry, traj = segment(params, carry, action_noise, env_noise)
-            traj = bootstrap(params, traj) if policy.recurrent else traj
-        else:
-            carry, traj = looped(params, carry, action_noise, env_noise)
-        traj["hidden0"] = hidden0
-        return carry, traj
+    return Rollout(init, act, noise, segment, bootstrap)
 
-    @torch.no_grad()
-    def collect(params, carry, generators):
-        action_noise, env_noise = noise(generators)
-        hidden0 = carry["hidden"]
-        carry, traj = run_segment(params, carry, action_noise, env_noise)
-        if run_segment is not looped and policy.recurrent:  # the compiled LSTM segment leaves bootstrapping here
-            traj = bootstrap(params, traj)
-        traj["hidden0"] = hidden0
-        return carry, traj
-
-    return Rollout(init, collect, act, noise, whole_segment)
-
-
-def unaliased(outputs, inputs=()):
-    """``outputs`` with every tensor leaf that is also an input, or repeats an earlier output,
-    copied: a scan body may not return an alias (the acting step passes the observation through
-    into its record, and an env may hand back one tensor as both state and obs).
-
-    Aliases are found with ``is``, not ``id()``: dynamo before 2.14 cannot take the ``id()`` of a
-    tensor made inside a scan body. A repeat copies the previous copy rather than the original, so
-    no two copy nodes are identical (the graph optimiser would merge those back into one tensor).
-    """
-    latest = [[x, x] for x in leaves(inputs) if isinstance(x, torch.Tensor)]  # [original, newest copy]
-
-    def fresh(x):
-        if not isinstance(x, torch.Tensor):
-            return x
-        for pair in latest:
-            if x is pair[0]:
-                pair[1] = pair[1].clone()
-                return pair[1]
-        latest.append([x, x])
-        return x
-
-    return tree_map(fresh, outputs)
-
-
-def _stack(items):
-    if isinstance(items[0], dict):
-        return {k: _stack([x[k] for x in items]) for k in items[0]}
-    return torch.stack(items)
-
-
-def finished_episodes(episodes: dict):
-    """Returns and lengths of the episodes that ended in a segment (one host sync); ``episodes``
-    holds ``[T, N]`` tensors "return", "length" and "done"."""
-    done = episodes["done"]
-    return episodes["return"][done], episodes["length"][done]

@@ -20,14 +20,15 @@ from typing import NamedTuple
 import torch
 
 import envs
-from kernel import auto, checkpoint, curves, many, telemetry
+from kernel import checkpoint, curves, plan, telemetry
 from kernel import config as config_mod
+from kernel.build import build, rank_config, with_plan
 from kernel.config import Config
 from kernel.distributed import SINGLE, World
-from kernel.fused import fuse_reason
+from kernel.group import Group, grid, ranked_settings, run_slice
+from kernel.group import validated as validated_group
 from kernel.jsonsafe import dumps
-from kernel.many import Runs
-from kernel.ppo import learning_rate_schedule
+from kernel.ppo import hyper_tensors
 from kernel.resume import (
     CHECKPOINT_DIR,
     Checkpointer,
@@ -38,7 +39,7 @@ from kernel.resume import (
     save_state,
 )
 from kernel.state import Progress, TrainState
-from kernel.train import NonFiniteRun, Trainer, UpdateLog, make_train
+from kernel.train import NonFiniteRun, Trainer, UpdateLog, trainer
 
 # What may differ from the checkpoint's config when a run is resumed.
 OVERRIDABLE_ON_RESUME = ("total_steps", "compile", "fuse", "device")
@@ -61,16 +62,16 @@ class Prepared(NamedTuple):
     out: Path
     trainer: Trainer
     state: TrainState
-    progress: Progress | list  # a list, one per run, for a group
+    progress: Progress | list  # a list, one per run of this process, for a group
     resumed_from: Path | None
     notes: tuple  # lines worth telling the user before training (e.g. a re-planned schedule)
     options: Options
-    group: Runs | None = None  # the runs of a group (kernel.many), None for one run
+    group: Group | None = None  # the runs of a group (kernel.group), None for one run
 
 
 class Finished(NamedTuple):
     state: TrainState
-    progress: Progress
+    progress: Progress | list  # a list, one per run, for a group
     summary: dict
     params_path: Path
 
@@ -109,29 +110,23 @@ def resolve_config(values: dict, config_json=None) -> Config:
 def check_splittable(config: Config, processes: int, seeds=None, sweep: dict | None = None) -> None:
     """Raise RunError unless the job splits over ``processes`` ranks: one run's envs, or a
     group's runs."""
-    from kernel.train import rank_config
-
     group = run_group(config, seeds, sweep)
-    if group is not None:
-        if group.count % processes:
-            raise RunError(f"{group.count} runs cannot be split evenly over {processes} processes")
-        return
     try:
-        rank_config(config, World(0, processes))
+        group.share(0, processes) if group is not None else rank_config(config, World(0, processes))
     except ValueError as e:
         raise RunError(str(e)) from None
 
 
-def default_run_dir(config: Config, group: Runs | None = None) -> Path:
+def default_run_dir(config: Config, group: Group | None = None) -> Path:
     who = f"seed{config.seed}" if group is None else f"{group.count}runs"
     return Path("runs") / f"{config.env}-{who}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def run_group(config: Config, seeds, sweep: dict | None) -> Runs | None:
+def run_group(config: Config, seeds, sweep: dict | None) -> Group | None:
     if seeds is None and not sweep:
         return None
     try:
-        return many.validated_runs(config, many.grid(list(seeds) if seeds is not None else [config.seed], sweep))
+        return validated_group(config, grid(list(seeds) if seeds is not None else [config.seed], sweep))
     except ValueError as e:
         raise RunError(str(e).splitlines()[0]) from None
 
@@ -176,7 +171,7 @@ def schedule_change(saved: Config, cfg: Config, update: int) -> str | None:
     if not cfg.anneal_lr or saved.num_updates == cfg.num_updates:
         return None
     at = torch.tensor(update)
-    now, before = float(learning_rate_schedule(cfg)(at)), float(learning_rate_schedule(saved)(at))
+    now, before = float(hyper_tensors(cfg, at)["lr"]), float(hyper_tensors(saved, at)["lr"])
     return (f"total steps changed from {saved.total_steps} to {cfg.total_steps}: the learning rate now anneals to 0 "
             f"at update {cfg.num_updates} instead of {saved.num_updates}, so at update {update} it is "
             f"{now:.3g} (the saved schedule had {before:.3g})")
@@ -197,9 +192,9 @@ def prepare(config: Config | dict | None = None, out=None, *, resume: str | Path
     ``config_json``. With ``resume`` (a checkpoint file, or "latest" in ``out``), the checkpoint's
     config is the base and ``config``'s keys are changes to it (only OVERRIDABLE_ON_RESUME).
     ``seeds`` and/or ``sweep`` make a group: every swept setting with every seed, trained
-    together (:mod:`kernel.many`); a resumed group keeps its own. ``world``: the data-parallel
+    together (:mod:`kernel.group`); a resumed group keeps its own. ``world``: the data-parallel
     ranks this process is one of (:func:`kernel.distributed.join`); only rank 0 checks and writes
-    the folder. ``auto_compile``: decide ``compile`` by :mod:`kernel.auto` (the decision and its
+    the folder. ``auto_compile``: decide ``compile`` by :mod:`kernel.plan` (the decision and its
     reason are the first note).
     """
     options = options or Options()
@@ -215,7 +210,7 @@ def prepare(config: Config | dict | None = None, out=None, *, resume: str | Path
         if isinstance(config, Config):  # a whole config: only its differences are requests
             asked = {k: v for k, v in asked.items() if v != as_values(saved).get(k)}
         cfg = resumed_config(saved, asked)
-        group = many.Runs.from_dict(loaded[1]["runs"]) if "runs" in loaded[1] else None
+        group = Group.from_dict(loaded[1]["runs"]) if "runs" in loaded[1] else None
         asked_group = run_group(cfg, seeds, sweep)
         if asked_group is not None and asked_group != group:
             raise RunError("cannot resume with different seeds or sweep values than the checkpoint's")
@@ -235,89 +230,117 @@ def prepare(config: Config | dict | None = None, out=None, *, resume: str | Path
             curves.require("tensorboard", "tensorboard")
         except curves.MissingExtra as e:
             raise RunError(str(e)) from None
-    if group is not None and group.count % world.size:
-        raise RunError(f"{group.count} runs cannot be split evenly over {world.size} processes")
-    if group is not None and cfg.fuse == "on":
-        raise RunError("fuse='on' is not available for a group of runs (--seeds/--sweep): they train unfused")
     auto_note = None
     if auto_compile and (group is not None or world.distributed):
         cfg, auto_note = cfg.replace(compile=True), "compile auto: on (groups and data-parallel runs always compile)"
     elif auto_compile:
         cfg = cfg.replace(compile=False)  # built eager first: its iterations are what auto measures
-    try:  # building the env reads its data (a CIFAR-10 folder, say): report a bad file in one line
-        trainer = make_train(cfg, world=world) if group is None else many.trainer(cfg, group, world)
-    except envs.EnvOptionError as e:
+    try:  # building reads the env's data (a CIFAR-10 folder, say) and checks the plan: one line each
+        train = trainer(build(cfg, world, group))
+    except ValueError as e:  # EnvOptionError, a group that does not split over the ranks, fuse='on' where impossible
         raise RunError(str(e).splitlines()[0]) from None
-    state = trainer.init()
+    state = train.init()
     progress = Progress() if group is None else [Progress()] * (group.count // world.size)
     notes = ()
     if ckpt is not None:
-        state, progress = restore_state(ckpt, trainer.run, state, loaded)
+        state, progress = restore_state(ckpt, train.built, state, loaded)
         update = int(state.step)
         if update >= cfg.num_updates:
             raise RunError(f"{ckpt} is already at update {update} of {cfg.num_updates}; "
                            "raise total_steps (--total-steps) to train further")
         notes = tuple(n for n in [schedule_change(saved, cfg, update)] if n)
     if auto_compile and auto_note is None:
-        choice = auto_choice(trainer, state)
-        auto_note = choice.reason
-        if choice.compile:
+        built = train.built
+        left = cfg.num_updates - int(state.step)
+        fuse = plan.decide(cfg.replace(compile=True), built.env, updates_left=left)
+        on, auto_note = plan.auto_compile(cfg, built.env, left, plan.eager_iteration_seconds(train.iteration, state),
+                                          fuse.fuse)
+        if on:  # the same built env, policy and optimizer, its stages now compiled
             cfg = cfg.replace(compile=True)
-            trainer = make_train(cfg, world=world)
+            train = trainer(with_plan(built, fuse))
     if auto_note:
         notes = (auto_note, *notes)
-    return Prepared(cfg, Path(out), trainer, state, progress, ckpt, notes, options, group)
-
-
-def auto_choice(trainer: Trainer, state: TrainState) -> auto.Choice:
-    """:func:`kernel.auto.choose` for an eager one-run trainer at ``state``."""
-    run = trainer.run
-    if not getattr(run.env, "compilable", True):
-        # Only the update could compile; measured on morpho it is ~1% of an iteration.
-        return auto.Choice(False, f"compile auto: off ({run.config.env} steps in Python, so only the update "
-                                  "would compile, a small share of each iteration)")
-    fused = fuse_reason(run.config.replace(compile=True), run.world.distributed, run.env)[0]
-    eager_s = auto.eager_iteration_seconds(trainer.iteration, state)
-    return auto.choose(run.config, run.config.num_updates - int(state.step), eager_s, fused)
+    return Prepared(cfg, Path(out), train, state, progress, ckpt, notes, options, group)
 
 
 def execute(run: Prepared, on_update: Callable[[UpdateLog], None] | None = None) -> Finished:
     """Train and write the run folder. ``on_update`` gets each update's log, whose ``groups``
-    holds the gradient table with every group's status (the same rows telemetry.jsonl gets).
+    holds the gradient table with every group's status (the same rows telemetry.jsonl gets; one
+    table per run for a group).
 
-    On :class:`NonFiniteRun` the exception carries ``groups`` too, and the periodic checkpoints
-    written so far stay as they are."""
-    if run.group is not None:
-        return execute_group(run, on_update)
-    cfg, out, opts = run.config, run.out, run.options
-    world = run.trainer.run.world
-    main = world.is_main  # data-parallel ranks other than 0 train and checkpoint, but write nothing
+    A group writes ``runs.json`` and the group's checkpoints at the top, and one folder per run
+    (``run-<r>/``) with its own config.json, telemetry.jsonl and, at the end, a one-run
+    params.safetensors (``fkernel eval`` reads it unchanged) and summary.json; the top-level
+    params.safetensors holds the whole group's state (resumable) and summary.json ranks the
+    settings.
+
+    On :class:`NonFiniteRun` the exception carries ``groups`` too (the first run's table for a
+    group), and the periodic checkpoints written so far stay as they are."""
+    cfg, out, opts, group = run.config, run.out, run.options, run.group
+    world = run.trainer.built.world
+    main = world.is_main  # other data-parallel ranks train and checkpoint with rank 0, but write nothing
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(dumps(cfg.to_dict(), indent=2) + "\n")
+        if group is not None:
+            (out / "runs.json").write_text(dumps(group.to_dict(), indent=2) + "\n")
+    files = run_files(out, opts, cfg, group) if main else []
     checkpointer = Checkpointer(out, opts.checkpoint_every, opts.keep, world) if opts.checkpoint_every else None
-    files = [RunFiles(Path(opts.telemetry_dir or out) / curves.TELEMETRY, opts.tensorboard_dir)] if main else []
 
-    def logged(log: UpdateLog) -> None:
-        groups = files[0].write(log)
+    def logged(log: UpdateLog) -> None:  # rank 0 only: a group's log covers every run
+        if group is None:
+            groups = files[0].write(log)
+        else:
+            groups = [f.write(UpdateLog(log.update, log.num_updates, log.env_steps // group.count, log.elapsed_s,
+                                        log.sps / group.count, m["mean_return"], 0, m))
+                      for f, m in zip(files, log.metrics)]
         if on_update is not None:
             on_update(log._replace(groups=groups))
 
-    start_update = int(run.state.step) if run.group is None else 0
-    state, progress, summary = train_writing(run, logged, checkpointer, files, lambda metrics: metrics)
-    if run.group is None and cfg.compile and not world.distributed and progress.update > start_update:
+    start_update = int(run.state.step)
+    first = (lambda metrics: metrics) if group is None else (lambda metrics: metrics[0])
+    state, progress, summary = train_writing(run, logged, checkpointer, files, first)
+    update = progress.update if group is None else progress[0].update
+    built = run.trainer.built
+    if group is None and built.plan.compile and not world.distributed and update > start_update:
         # what --compile auto reads next time: this machine's compile and compiled-iteration seconds
-        fused = run.trainer.run.fused is not None
-        auto.write_record(auto.signature(cfg, fused), summary["compile_s"],
-                          summary["run_s"] / (progress.update - start_update))
-    if checkpointer is not None and checkpointer.last != checkpoint_path(out, progress.update):
-        checkpointer.save(cfg, state, progress)  # so resuming "latest" continues from the true end
+        plan.write_record(cfg, built.plan.fuse, summary["compile_s"], summary["run_s"] / (update - start_update))
+    if checkpointer is not None and checkpointer.last != checkpoint_path(out, update):
+        checkpointer.save(cfg, state, progress, group)  # so resuming "latest" continues from the true end
     params_path = out / "params.safetensors"
-    save_state(params_path, cfg, state, progress, world=world)
-    if main:
-        summary["world_size"] = world.size
-        (out / "summary.json").write_text(dumps(summary, indent=2) + "\n")
+    save_state(params_path, cfg, state, progress, group, world)
+    if group is not None:
+        state, progress = world.concat_tree(state), world.concat_lists(progress)  # every run, on every rank
+    if not main:
+        return Finished(state, progress, summary, params_path)
+    for r, row in enumerate(summary.get("runs", [])):
+        save_state(run_dir(out, r) / "params.safetensors", group.config(cfg, r),
+                   run_slice(state, r, cfg.num_envs), progress[r])
+        (run_dir(out, r) / "summary.json").write_text(dumps(row, indent=2) + "\n")
+    if group is not None:
+        summary["settings"] = ranked_settings(summary)
+    summary["world_size"] = world.size
+    (out / "summary.json").write_text(dumps(summary, indent=2) + "\n")
     return Finished(state, progress, summary, params_path)
+
+
+def run_dir(out: Path, r: int) -> Path:
+    return out / f"run-{r}"
+
+
+def run_files(out: Path, opts: Options, cfg: Config, group: Group | None) -> list:
+    """The telemetry (and TensorBoard) files of the run, or of each run of a group (whose folders
+    get their one-run config.json here)."""
+    if group is None:
+        return [RunFiles(Path(opts.telemetry_dir or out) / curves.TELEMETRY, opts.tensorboard_dir)]
+    files = []
+    for r in range(group.count):
+        run_dir(out, r).mkdir(exist_ok=True)
+        (run_dir(out, r) / "config.json").write_text(dumps(group.config(cfg, r).to_dict(), indent=2) + "\n")
+        folder = Path(opts.telemetry_dir) / f"run-{r}" if opts.telemetry_dir else run_dir(out, r)
+        files.append(RunFiles(folder / curves.TELEMETRY,
+                              Path(opts.tensorboard_dir) / f"run-{r}" if opts.tensorboard_dir else None))
+    return files
 
 
 class RunFiles:
@@ -361,60 +384,3 @@ def train_writing(run: Prepared, logged: Callable, checkpointer, files: list, fi
     finally:
         for f in files:
             f.close()
-
-
-def run_dir(out: Path, r: int) -> Path:
-    return out / f"run-{r}"
-
-
-def execute_group(run: Prepared, on_update: Callable | None = None) -> Finished:
-    """:func:`execute` for a group: ``runs.json`` and group checkpoints at the top; one folder
-    per run (``run-<r>/``) with its own config.json, telemetry.jsonl and, at the end, a one-run
-    params.safetensors (``fkernel eval`` reads it unchanged) and summary.json. The top-level
-    params.safetensors holds the whole group's state (resumable) and summary.json ranks the
-    settings."""
-    cfg, out, opts, group = run.config, run.out, run.options, run.group
-    world = run.trainer.run.world
-    main = world.is_main  # with several ranks (each training a share of the runs), rank 0 writes
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(dumps(cfg.to_dict(), indent=2) + "\n")
-        (out / "runs.json").write_text(dumps(group.to_dict(), indent=2) + "\n")
-    files = []
-    for r in range(group.count if main else 0):
-        folder = Path(opts.telemetry_dir) / f"run-{r}" if opts.telemetry_dir else run_dir(out, r)
-        run_dir(out, r).mkdir(exist_ok=True)
-        (run_dir(out, r) / "config.json").write_text(dumps(many.run_config(cfg, group, r).to_dict(), indent=2)
-                                                      + "\n")
-        files.append(RunFiles(folder / curves.TELEMETRY,
-                              Path(opts.tensorboard_dir) / f"run-{r}" if opts.tensorboard_dir else None))
-    checkpointer = Checkpointer(out, opts.checkpoint_every, opts.keep, world) if opts.checkpoint_every else None
-
-    def logged(log: many.ManyLog) -> None:  # rank 0 only: log.metrics covers every run
-        groups = []
-        for r, f in enumerate(files):
-            m = log.metrics[r]
-            one = UpdateLog(log.update, log.num_updates, log.env_steps // group.count, log.elapsed_s,
-                            log.sps / group.count, m["mean_return"], 0, m)
-            groups.append(f.write(one))
-        if on_update is not None:
-            on_update(log._replace(groups=groups))
-
-    state, progress, summary = train_writing(run, logged, checkpointer, files, lambda metrics: metrics[0])
-    update = progress[0].update
-    if checkpointer is not None and checkpointer.last != checkpoint_path(out, update):
-        checkpointer.save(cfg, state, progress, group)
-    params_path = out / "params.safetensors"
-    save_state(params_path, cfg, state, progress, group, world)
-    state, progress = world.concat_tree(state), world.concat_lists(progress)  # every run, on every rank
-    if not main:
-        return Finished(state, progress, summary, params_path)
-    for r, row in enumerate(summary["runs"]):
-        one_cfg = many.run_config(cfg, group, r)
-        save_state(run_dir(out, r) / "params.safetensors", one_cfg, many.run_slice(run.trainer.run, state, r),
-                   progress[r])
-        (run_dir(out, r) / "summary.json").write_text(dumps(row, indent=2) + "\n")
-    summary["settings"] = many.ranked_settings(summary)
-    summary["world_size"] = world.size
-    (out / "summary.json").write_text(dumps(summary, indent=2) + "\n")
-    return Finished(state, progress, summary, params_path)

@@ -66,15 +66,19 @@ def grad_stats(grads: dict, params: dict, updates: dict, groups) -> dict:
     return out
 
 
-def reduce_metrics(history: list) -> dict:
-    """Combine per-minibatch metric dicts: counts add up, maxima take the max, the rest average."""
-    keys = list(history[0])
-    shape = history[0][keys[0]].shape  # () for one run, (runs,) for many
-    # One [steps, keys, ...] table (a single stack) and three reductions, instead of a stack and a
-    # reduction per key: at 16 minibatches x ~25 metrics the per-op cost is what counts.
-    table = torch.stack([m[k] for m in history for k in keys]).float().view(len(history), len(keys), *shape)
+def reduce_metrics(history: list | dict) -> dict:
+    """Combine per-minibatch metrics, a list of dicts or one dict of ``[steps, ...]`` stacks:
+    counts add up, maxima take the max, the rest average."""
+    keys = list(history if isinstance(history, dict) else history[0])
+    if isinstance(history, dict):
+        table = torch.stack([history[k] for k in keys], dim=1).float()
+    else:
+        shape = history[0][keys[0]].shape  # () for one run, (runs,) for a group
+        # One [steps, keys, ...] table (a single stack) and three reductions, instead of a stack and
+        # a reduction per key: at 16 minibatches x ~25 metrics the per-op cost is what counts.
+        table = torch.stack([m[k] for m in history for k in keys]).float().view(len(history), len(keys), *shape)
     how = [REDUCE.get(k.rsplit("/", 1)[-1], "sum" if k == "skipped" else "mean") for k in keys]
-    per_key = (len(keys),) + (1,) * len(shape)
+    per_key = (len(keys),) + (1,) * (table.dim() - 2)
     is_sum = torch.tensor([h == "sum" for h in how], device=table.device).view(per_key)
     is_max = torch.tensor([h == "max" for h in how], device=table.device).view(per_key)
     reduced = torch.where(is_sum, table.sum(0), torch.where(is_max, table.amax(0), table.mean(0)))

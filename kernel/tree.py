@@ -172,7 +172,7 @@ def unflatten_paths(flat: dict[str, Any]) -> dict:
 def global_norm(tree: Tree) -> torch.Tensor:
     """L2 norm over every leaf, in float32, as a 0-d tensor (no host sync)."""
     # Per-leaf norms, not torch._foreach_norm: inductor's C++ wrapper has no native shim for
-    # _foreach_norm and calls back into Python for it (~150 us per compiled grad step).
+    # _foreach_norm and calls back into Python for it (a cost per compiled grad step).
     norms = [torch.linalg.vector_norm(x.float()) for x in leaves(tree)]
     return torch.linalg.vector_norm(torch.stack(norms))
 

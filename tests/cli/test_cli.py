@@ -158,7 +158,7 @@ def saved_params(tmp_path, name, params, config):
 
 def cartpole_params(config):
     import envs
-    from kernel.train import policy_for
+    from kernel.build import policy_for
 
     return policy_for(config, envs.make(config.env, 1)).init(torch.Generator().manual_seed(0))
 
@@ -333,7 +333,7 @@ def test_compile_auto_says_why_and_flags_force_it(tmp_path):
     assert result.exit_code == 0, result.output
     auto_lines = [line for line in result.output.splitlines() if line.startswith("compile auto:")]
     assert len(auto_lines) == 1 and auto_lines[0].startswith("compile auto: off"), result.output
-    assert "ms compiled [eager / " in auto_lines[0]  # printed as text, not taken for rich markup
+    assert "the rule is: compile unless the run takes under 60 s eagerly (2 updates x " in auto_lines[0]
     assert "iteration: unfused" in result.output
     assert json.loads((tmp_path / "a" / "config.json").read_text())["compile"] is False
     forced = invoke("train", *TINY, "--out", str(tmp_path / "b"))
@@ -352,9 +352,17 @@ def test_preset_applies_and_flags_override_it(tmp_path):
     assert_usage_error(invoke("train", "--preset", "nope"), "nope")
 
 
+def test_data_parallel_split_is_checked_on_the_preset_values(tmp_path):
+    # cartpole-gpu's 2048 envs split over 8 ranks; over 3 they do not, and that is what is refused.
+    assert_usage_error(invoke("train", "--preset", "cartpole-gpu", "--device", "cpu", "--nproc", "3",
+                              "--out", str(tmp_path / "a")),
+                       "num_envs=2048 cannot be split evenly over 3 processes")
+    assert not (tmp_path / "a").exists()
+
+
 def test_fuse_where_it_cannot_be_is_a_usage_error(tmp_path):
     assert_usage_error(invoke("train", *TINY, "--fuse", "--seeds", "0,1", "--out", str(tmp_path / "a")),
-                       "fuse='on' is not available for a group")
+                       "fuse='on' is not possible here: a group of runs trains unfused")
     assert_usage_error(invoke("train", "--env", "morpho", "--fuse", "--out", str(tmp_path / "b")),
                        "fuse='on' is not possible here", "morpho steps in Python")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

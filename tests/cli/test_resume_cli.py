@@ -8,7 +8,7 @@ import time
 import torch
 from click.testing import CliRunner
 
-import kernel.train
+import kernel.build
 from cli.main import cli
 from kernel import checkpoint
 from kernel.resume import latest_checkpoint
@@ -84,20 +84,15 @@ def test_resume_bad_inputs(tmp_path):
 
 
 def test_non_finite_run_stops_with_table_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    real_make_gae = kernel.train.make_gae
+    real_gae = kernel.build.gae
     calls = {"n": 0}
 
-    def poisoned_make_gae(*args, **kw):  # advantages turn NaN from the third update on
-        real = real_make_gae(*args, **kw)
+    def poisoned_gae(*args, **kw):  # advantages turn NaN from the third update on
+        calls["n"] += 1
+        adv, ret = real_gae(*args, **kw)
+        return (adv * float("nan"), ret) if calls["n"] > 3 else (adv, ret)  # call 1 is the warm-up
 
-        def advantages(*traj):
-            calls["n"] += 1
-            adv, ret = real(*traj)
-            return (adv * float("nan"), ret) if calls["n"] > 3 else (adv, ret)  # call 1 is the warm-up
-
-        return advantages
-
-    monkeypatch.setattr(kernel.train, "make_gae", poisoned_make_gae)
+    monkeypatch.setattr(kernel.build, "gae", poisoned_gae)
     out = tmp_path / "run"
     r = invoke("train", *TINY, "--total-steps", "640", "--out", str(out), "--checkpoint-every", "1",
                "--max-bad-steps", "6")

@@ -1,6 +1,6 @@
 """Environments meet the Env protocol and stand alone: nothing under envs/ imports the trainer, only
 the kernel's pure building blocks (pytrees and optax-style optimizers, which morpho's hosts train
-with)."""
+with, and the action heads, which the scripted baselines sample from)."""
 import ast
 from pathlib import Path
 
@@ -20,7 +20,7 @@ def test_registered_envs_meet_the_protocol(name):
     assert env.solved_return is None or env.solved_return > 0
 
 
-BUILDING_BLOCKS = {"kernel.optim", "kernel.tree"}
+BUILDING_BLOCKS = {"kernel.optim", "kernel.tree", "kernel.heads"}
 
 
 def test_envs_import_only_the_kernels_building_blocks():

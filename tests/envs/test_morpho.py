@@ -148,7 +148,7 @@ def test_germinate_plants_a_fresh_seed_and_episodes_truncate_after_the_last_epoc
 
 
 def test_heuristic_grows_seeds_through_the_whole_lifecycle():
-    from kernel.baselines import heuristic_actions
+    from envs.baselines import heuristic_actions
 
     env = small_env(num_envs=4, episode_epochs=12)
     g = torch.Generator().manual_seed(0)

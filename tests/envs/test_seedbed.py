@@ -1,6 +1,7 @@
 import torch
 
 import envs
+from envs.baselines import heuristic_actions, random_valid_actions
 from envs.seedbed import (
     ADVANCE,
     BLENDING,
@@ -18,7 +19,6 @@ from envs.seedbed import (
     WAIT,
     Seedbed,
 )
-from kernel.baselines import heuristic_actions, random_valid_actions
 
 
 def act(op, slot=0, blueprint=1, tempo=0, n=1):

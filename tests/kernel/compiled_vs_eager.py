@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import structural
 import torch
 
 from kernel import agree, heads
@@ -26,8 +27,9 @@ UPDATES = 8  # the run's length in updates; the steps take the hyperparameters o
 
 
 def steps_config(config):
-    """``config`` with :data:`SETTINGS` and a run of :data:`UPDATES` updates."""
-    config = config.replace(**SETTINGS)
+    """``config`` with :data:`SETTINGS` and a run of :data:`UPDATES` updates, each stage compiled on
+    its own (never fused: the steps are called one by one)."""
+    config = config.replace(**SETTINGS, fuse="off")
     return config.replace(total_steps=config.batch_size * UPDATES)
 
 
@@ -57,14 +59,16 @@ def shared_batch(eager_run, state) -> dict:
 def run_steps(run, state, batch, step_hyper: dict | None = None) -> Result:
     """The rollout segment from ``state``'s carry, then every (epoch, minibatch) grad step on
     ``batch`` from ``state``'s params, with the hyperparameters of the middle update."""
-    carry, traj = run.rollout.collect(state.params, state.carry, torch.Generator().manual_seed(11))
+    noise = run.rollout.noise(torch.Generator().manual_seed(11))
+    with torch.no_grad():
+        carry, traj = run.stages.segment(state.params, state.carry, *noise)
     outputs = {"rollout.values": traj["values"], "rollout.next_values": traj["next_values"]}
     outputs.update({f"rollout.logp.{h}": v for h, v in traj["head_logp"].items()})
     step_hyper = step_hyper if step_hyper is not None else hyper(run.config)
     params, opt_state, scale, seen = state.params, state.opt_state, state.loss_scale, []
     for k, idx in enumerate(permutations(run.config, run.policy.recurrent)):
         seen.append(params)
-        params, opt_state, scale, metrics = run.update.grad_step(params, opt_state, scale, batch, idx, step_hyper)
+        params, opt_state, scale, metrics = run.stages.grad_step(params, opt_state, scale, batch, idx, step_hyper)
         for name in ("loss", "pg_loss", "v_loss", "entropy", "skipped", "loss_scale"):
             outputs[f"step{k}.{name}"] = metrics[name]
         for name in [n for n in metrics if n.startswith("head/") and n.endswith("/entropy")]:
@@ -90,8 +94,8 @@ def disagreements(want: Result, got: Result, start, got_run, config, batch) -> l
     scales = {name: torch.ones(()) for name in want.outputs if name.endswith(".pg_loss")}
     problems += agree.output_disagreements(want.outputs, got.outputs, tol, scales)
     head_names = tuple(h.name for h in got_run.policy.spec.heads)
-    problems += agree.loss_problems(got.outputs, hyper(config), head_names)
-    trunk = agree.trunk_dtype_problem(got_run.policy, config.precision, start.params, batch)
+    problems += structural.loss_problems(got.outputs, hyper(config), head_names)
+    trunk = structural.trunk_dtype_problem(got_run.policy, config.precision, start.params, batch)
     return problems + ([trunk] if trunk else [])
 
 

@@ -25,7 +25,7 @@ save_file(flatten_with_paths({"params": state.params, "opt": state.opt_state}), 
 
 # Rank 1's advantages are NaN in one update: every rank must skip that update's steps.
 poison = {"on": False}
-real = train.run.advantages
+real = train.built.stages.advantages
 
 
 def advantages(*traj):
@@ -33,7 +33,7 @@ def advantages(*traj):
     return (adv * float("nan"), ret) if poison["on"] and world.rank == 1 else (adv, ret)
 
 
-run = train.run._replace(advantages=advantages)
+run = train.built._replace(stages=train.built.stages._replace(advantages=advantages))
 state = train.init()
 for update in range(K):
     poison["on"] = update == POISONED_UPDATE

@@ -57,12 +57,12 @@ def test_fused_cuda_graph_equals_unfused_and_never_syncs(env, precision):
     assert agree.state_disagreements(a, b, start, tol) == []
     names = ("loss", "v_loss", "entropy", "lr", "skipped_total")
     assert agree.output_disagreements({k: metrics_a[k] for k in names}, metrics_b, tol) == []
-    action_noise, env_noise, perm_keys = T.fused.draws(fused_run, b.rng)
+    action_noise, env_noise, perm_keys = T.draws(fused_run, b.rng)
     hyper = T.hyper_tensors(config, b.step)
     torch.compiler.cudagraph_mark_step_begin()
     torch.cuda.set_sync_debug_mode("error")  # any device-to-host sync inside the call raises
     try:
-        out = fused_run.fused(b.params, b.opt_state, b.loss_scale, b.carry, action_noise, env_noise, perm_keys, hyper)
+        out = fused_run.whole(b.params, b.opt_state, b.loss_scale, b.carry, action_noise, env_noise, perm_keys, hyper)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(out[-1]["loss"]).item()

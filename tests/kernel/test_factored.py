@@ -9,11 +9,11 @@ from torch.func import grad
 from envs.seedbed import GERMINATE, WAIT, Seedbed
 from kernel import heads, loss_scale, optim, telemetry
 from kernel.config import Config
+from kernel.iteration import make_batch
 from kernel.policy import make_policy
 from kernel.ppo import evaluate, gae, make_grad_step, minibatch, ppo_loss
 from kernel.precision import PRESETS
 from kernel.rollout import make_rollout
-from kernel.train import make_batch
 from kernel.tree import leaves as tree_leaves
 
 HYPER = {"clip_coef": torch.tensor(0.2), "ent_coef": torch.tensor(0.01), "vf_coef": torch.tensor(0.5),
@@ -28,10 +28,10 @@ def seedbed_batch(kind: str, precision: str, num_envs=4, num_steps=6, episode_st
                          lstm_size=8)
     g = torch.Generator().manual_seed(5)
     params = policy.init(g)
-    rollout = make_rollout(env, policy, num_steps, compile=False)
+    rollout = make_rollout(env, policy, num_steps)
     carry = rollout.init(g)
     for _ in range(segments):
-        carry, traj = rollout.collect(params, carry, g)
+        carry, traj = rollout.segment(params, carry, *rollout.noise(g), scanned=False)
     adv, ret = gae(traj["rewards"], traj["values"], traj["next_values"], traj["terminated"], traj["truncated"],
                    0.99, 0.95)
     return env, policy, params, traj, make_batch(traj, adv, ret, policy.recurrent)

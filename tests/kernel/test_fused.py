@@ -1,10 +1,11 @@
-"""The fused iteration (kernel.fused) against the unfused eager one, the plain reference: same
-noise, same numbers, after several iterations, for CartPole's MLP and seedbed's LSTM policy in
-float32 and bfloat16 (and CartPole in float16, whose loss scale rides in the scan's carry), with
-the leaf-by-leaf assertion of ``kernel.agree``. Eagerly (its loops as Python loops) for every
-case, and compiled (the ``scan``s, one graph) for three: a compile of the whole iteration takes
-about a minute on a cold cache. Wrong variants of the fused computation must fail the same
-assertion, and a new learning rate or run length must reuse the compiled graph."""
+"""The fused iteration (the whole of ``kernel.iteration.iterate`` as one graph) against the
+unfused eager one, the plain reference: same noise, same numbers, after several iterations, for
+CartPole's MLP and seedbed's LSTM policy in float32 and bfloat16 (and CartPole in float16, whose
+loss scale rides in the scan's carry), with the leaf-by-leaf assertion of ``kernel.agree``.
+Eagerly (its loops as Python loops) for every case, and compiled (the ``scan``s, one graph) for
+three: a compile of the whole iteration takes about a minute on a cold cache. Wrong variants of
+the fused computation must fail the same assertion, and a new learning rate or run length must
+reuse the compiled graph."""
 from __future__ import annotations
 
 import pytest
@@ -12,10 +13,10 @@ import torch
 from torch._dynamo.utils import counters
 
 from kernel import agree
+from kernel.build import build, init_state
 from kernel.config import Config
-from kernel.fused import fuse_reason, permutations
-from kernel.hot import fused_pays
-from kernel.train import build, init_state, iteration
+from kernel.iteration import permutations
+from kernel.train import iteration
 
 ITERATIONS = 3
 CASES = {
@@ -47,7 +48,7 @@ def run_both(config: Config, compile_fused: bool, fused_changes: dict | None = N
     (built with ``fused_changes``; ``frozen_step``: its update counter reset after every iteration)."""
     unfused = build(config.replace(fuse="off", compile=False))
     fused = build(config.replace(fuse="on", compile=compile_fused, **(fused_changes or {})))
-    assert unfused.fused is None and fused.fused is not None
+    assert unfused.whole is None and fused.whole is not None
     start = a = b = init_state(unfused)
     for _ in range(ITERATIONS):
         a, metrics_a = iteration(unfused, a)
@@ -118,19 +119,8 @@ def test_permutations_are_the_unfused_minibatches():
     for e in range(3):
         assert torch.equal(torch.cat([perms[2 * e], perms[2 * e + 1]]).sort().values, torch.arange(8))
         assert torch.equal(torch.cat([perms[2 * e], perms[2 * e + 1]]), keys[e].argsort())
-
-
-def test_fuse_choice():
-    config = Config(total_steps=512 * 5000)  # long enough for fusing to pay on CPU
-    assert fuse_reason(config, False, object())[0] == fused_pays("cpu")
-    assert fuse_reason(config.replace(compile=False), False, object())[0] is False
-    assert fuse_reason(config.replace(fuse="off"), False, object())[0] is False
-    assert fuse_reason(config, True, object()) == (False, "data-parallel ranks all-reduce between minibatch steps")
-
-    class Eager:
-        compilable = False
-
-    with pytest.raises(ValueError, match="fuse='on' is not possible here: cartpole steps in Python"):
-        fuse_reason(config.replace(fuse="on"), False, Eager())
-    with pytest.raises(ValueError, match="fuse must be"):
-        config.replace(fuse="yes")
+    # A group's keys ([runs, epochs, units]): step-major, run r's column its own permutations.
+    group_keys = torch.rand(2, 3, 8, generator=torch.Generator().manual_seed(1))
+    group_perms = permutations(group_keys, 4)
+    assert group_perms.shape == (6, 2, 4)
+    assert all(torch.equal(group_perms[:, r], permutations(group_keys[r], 4)) for r in range(2))

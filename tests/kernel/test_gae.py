@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from kernel import ppo
+from kernel.hot import compile_hot
 from kernel.ppo import gae
 
 
@@ -64,7 +65,8 @@ def test_compiled_gae_matches_python_loop(gen, monkeypatch, unroll_max):
     rewards, values, next_values = (torch.randn(T, N, generator=gen) for _ in range(3))
     terminated = torch.rand(T, N, generator=gen) < 0.1
     truncated = (torch.rand(T, N, generator=gen) < 0.1) & ~terminated
-    adv, ret = ppo.make_gae(0.99, 0.95, compile=True)(rewards, values, next_values, terminated, truncated)
+    advantages = compile_hot(lambda *traj: ppo.gae(*traj, scanned=T > ppo.UNROLL_MAX_STEPS))
+    adv, ret = advantages(rewards, values, next_values, terminated, truncated, torch.tensor(0.99), torch.tensor(0.95))
     expected = torch.tensor(reference_gae(rewards.tolist(), values.tolist(), next_values.tolist(),
                                           terminated.tolist(), truncated.tolist(), 0.99, 0.95))
     torch.testing.assert_close(adv, expected, rtol=1e-5, atol=1e-5)

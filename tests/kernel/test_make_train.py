@@ -21,5 +21,5 @@ def test_readme_make_train_example_solves_cartpole(capsys):
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == result.progress.update + 1  # one line per update, then the mean return
     assert result.summary["mean_return"] >= 475 and result.summary["first_solved"] is not None
-    returns = evaluate(scope["train"].run.config, scope["params"], episodes=100)
+    returns = evaluate(scope["train"].built.config, scope["params"], episodes=100)
     assert torch.all(returns == 500), returns

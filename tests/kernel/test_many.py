@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from kernel import Config, agree, make_train
-from kernel import many as M
+from kernel.group import grid, run_slice
+from kernel.iteration import batch_of, per_run
+from kernel.ppo import hyper_tensors
 from kernel.resume import Checkpointer, latest_checkpoint, restore_state
 from kernel.tree import leaves, tree_map
 
@@ -26,7 +28,7 @@ TOL = agree.TOLERANCE["fp32"]
 def test_each_run_of_a_group_equals_that_run_alone(config):
     sweep = {"lr": [1e-3, 3e-4], "gamma": [0.9], "max_grad_norm": [0.3]}
     group = make_train(config, seeds=[3, 5], sweep=sweep)
-    assert group.run.runs.count == 4
+    assert group.built.group.count == 4
     state = group.init()
     for _ in range(K):
         state, metrics = group.iteration(state)
@@ -34,14 +36,14 @@ def test_each_run_of_a_group_equals_that_run_alone(config):
     if config.env == "seedbed":  # per-head metrics per run
         assert metrics["head/op/relevant_steps"].shape == (4,) and metrics["grad/heads.slot/decisions"].shape == (4,)
     for r in (0, 3):
-        alone = make_train(M.run_config(config, group.run.runs, r))
+        alone = make_train(group.built.group.config(config, r))
         start = one = alone.init()
         for _ in range(K):
             one, one_metrics = alone.iteration(one)
-        assert agree.state_disagreements(one, M.run_slice(group.run, state, r), start, TOL) == []
+        assert agree.state_disagreements(one, run_slice(state, r, config.num_envs), start, TOL) == []
         assert agree.output_disagreements({"loss": one_metrics["loss"]}, {"loss": metrics["loss"][r]}, TOL) == []
         # runs r and r + 2 share a seed and differ in their lr only
-        other = M.run_slice(group.run, state, (r + 2) % 4)
+        other = run_slice(state, (r + 2) % 4, config.num_envs)
         assert agree.state_disagreements(one, other, start, TOL), f"run {r} matched the run with the other lr"
     # The swept values really differ between the runs: runs with other values ended elsewhere.
     assert not torch.equal(state.params["value"]["w"][0], state.params["value"]["w"][2])
@@ -49,15 +51,16 @@ def test_each_run_of_a_group_equals_that_run_alone(config):
 
 def test_a_non_finite_run_is_skipped_alone():
     group = make_train(CARTPOLE, seeds=[0, 1])
-    m, state = group.run, group.init()
-    _, traj = m.rollout.collect(state.params, state.carry, [torch.Generator().manual_seed(s) for s in (0, 1)])
-    adv, ret = m.advantages(traj["rewards"], traj["values"], traj["next_values"], traj["terminated"],
-                            traj["truncated"])
-    batch = M.per_run_batch(m, traj, adv, ret)
+    built, state = group.built, group.init()
+    noise = built.rollout.noise([torch.Generator().manual_seed(s) for s in (0, 1)])
+    with torch.no_grad():
+        _, traj = built.stages.segment(state.params, state.carry, *noise)
+    hyper = hyper_tensors(built.config, state.step, built.group)
+    batch = batch_of(built.stages, per_run(traj, 2), hyper)
     batch["advantages"][1, 0] = float("nan")  # run 1's first row
     idx = torch.arange(32).expand(2, 32)
-    params, opt_state, _, metrics = m.update.grad_step(state.params, state.opt_state, state.loss_scale, batch, idx,
-                                                       M.hyper_tensors(m, state.step))
+    params, opt_state, _, metrics = built.stages.grad_step(state.params, state.opt_state, state.loss_scale, batch,
+                                                           idx, hyper)
     assert metrics["skipped"].tolist() == [0.0, 1.0]
     assert [int(x) for x in opt_state["total_notfinite"]] == [0, 1]
     take = lambda t, r: tree_map(lambda x: x[r], t)
@@ -72,7 +75,7 @@ def test_a_group_resumes_bit_exactly(tmp_path):
     straight = group.train()
     group.train(checkpointer=Checkpointer(tmp_path, every=2, keep=1), until_update=2)
     fresh = make_train(CARTPOLE, seeds=[0, 1, 2])
-    state, progress = restore_state(latest_checkpoint(tmp_path), fresh.run, fresh.init())
+    state, progress = restore_state(latest_checkpoint(tmp_path), fresh.built, fresh.init())
     assert [p.update for p in progress] == [2, 2, 2]
     resumed = fresh.train(state=state, progress=progress)
     for a, b in zip(leaves(straight.state), leaves(resumed.state), strict=True):
@@ -81,13 +84,13 @@ def test_a_group_resumes_bit_exactly(tmp_path):
 
 
 def test_grid_and_its_errors():
-    runs = M.grid([0, 1], {"lr": [1e-3, 2e-3], "ent_coef": [0.0, 0.01]})
+    runs = grid([0, 1], {"lr": [1e-3, 2e-3], "ent_coef": [0.0, 0.01]})
     assert runs.count == 8 and runs.seeds == (0, 1) * 4
     assert runs.setting(3) == {"lr": 1e-3, "ent_coef": 0.01}
     with pytest.raises(ValueError, match="cannot sweep 'hidden'"):
-        M.grid([0], {"hidden": [1, 2]})
+        grid([0], {"hidden": [1, 2]})
     with pytest.raises(ValueError, match="not a config key"):
-        M.grid([0], {"learning_rate": [1.0]})
+        grid([0], {"learning_rate": [1.0]})
     with pytest.raises(ValueError, match="gamma must be in"):
         make_train(CARTPOLE, seeds=[0], sweep={"gamma": [1.5]})
     with pytest.raises(ValueError, match="need 2 seeds"):

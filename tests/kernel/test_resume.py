@@ -49,7 +49,7 @@ def test_resume_equals_uninterrupted_run(tmp_path, compiled):
     first = Checkpointer(tmp_path, every=2, keep=2)
     T.make_train(cfg).train(checkpointer=first, until_update=2)
     train = T.make_train(cfg)
-    state, progress = restore_state(latest_checkpoint(tmp_path), train.run, train.init())
+    state, progress = restore_state(latest_checkpoint(tmp_path), train.built, train.init())
     assert progress.update == 2 and int(state.step) == 2
     resumed, resumed_metrics = logged(train, state=state, progress=progress)
 
@@ -67,7 +67,7 @@ def test_round_trip_of_every_state_field(tmp_path):
     assert state.loss_scale.loss_scale.item() < 2.0 ** 16  # fp16's first steps shrank the scale
     assert len(result.progress.returns) > 0
     path = save_state(tmp_path / "s.safetensors", cfg, state, result.progress)
-    back, progress = restore_state(path, train.run, train.init(seed=99))
+    back, progress = restore_state(path, train.built, train.init(seed=99))
     assert_states_equal((state, result.progress), (back, progress))
     for field in TrainState._fields:  # field by field, named tuples kept
         assert type(getattr(back, field)) is type(getattr(state, field)), field
@@ -114,7 +114,7 @@ def test_checkpoint_of_another_env_or_size_is_refused_with_every_difference(tmp_
     path = save_state(tmp_path / "wide.safetensors", wide, wide_train.init(), Progress())
     train = T.make_train(cfg)
     with pytest.raises(CheckpointError) as err:
-        restore_state(path, train.run, train.init())
+        restore_state(path, train.built, train.init())
     msg = str(err.value)
     assert "does not match" in msg and "params/heads.action.w" in msg
     assert "opt_state/inner.adam.mu.heads.action.w" in msg
@@ -123,7 +123,7 @@ def test_checkpoint_of_another_env_or_size_is_refused_with_every_difference(tmp_
     bigger = cfg.replace(hidden=(32, 16))
     path = save_state(tmp_path / "big.safetensors", bigger, T.make_train(bigger).init(), Progress())
     with pytest.raises(CheckpointError, match=r"shape of params/trunk.actor.l0.w is \[32, 4\], expected \[16, 4\]"):
-        restore_state(path, train.run, train.init())
+        restore_state(path, train.built, train.init())
 
 
 def test_sigkill_mid_save_leaves_previous_checkpoint_loadable(tmp_path):

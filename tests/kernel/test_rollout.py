@@ -2,24 +2,25 @@
 import pytest
 import torch
 
-import envs
 from kernel import agree
-from kernel.policy import make_policy
-from kernel.rollout import make_rollout, unaliased
+from kernel.build import build
+from kernel.config import Config
+from kernel.loop import unaliased
 
 
 @pytest.mark.parametrize("env_name, kind", [("cartpole", "mlp"), ("seedbed", "lstm")])
 def test_compiled_segment_matches_eager_loop(env_name, kind):
-    env = envs.make(env_name, 3)
-    policy = make_policy(env.obs_dim, env.action_spec, hidden=(8,), kind=kind, lstm_size=8)
-    params = policy.init(torch.Generator().manual_seed(0))
+    config = Config.for_env(env_name, num_envs=3, num_steps=7, total_steps=3 * 7 * 2, num_minibatches=1,
+                            hidden=(8,), policy=kind, lstm_size=8, fuse="off")
     results = []
     for compile_ in (False, True):
-        rollout = make_rollout(env, policy, 7, compile=compile_)
+        built = build(config.replace(compile=compile_))
+        params = built.policy.init(torch.Generator().manual_seed(0))
         g = torch.Generator().manual_seed(1)
-        carry = rollout.init(g)
+        carry = built.rollout.init(g)
         for _ in range(2):  # the second segment starts from a carried (non-initial) state
-            carry, traj = rollout.collect(params, carry, g)
+            with torch.no_grad():
+                carry, traj = built.stages.segment(params, carry, *built.rollout.noise(g))
         results.append((carry, traj))
     (carry_e, traj_e), (carry_c, traj_c) = results
     # Each float leaf against its own size (kernel.agree, float32's bound); integers exactly.

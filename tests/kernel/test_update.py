@@ -20,7 +20,7 @@ def three_updates(compile_: bool):
     for _ in range(3):
         state, m = train.iteration(state)
         metrics.append({k: v for k, v in m.items() if k != "episodes"})
-    return train.run, state, metrics
+    return train.built, state, metrics
 
 
 @pytest.fixture(scope="module")

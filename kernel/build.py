@@ -1,0 +1,218 @@
+"""Building a config: the env, the policy, the optimizer, and the stages the iteration calls.
+
+:func:`build` makes the pure pieces once; :func:`stages` turns them into what
+:func:`kernel.iteration.iterate` calls, as the plan (:mod:`kernel.plan`) says: eager functions,
+each stage compiled on its own, or the whole iteration compiled as one graph (fused). The same
+functions run in all three; a group of runs maps them over its run axis (``vmap``), and a
+data-parallel rank all-reduces inside its gradient step.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import NamedTuple
+
+import torch
+from torch.func import vmap
+
+import envs
+from kernel import loss_scale, optim, rng
+from kernel.config import Config, validated
+from kernel.distributed import SINGLE, World
+from kernel.group import Group, policy_over_runs, stack
+from kernel.group import validated as validated_group
+from kernel.hot import compile_hot, fused_options
+from kernel.iteration import Stages, iterate
+from kernel.plan import Plan, decide
+from kernel.policy import Policy, make_policy
+from kernel.ppo import UNROLL_MAX_STEPS, gae, global_advantage_stats, make_grad_step, shuffle_units
+from kernel.rollout import Rollout, make_rollout
+from kernel.state import TrainState
+from kernel.tree import tree_map
+
+
+class Built(NamedTuple):
+    """The pure pieces one config builds (compiled functions included); no changing data.
+
+    ``config`` is what this process runs; ``job`` the config of the whole training, which differs
+    only for data-parallel ranks (each runs ``num_envs / ranks`` of the job's envs). ``group``: the
+    runs this process trains (None: one run, no run axis); ``all_runs``: every rank's runs."""
+
+    config: Config
+    job: Config
+    env: object  # ``num_envs`` sub-environments per run
+    policy: Policy  # one run's policy
+    optimizer: optim.GradientTransformation
+    rollout: Rollout  # over every run's sub-environments
+    stages: Stages
+    whole: Callable | None  # the whole iteration compiled as one graph (fused), or None
+    plan: Plan
+    world: World = SINGLE
+    group: Group | None = None
+    all_runs: Group | None = None
+
+    @property
+    def precision(self):
+        return self.config.precision
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.config.device)
+
+
+def make_optimizer(config: Config, foreach: bool = True) -> optim.GradientTransformation:
+    """Adam with global-norm clipping that skips non-finite steps. The learning rate and the norm
+    limit arrive as tensors each step (:func:`kernel.ppo.hyper_tensors`). ``foreach=False``: leaf by
+    leaf (the same maths; what ``vmap`` and a ``scan`` body need)."""
+    return optim.apply_if_finite(optim.chain(optim.clip_by_global_norm(None),
+                                             optim.scale_by_adam(eps=config.adam_eps, foreach=foreach),
+                                             optim.scale_by_learning_rate(None)))
+
+
+def policy_for(config: Config, env, precision=None) -> Policy:
+    names = set(env.action_spec.names)
+    unknown = sorted(set(config.ent_coef_heads) - names)
+    if unknown:
+        raise ValueError(f"ent_coef_heads names unknown head(s) {', '.join(unknown)}; "
+                         f"{config.env} has {', '.join(sorted(names))}")
+    return make_policy(env.obs_dim, env.action_spec, config.hidden, config.activation,
+                       precision or config.precision, config.policy, config.lstm_size)
+
+
+def make_env(config: Config, num_envs: int | None = None):
+    """The config's env (its ``env_options`` applied) with ``num_envs`` sub-environments
+    (default: the config's)."""
+    return envs.make(config.env, config.num_envs if num_envs is None else num_envs, device=config.device,
+                     **config.env_options)
+
+
+def rank_config(job: Config, world: World) -> Config:
+    """One rank's share of ``job``: ``num_envs / ranks`` envs and as many updates as the job, so
+    the ranks together collect the job's batches and every minibatch is the union of theirs."""
+    if not world.distributed:
+        return job
+    if job.num_envs % world.size:
+        raise ValueError(f"num_envs={job.num_envs} cannot be split evenly over {world.size} processes")
+    try:
+        return job.replace(num_envs=job.num_envs // world.size, total_steps=job.total_steps // world.size)
+    except ValueError as e:
+        raise ValueError(f"with {world.size} processes, {e}") from None
+
+
+def stages(config: Config, policy: Policy, rollout: Rollout, world: World, runs: int | None, compiled: bool,
+           fused: bool, python_env: bool = False) -> Stages:
+    """The iteration's stages: compiled one by one (``compiled`` and not ``fused``), or left as
+    plain functions for eager runs and for the one graph a fused build compiles around them.
+    ``python_env``: the env steps in Python, so the rollout stays eager."""
+    scanned = compiled and fused  # loops inside a compiled whole iteration
+    over_runs = vmap if runs else (lambda fn: fn)
+    # Leaf by leaf under vmap and in a scan body (torch's alias check rejects the foreach ops'
+    # list arguments there); compiled, both forms give the same kernels.
+    foreach = runs is None and not fused
+    step = make_grad_step(policy, make_optimizer(config, foreach), config.clip_vloss, config.norm_adv, None,
+                          config.norm_entropy, config.head_average, foreach=foreach)
+    on_its_own = compiled and not fused
+
+    def staged(fn: Callable) -> Callable:
+        if not on_its_own:
+            return fn
+
+        def stage(*args):  # a code object per stage and build: compile_hot gives each its own cache
+            return fn(*args)
+
+        return compile_hot(stage, config.device)
+
+    advantages = staged(over_runs(partial(gae, scanned=compiled and config.num_steps > UNROLL_MAX_STEPS)))
+    if on_its_own and policy.recurrent and not python_env:
+        # The recurrent bootstrap runs eagerly after the compiled segment: inductor's C++ wrapper
+        # emits a duplicate declaration for a scan and an LSTM step in one graph with the default
+        # options (the fused graph's options avoid it).
+        acting = staged(lambda params, carry, a, e: rollout.segment(params, carry, a, e, True, False))
+
+        def segment(params, carry, action_noise, env_noise):
+            carry, traj = acting(params, carry, action_noise, env_noise)
+            return carry, rollout.bootstrap(params, traj)
+    elif on_its_own and not python_env:
+        segment = staged(lambda params, carry, a, e: rollout.segment(params, carry, a, e, True))
+    else:
+        segment = partial(rollout.segment, scanned=scanned)
+    if world.distributed and runs is None:
+        # The data-parallel hook: this rank's gradients, their mean over every rank, then the step.
+        gradients, apply = staged(step.gradients), staged(step.apply)
+
+        def grad_step(params, opt_state, scale, batch, idx, hyper):
+            grads, loss, metrics = gradients(params, scale, batch, idx, hyper)
+            grads, loss = world.mean_tree((grads, loss))  # a NaN on any rank reaches every rank
+            return apply(params, opt_state, scale, grads, loss, metrics, hyper)
+
+        advantage_stats = partial(global_advantage_stats, recurrent=policy.recurrent, world=world) \
+            if config.norm_adv else None
+    else:
+        grad_step, advantage_stats = staged(over_runs(step)), None
+    minibatch = shuffle_units(config, policy.recurrent) // config.num_minibatches
+    return Stages(segment, advantages, grad_step, advantage_stats, policy.spec, policy.recurrent, minibatch, runs,
+                  scanned)
+
+
+def build(config: Config, world: World = SINGLE, group: Group | None = None, plan: Plan | None = None) -> Built:
+    """Build ``config`` once: for one run, or (``group``) for every run of a group, of which a
+    data-parallel rank trains its equal share. ``plan``: compile and fuse as given instead of as
+    :func:`kernel.plan.decide` says."""
+    job = validated(config)
+    all_runs = validated_group(job, group) if group is not None else None
+    own = all_runs.share(world.rank, world.size) if all_runs is not None else None
+    config = rank_config(job, world) if own is None else job
+    runs = own.count if own is not None else None
+    env = make_env(config, config.num_envs * (runs or 1))
+    policy = policy_for(config, env)
+    acting = policy_over_runs(policy, runs, env.num_envs) if runs else policy
+    rollout = make_rollout(env, acting, config.num_steps, runs=runs or 1)
+    plan = plan or decide(config, env, world.distributed, own is not None)
+    built = Built(config, job, env, policy, make_optimizer(config), rollout, None, None, plan, world, own, all_runs)
+    return with_plan(built, plan)
+
+
+def with_plan(built: Built, plan: Plan) -> Built:
+    """``built`` with its stages made for ``plan``; the env, policy and optimizer are kept."""
+    config = built.config.replace(compile=plan.compile)
+    runs = built.group.count if built.group is not None else None
+    parts = stages(config, built.policy, built.rollout, built.world, runs, plan.compile, plan.fuse,
+                   not getattr(built.env, "compilable", True))
+    whole = None
+    if plan.fuse:
+        whole = partial(iterate, parts)
+        if plan.compile:
+            def fused(*args):
+                return iterate(parts, *args)
+
+            whole = compile_hot(fused, config.device, fused_options(config.device))
+    return built._replace(config=config, stages=parts, whole=whole, plan=plan)
+
+
+def rank_key(built: Built, key: torch.Tensor) -> torch.Tensor:
+    """This rank's key from a key all ranks of one run share (the key itself otherwise)."""
+    return rng.split(key, built.world.size)[built.world.rank] if built.world.distributed and built.group is None \
+        else key
+
+
+def init_state(built: Built, seeds=None) -> TrainState:
+    """The state before the first update. One run: ``seeds`` is its seed (default: the config's).
+    A group: one seed per run (default: the group's), each run's state equal to a one-run
+    ``init_state`` with that seed, stacked along the run axis."""
+    group = built.group
+    if group is None:
+        seeds = [built.config.seed if seeds is None else seeds]
+    else:
+        seeds = [int(s) for s in (group.seeds if seeds is None else seeds)]
+        if len(seeds) != group.count:
+            raise ValueError(f"need {group.count} seeds, got {len(seeds)}")
+    keys = [rng.split(rng.key(s), 3) for s in seeds]
+    device = built.device
+    to_device = partial(tree_map, lambda x: x.to(device))
+    params = [to_device(built.policy.init(rng.generator(k[0]))) for k in keys]
+    per_run = (params, [to_device(built.optimizer.init(p)) for p in params],
+               [loss_scale.for_precision(built.precision.needs_loss_scale, device=device) for _ in seeds],
+               [k[2] for k in keys])
+    params, opt_state, scale, key = (stack(x) for x in per_run) if group is not None else (x[0] for x in per_run)
+    carry = built.rollout.init([rng.generator(rank_key(built, k[1])) for k in keys])
+    return TrainState(params, opt_state, scale, carry, key, torch.zeros((), dtype=torch.int64, device=device))

@@ -1,0 +1,63 @@
+"""The one loop helper: the rollout segment, the minibatch steps and the advantage recursion all run
+through :func:`loop`.
+
+``loop(body, carry, xs, scanned)`` applies ``body(carry, x) -> (carry, y)`` along ``xs``'s leading
+axis and returns the last carry and the ``y``'s stacked. ``scanned=True`` is a ``scan`` (what a
+compiled graph runs: its compile time does not grow with the length); ``scanned=False`` is a Python
+loop (what eager code runs, and what a compiled graph unrolls where that is faster).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.utils._pytree as pytree
+from torch._higher_order_ops import scan
+
+from kernel.tree import leaves, tree_map
+
+
+def stacked(items: list):
+    """A list of like pytrees -> one pytree of stacked leaves."""
+    return tree_map(lambda *xs: torch.stack(xs), *items)
+
+
+def loop(body: Callable, carry, xs, scanned: bool, stack: bool = True):
+    """``(carry, ys)``: ``body`` over the leading axis of ``xs``, ``ys`` stacked (a scan's always
+    are; ``stack=False`` leaves a Python loop's as a list, for a caller that reduces them)."""
+    if scanned:
+        # A scan body may not return an alias of its inputs (a step that passes an observation
+        # through, an optimizer leaf a skipped step leaves as it is).
+        return scan(lambda c, x: unaliased(body(c, x), (c, x)), carry, xs)
+    leaves_xs, spec = pytree.tree_flatten(xs)
+    rows = [x.unbind(0) for x in leaves_xs]  # every step's slice in one op per leaf
+    ys = []
+    for i in range(leaves_xs[0].shape[0]):
+        carry, y = body(carry, pytree.tree_unflatten([r[i] for r in rows], spec))
+        ys.append(y)
+    return carry, stacked(ys) if stack else ys
+
+
+def unaliased(outputs, inputs=()):
+    """``outputs`` with every tensor leaf that is also an input, or repeats an earlier output,
+    copied: a scan body may not return an alias (the acting step passes the observation through
+    into its record, and an env may hand back one tensor as both state and obs).
+
+    Aliases are found with ``is``, not ``id()``: dynamo cannot take the ``id()`` of a tensor made
+    inside a scan body in every torch release. A repeat copies the previous copy rather than the
+    original, so no two copy nodes are identical (the graph optimiser would merge those back into
+    one tensor).
+    """
+    latest = [[x, x] for x in leaves(inputs) if isinstance(x, torch.Tensor)]  # [original, newest copy]
+
+    def fresh(x):
+        if not isinstance(x, torch.Tensor):
+            return x
+        for pair in latest:
+            if x is pair[0]:
+                pair[1] = pair[1].clone()
+                return pair[1]
+        latest.append([x, x])
+        return x
+
+    return tree_map(fresh, outputs)
