@@ -51,10 +51,6 @@ class Config:
         return self.num_envs * self.num_steps
 
     @property
-    def minibatch_size(self) -> int:
-        return self.batch_size // self.num_minibatches
-
-    @property
     def num_updates(self) -> int:
         return self.total_steps // self.batch_size
 

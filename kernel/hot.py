@@ -94,13 +94,6 @@ def fused_options(device="cpu") -> dict:
     return dict(options, **{name: value for name, value in wanted.items() if known_option(name)})
 
 
-def fused_pays(device="cpu") -> bool:
-    """Whether the fused iteration beats the unfused one on ``device`` with this torch: on CPU
-    only with the C++ wrapper (Python runs the scans' loops otherwise, measured slower than the
-    unfused path); on CUDA always (one CUDA graph instead of thousands of launches)."""
-    return torch.device(device).type != "cpu" or cpp_wrapper_compiles_scan()
-
-
 def compile_hot(fn: Callable, device="cpu", options: dict | None = None) -> Callable:
     """``fn`` compiled as one graph with static shapes. ``dynamic=False`` because dynamo's
     automatic-dynamic record is kept per function name and source line, not per code object: a

@@ -19,6 +19,8 @@ from kernel.tree import leaves, tree_map
 
 def stacked(items: list):
     """A list of like pytrees -> one pytree of stacked leaves."""
+    if isinstance(items[0], torch.Tensor):
+        return torch.stack(items)
     return tree_map(lambda *xs: torch.stack(xs), *items)
 
 
@@ -29,13 +31,22 @@ def loop(body: Callable, carry, xs, scanned: bool, stack: bool = True):
         # A scan body may not return an alias of its inputs (a step that passes an observation
         # through, an optimizer leaf a skipped step leaves as it is).
         return scan(lambda c, x: unaliased(body(c, x), (c, x)), carry, xs)
-    leaves_xs, spec = pytree.tree_flatten(xs)
-    rows = [x.unbind(0) for x in leaves_xs]  # every step's slice in one op per leaf
     ys = []
-    for i in range(leaves_xs[0].shape[0]):
-        carry, y = body(carry, pytree.tree_unflatten([r[i] for r in rows], spec))
+    for x in rows(xs):
+        carry, y = body(carry, x)
         ys.append(y)
     return carry, stacked(ys) if stack else ys
+
+
+def rows(xs) -> list:
+    """``xs`` sliced along its leading axis, one op per leaf. Plain tuples and dicts of tensors are
+    sliced without pytree calls: inside a compiled function each one would be traced per step."""
+    if isinstance(xs, tuple) and all(isinstance(x, torch.Tensor) for x in xs):
+        return list(zip(*(x.unbind(0) for x in xs)))
+    if isinstance(xs, dict) and all(isinstance(x, torch.Tensor) for x in xs.values()):
+        return [dict(zip(xs, r)) for r in zip(*(x.unbind(0) for x in xs.values()))]
+    flat, spec = pytree.tree_flatten(xs)
+    return [pytree.tree_unflatten(list(r), spec) for r in zip(*(x.unbind(0) for x in flat))]
 
 
 def unaliased(outputs, inputs=()):

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 
 from kernel.group import SWEEPABLE
-from kernel.hot import fused_pays
+from kernel.hot import cpp_wrapper_compiles_scan
 
 EAGER_RUN_LIMIT_S = 60.0
 # Keys that never shape a graph: values that enter the compiled steps as tensors, and the run's
@@ -105,7 +105,8 @@ def fuse_choice(config, env, distributed: bool = False, group: bool = False, upd
         return False, why_not
     if not config.compile:
         return False, "not compiled: eager runs take the unfused path"
-    if not fused_pays(config.device):
+    if torch.device(config.device).type == "cpu" and not cpp_wrapper_compiles_scan():
+        # without the C++ wrapper Python runs the scans' loops, slower than the unfused path
         return False, f"torch {torch.__version__} cannot build it with the C++ wrapper, and without it fusing is slower"
     if torch.device(config.device).type != "cpu":
         return True, "one CUDA graph per iteration"

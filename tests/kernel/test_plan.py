@@ -6,7 +6,7 @@ import torch
 
 from kernel import plan
 from kernel.config import Config
-from kernel.hot import fused_pays
+from kernel.hot import cpp_wrapper_compiles_scan
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def test_fuse_choice(cache):
     plan.write_record(config, False, compile_s=4.0, iteration_s=0.008)
     plan.write_record(config, True, compile_s=8.0, iteration_s=0.006)
     # 5000 x 2 ms = 10 s saved > 4 s more compile; 1000 x 2 ms = 2 s is not
-    assert plan.fuse_choice(config, Env())[0] is fused_pays("cpu")
+    assert plan.fuse_choice(config, Env())[0] is cpp_wrapper_compiles_scan()
     assert plan.fuse_choice(config, Env(), updates_left=1000)[0] is False
     assert plan.fuse_choice(config.replace(device="cuda"), Env()) == (True, "one CUDA graph per iteration")
     assert plan.fuse_choice(config.replace(compile=False), Env())[0] is False
