@@ -118,13 +118,12 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, no
                 raise common.usage_error(e)
         return launch.launch(click.get_current_context(), nproc or len(devices))
     common.set_threads(threads)
-    auto_compile = compile_flag is None and "compile" not in file_keys(config_json)
     options = runs.Options(checkpoint_every, keep, max_bad_steps, telemetry_dir, tensorboard_dir)
     try:
         world = distributed.join(flags["device"] or "cpu")
         prepared = runs.prepare(flags, out, resume=resume, config_json=config_json, options=options,
                                 seeds=common.seeds(seed_list), sweep=common.sweep(sweeps), world=world,
-                                auto_compile=auto_compile)
+                                auto_compile=compile_flag is None)
     except CheckpointError as e:
         raise click.BadParameter(str(e), param_hint="--resume")
     except ValueError as e:  # RunError, and config values a flag set wrong
@@ -174,17 +173,6 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, no
         con.print(render.settings_table(finished.summary))
     click.echo(f"trained params: {finished.params_path}")  # plain echo: never wrapped or cut, so scripts can grep it
     distributed.leave()
-
-
-def file_keys(config_json) -> dict:
-    """The keys a --config-json file sets ({} when there is none or it cannot be read: prepare
-    reports that)."""
-    try:
-        from kernel.config import read_json_object
-
-        return read_json_object(config_json) if config_json else {}
-    except ValueError:
-        return {}
 
 
 @cli.command("eval")

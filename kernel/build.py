@@ -32,11 +32,9 @@ from kernel.tree import tree_map
 
 
 class Built(NamedTuple):
-    """The pure pieces one config builds (compiled functions included); no changing data.
-
-    ``config`` is what this process runs; ``job`` the config of the whole training, which differs
-    only for data-parallel ranks (each runs ``num_envs / ranks`` of the job's envs). ``group``: the
-    runs this process trains (None: one run, no run axis); ``all_runs``: every rank's runs."""
+    """The pure pieces one config builds (compiled functions included); no changing data. ``job``:
+    the whole training's config (a data-parallel rank runs ``num_envs / ranks`` of its envs);
+    ``group``: the runs this process trains (None: one run); ``all_runs``: every rank's runs."""
 
     config: Config
     job: Config
@@ -101,9 +99,8 @@ def rank_config(job: Config, world: World) -> Config:
 
 def stages(config: Config, policy: Policy, rollout: Rollout, world: World, runs: int | None, compiled: bool,
            fused: bool, python_env: bool = False) -> Stages:
-    """The iteration's stages: compiled one by one (``compiled`` and not ``fused``), or left as
-    plain functions for eager runs and for the one graph a fused build compiles around them.
-    ``python_env``: the env steps in Python, so the rollout stays eager."""
+    """The iteration's stages: compiled one by one, or plain functions for eager runs and for the
+    one graph a fused build compiles around them. ``python_env``: the rollout stays eager."""
     scanned = compiled and fused  # loops inside a compiled whole iteration
     over_runs = vmap if runs else (lambda fn: fn)
     # Leaf by leaf under vmap and in a scan body (torch's alias check rejects the foreach ops'
@@ -122,7 +119,7 @@ def stages(config: Config, policy: Policy, rollout: Rollout, world: World, runs:
 
         return compile_hot(stage, config.device)
 
-    advantages = staged(over_runs(partial(gae, scanned=compiled and config.num_steps > UNROLL_MAX_STEPS)))
+    advantages = staged(partial(gae, scanned=compiled and config.num_steps > UNROLL_MAX_STEPS))
     if on_its_own and policy.recurrent and not python_env:
         # The recurrent bootstrap runs eagerly after the compiled segment: inductor's C++ wrapper
         # emits a duplicate declaration for a scan and an LSTM step in one graph with the default
@@ -155,9 +152,8 @@ def stages(config: Config, policy: Policy, rollout: Rollout, world: World, runs:
 
 
 def build(config: Config, world: World = SINGLE, group: Group | None = None, plan: Plan | None = None) -> Built:
-    """Build ``config`` once: for one run, or (``group``) for every run of a group, of which a
-    data-parallel rank trains its equal share. ``plan``: compile and fuse as given instead of as
-    :func:`kernel.plan.decide` says."""
+    """Build ``config`` once, for one run or a ``group`` (of which a data-parallel rank trains its
+    share); ``plan``: compile and fuse as given instead of as :func:`kernel.plan.decide` says."""
     job = validated(config)
     all_runs = validated_group(job, group) if group is not None else None
     own = all_runs.share(world.rank, world.size) if all_runs is not None else None
@@ -195,15 +191,14 @@ def rank_key(built: Built, key: torch.Tensor) -> torch.Tensor:
         else key
 
 
-def init_state(built: Built, seeds=None) -> TrainState:
-    """The state before the first update. One run: ``seeds`` is its seed (default: the config's).
-    A group: one seed per run (default: the group's), each run's state equal to a one-run
-    ``init_state`` with that seed, stacked along the run axis."""
+def init_state(built: Built, seed=None) -> TrainState:
+    """The state before the first update, from ``seed`` (one run: a seed; a group: one per run,
+    each run's state what a one-run ``init_state`` gives, stacked; default: the config's)."""
     group = built.group
     if group is None:
-        seeds = [built.config.seed if seeds is None else seeds]
+        seeds = [built.config.seed if seed is None else seed]
     else:
-        seeds = [int(s) for s in (group.seeds if seeds is None else seeds)]
+        seeds = [int(s) for s in (group.seeds if seed is None else seed)]
         if len(seeds) != group.count:
             raise ValueError(f"need {group.count} seeds, got {len(seeds)}")
     keys = [rng.split(rng.key(s), 3) for s in seeds]

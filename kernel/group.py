@@ -1,13 +1,10 @@
 """A group of runs: what differs between them, and the run axis that trains them as one program.
 
-PureJaxRL's ``vmap(make_train(config))(keys)`` in torch: every piece of the training state gets a
-leading run axis (params, optimizer state, loss scale, random keys), and the one PPO iteration
-(:mod:`kernel.iteration`) maps its per-run maths over that axis with ``torch.func.vmap``. The env
-runs all runs' sub-environments side by side (run r owns the r-th block of ``num_envs``), so one
-rollout acts every run with its own params (:func:`policy_over_runs`). Values that enter the
-compiled steps as tensors may differ per run (a sweep): :data:`SWEEPABLE`. Each run draws its
-random numbers from its own key exactly as a run alone would, so run r of a group follows the run
-its seed and values give alone, up to the rounding of batched matmuls.
+PureJaxRL's ``vmap(make_train(config))(keys)`` in torch: the training state gets a leading run
+axis, the one PPO iteration (:mod:`kernel.iteration`) maps its per-run maths over it with ``vmap``,
+and the env steps every run's sub-environments side by side (run r owns the r-th block). Each run
+draws its noise from its own key, so run r follows the run its seed and :data:`SWEEPABLE` values
+give alone, up to the rounding of batched matmuls.
 """
 from __future__ import annotations
 

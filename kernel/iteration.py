@@ -1,11 +1,7 @@
-"""The PPO iteration, written once.
-
-:func:`iterate` is one PPO update from this iteration's noise: rollout, advantages, batch, epochs
-of minibatch steps, metrics. It reads top to bottom and is the only place that order is written.
-What runs it is a matter of what gets compiled (:mod:`kernel.build`): eagerly, with each stage
-compiled on its own, or compiled whole as one graph (fused; its loops become scans). A group of
-runs maps the per-run maths over its run axis; a data-parallel rank's gradient step all-reduces.
-:func:`kernel.train.iteration` draws the noise from the state's key and calls it.
+"""The PPO iteration, written once: :func:`iterate` (rollout, advantages, batch, epochs of
+minibatch steps, metrics) is the only place that order is written. It runs eagerly, with each
+stage compiled on its own, or compiled whole as one graph (fused; its loops become scans), as
+:mod:`kernel.build` makes its stages; :func:`kernel.train.iteration` draws its noise and calls it.
 """
 from __future__ import annotations
 
@@ -45,8 +41,8 @@ def iterate(s: Stages, params, opt_state, scale, carry, action_noise, env_noise,
         carry, traj = s.segment(params, carry, action_noise, env_noise)
     episodes = {"return": traj["episode_return"], "length": traj["episode_length"],
                 "done": traj["terminated"] | traj["truncated"]}
-    traj = per_run(traj, s.runs)
-    batch = batch_of(s, traj, hyper)
+    traj = per_run(with_advantages(s, traj, hyper), s.runs)
+    batch = make_batch(traj, traj["advantages"], traj["returns"], s.recurrent, lead=1 if s.runs else 0)
     params, opt_state, scale, metrics = minibatch_steps(s, params, opt_state, scale, batch,
                                                         permutations(perm_keys, s.minibatch), hyper)
     metrics.update(trajectory_metrics(s.spec, traj, batch, lead=1 if s.runs else 0))
@@ -56,12 +52,13 @@ def iterate(s: Stages, params, opt_state, scale, carry, action_noise, env_noise,
     return params, opt_state, scale, carry, metrics
 
 
-def batch_of(s: Stages, traj: dict, hyper: dict) -> dict:
-    """The PPO batch of a trajectory (per run, with the run axis of :func:`per_run`, for a group):
-    advantages and returns, then the fields the loss reads."""
+def with_advantages(s: Stages, traj: dict, hyper: dict) -> dict:
+    """``traj`` with its advantages and returns. The recursion is elementwise over sub-environments,
+    so a group's runs share one call: each run's gamma and lambda spread over its envs' columns."""
+    per_env = (lambda x: x.repeat_interleave(traj["rewards"].shape[1] // s.runs)) if s.runs else (lambda x: x)
     advantages, returns = s.advantages(traj["rewards"], traj["values"], traj["next_values"], traj["terminated"],
-                                       traj["truncated"], hyper["gamma"], hyper["gae_lambda"])
-    return make_batch(traj, advantages, returns, s.recurrent, lead=1 if s.runs else 0)
+                                       traj["truncated"], per_env(hyper["gamma"]), per_env(hyper["gae_lambda"]))
+    return dict(traj, advantages=advantages, returns=returns)
 
 
 def per_run(traj: dict, runs: int | None) -> dict:

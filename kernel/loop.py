@@ -1,10 +1,6 @@
-"""The one loop helper: the rollout segment, the minibatch steps and the advantage recursion all run
-through :func:`loop`.
-
-``loop(body, carry, xs, scanned)`` applies ``body(carry, x) -> (carry, y)`` along ``xs``'s leading
-axis and returns the last carry and the ``y``'s stacked. ``scanned=True`` is a ``scan`` (what a
-compiled graph runs: its compile time does not grow with the length); ``scanned=False`` is a Python
-loop (what eager code runs, and what a compiled graph unrolls where that is faster).
+"""The one loop helper, :func:`loop`, for the rollout segment, the minibatch steps and the advantage
+recursion: a ``scan`` (``scanned``: what a compiled whole iteration runs, its compile time does not
+grow with the length) or a Python loop (eager code, and what a compiled graph unrolls).
 """
 from __future__ import annotations
 

@@ -1,15 +1,11 @@
 """The plan: whether a build compiles, and whether it fuses the iteration into one graph, decided
 in one place from the config, the device, the torch version and what this machine recorded.
 
-Fusing (``fuse="auto"``): never for a group of runs, a data-parallel rank, an env that steps in
-Python or an eager run; always on CUDA (one CUDA graph per iteration); on CPU only where this
-machine's records of both paths say the fused path's faster iterations repay its longer compile.
-
-Compiling (``--compile auto``): from the run's own eager iteration against the compile and
-compiled-iteration seconds an earlier run of the same graphs recorded here; with no record, the
-rule is to compile unless the whole run would take under :data:`EAGER_RUN_LIMIT_S` eagerly.
-
-Records live next to inductor's cache (wiping it forgets them), one file per :func:`signature`.
+Fusing (``fuse="auto"``): never for a group, a data-parallel rank, an env stepping in Python or an
+eager run; always on CUDA; on CPU where this machine's records of both paths say it pays.
+Compiling (``--compile auto``): the run's own eager iteration against the seconds an earlier
+compile of the same graphs recorded here, or with no record, compile unless the whole run would
+take under :data:`EAGER_RUN_LIMIT_S` eagerly. Records live next to inductor's cache.
 """
 from __future__ import annotations
 

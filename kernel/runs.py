@@ -186,17 +186,12 @@ def as_values(config: Config | dict | None) -> dict:
 def prepare(config: Config | dict | None = None, out=None, *, resume: str | Path | None = None, config_json=None,
             options: Options | None = None, seeds=None, sweep: dict | None = None,
             world: World = SINGLE, auto_compile: bool = False) -> Prepared:
-    """Check a run and build it, writing nothing.
-
-    ``config``: a :class:`Config`, or a dict of config keys applied over the env's defaults and
-    ``config_json``. With ``resume`` (a checkpoint file, or "latest" in ``out``), the checkpoint's
-    config is the base and ``config``'s keys are changes to it (only OVERRIDABLE_ON_RESUME).
-    ``seeds`` and/or ``sweep`` make a group: every swept setting with every seed, trained
-    together (:mod:`kernel.group`); a resumed group keeps its own. ``world``: the data-parallel
-    ranks this process is one of (:func:`kernel.distributed.join`); only rank 0 checks and writes
-    the folder. ``auto_compile``: decide ``compile`` by :mod:`kernel.plan` (the decision and its
-    reason are the first note).
-    """
+    """Check a run and build it, writing nothing. ``config``: a :class:`Config`, or config keys over
+    the env's defaults and ``config_json``; with ``resume`` (a checkpoint, or "latest" in ``out``)
+    they are changes to the checkpoint's config (only OVERRIDABLE_ON_RESUME). ``seeds``/``sweep``
+    make a group (:mod:`kernel.group`). ``world``: this process's data-parallel ranks (rank 0
+    checks the folder). ``auto_compile``: let :mod:`kernel.plan` decide ``compile`` unless
+    ``config_json`` sets it (its reason is the first note)."""
     options = options or Options()
     if options.checkpoint_every < 0 or options.keep < 1 or options.max_bad_steps < 1:
         raise RunError(f"need checkpoint_every >= 0, keep >= 1 and max_bad_steps >= 1, got {options}")
@@ -231,6 +226,7 @@ def prepare(config: Config | dict | None = None, out=None, *, resume: str | Path
         except curves.MissingExtra as e:
             raise RunError(str(e)) from None
     auto_note = None
+    auto_compile = auto_compile and not (config_json and "compile" in config_mod.read_json_object(config_json))
     if auto_compile and (group is not None or world.distributed):
         cfg, auto_note = cfg.replace(compile=True), "compile auto: on (groups and data-parallel runs always compile)"
     elif auto_compile:
@@ -264,18 +260,11 @@ def prepare(config: Config | dict | None = None, out=None, *, resume: str | Path
 
 
 def execute(run: Prepared, on_update: Callable[[UpdateLog], None] | None = None) -> Finished:
-    """Train and write the run folder. ``on_update`` gets each update's log, whose ``groups``
-    holds the gradient table with every group's status (the same rows telemetry.jsonl gets; one
-    table per run for a group).
-
-    A group writes ``runs.json`` and the group's checkpoints at the top, and one folder per run
-    (``run-<r>/``) with its own config.json, telemetry.jsonl and, at the end, a one-run
-    params.safetensors (``fkernel eval`` reads it unchanged) and summary.json; the top-level
-    params.safetensors holds the whole group's state (resumable) and summary.json ranks the
-    settings.
-
-    On :class:`NonFiniteRun` the exception carries ``groups`` too (the first run's table for a
-    group), and the periodic checkpoints written so far stay as they are."""
+    """Train and write the run folder; ``on_update`` gets each update's log with its gradient table
+    (``groups``; one per run for a group). A group also writes ``runs.json`` and one ``run-<r>/``
+    folder per run (config, telemetry and, at the end, a one-run params.safetensors and summary);
+    its top-level params.safetensors holds the whole group (resumable) and its summary ranks the
+    settings. A :class:`NonFiniteRun` carries ``groups`` too; checkpoints written stay as they are."""
     cfg, out, opts, group = run.config, run.out, run.options, run.group
     world = run.trainer.built.world
     main = world.is_main  # other data-parallel ranks train and checkpoint with rank 0, but write nothing

@@ -1,11 +1,6 @@
-"""PPO training, PureJaxRL's ``make_train(config)`` shape.
-
-``make_train(config)`` builds the pure pieces once and returns them: ``init(seed) -> state``,
-``iteration(state) -> (state, metrics)`` and ``train(...)``, the host loop around them.
-:func:`iteration` is one PPO update and reads top to bottom: random key -> rollout -> advantages
--> batch -> hyperparameters -> epochs of minibatch steps -> metrics. It never changes its input:
-all randomness comes from the state's key, which it splits into the next key and this update's.
-"""
+"""PPO training, PureJaxRL's ``make_train(config)`` shape: ``init() -> state``, ``iteration(state)
+-> (state, metrics)`` (this update's noise from the state's key, then :func:`kernel.iteration.iterate`;
+the input is never changed) and ``train(...)``, the host loop around them."""
 from __future__ import annotations
 
 import time
@@ -20,7 +15,7 @@ from kernel.build import Built, build, init_state, rank_key
 from kernel.config import Config
 from kernel.distributed import SINGLE, World
 from kernel.group import grid, to_runs
-from kernel.iteration import batch_of, iterate
+from kernel.iteration import iterate, make_batch, with_advantages
 from kernel.plan import Plan
 from kernel.ppo import hyper_tensors, shuffle_units
 from kernel.state import Progress, TrainState
@@ -28,9 +23,8 @@ from kernel.tree import tree_map
 
 
 def draws(built: Built, key: torch.Tensor) -> tuple:
-    """This iteration's noise from its key (one per run for a group), each run's in one order:
-    the segment's action and env noise, then one row of uniforms per epoch for the minibatch
-    permutations (``[epochs, units]``, or ``[runs, epochs, units]``)."""
+    """This iteration's noise from its key (one per run for a group), in one order: the segment's
+    action and env noise, then a row of uniforms per epoch for the minibatch permutations."""
     generators = [rng.generator(rank_key(built, k)) for k in key.reshape(-1)]
     action_noise, env_noise = built.rollout.noise(generators)
     shape = (built.config.update_epochs, shuffle_units(built.config, built.policy.recurrent))
@@ -39,9 +33,8 @@ def draws(built: Built, key: torch.Tensor) -> tuple:
 
 
 def iteration(built: Built, state: TrainState) -> tuple[TrainState, dict]:
-    """One PPO update (of every run of a group): this update's noise from the state's key, its
-    hyperparameters from its update count, then :func:`kernel.iteration.iterate`, compiled whole
-    or stage by stage. The input state is untouched."""
+    """One PPO update (of every run of a group): noise from the state's key, hyperparameters from
+    its update count, then :func:`kernel.iteration.iterate`, compiled whole or stage by stage."""
     keys = torch.stack([rng.split(k) for k in state.rng.reshape(-1)]).reshape(*state.rng.shape, 2)
     next_key, noise = keys[..., 0], draws(built, keys[..., 1])
     hyper = hyper_tensors(built.config, state.step, built.group)  # inputs of the graphs, not constants in them
@@ -60,7 +53,8 @@ def collect(built: Built, params, carry, generator: torch.Generator):
     with torch.no_grad():
         carry, traj = built.stages.segment(params, carry, action_noise, env_noise)
     hyper = hyper_tensors(built.config, torch.zeros((), dtype=torch.int64, device=built.device))
-    return carry, traj, batch_of(built.stages, traj, hyper)
+    traj = with_advantages(built.stages, traj, hyper)
+    return carry, traj, make_batch(traj, traj["advantages"], traj["returns"], built.policy.recurrent)
 
 
 def warmup(built: Built, state: TrainState) -> float:
@@ -122,16 +116,11 @@ class Trained(NamedTuple):
 def train(built: Built, state: TrainState | None = None, progress: Progress | list | None = None,
           on_update: Callable[[UpdateLog], None] | None = None, checkpointer=None, max_bad_steps: int | None = None,
           until_update: int | None = None) -> Trained:
-    """Iterate to ``config.total_steps`` (or to ``until_update``).
-
-    ``state`` and ``progress`` may come from a checkpoint (kernel.resume): the loop continues
-    exactly as if it had never stopped. ``checkpointer`` (kernel.resume.Checkpointer) saves
-    periodically. After ``max_bad_steps`` consecutive non-finite minibatch steps (all skipped, so
-    the params are still finite; in a group, in every run: a run alone is skipped step by step while
-    the others go on) the run stops with :class:`NonFiniteRun`. The summary holds compile and run
-    seconds, SPS, the final mean return and, for envs with a ``solved_return`` (CartPole: 475),
-    the first point at which the rolling mean reached it; a group's adds one row per run.
-    """
+    """Iterate to ``config.total_steps`` (or ``until_update``), from a checkpoint's ``state`` and
+    ``progress`` if given (the loop continues exactly as if it had never stopped); ``checkpointer``
+    (kernel.resume) saves periodically. After ``max_bad_steps`` consecutive non-finite (skipped)
+    steps, in every run of a group, it stops with :class:`NonFiniteRun`. The summary holds compile
+    and run seconds, SPS, the mean return and when it first reached the env's ``solved_return``."""
     cfg, world, group = built.config, built.world, built.group
     state = state if state is not None else init_state(built)
     runs = group.count if group is not None else 1
@@ -229,26 +218,21 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 class Trainer(NamedTuple):
-    """What :func:`make_train` returns: the built pieces and their functions, for one run or for a
-    group of runs (``built.group``), which then have a leading run axis in every state leaf but
-    the update count."""
+    """What :func:`make_train` returns, for one run or a group (``built.group``: then every state
+    leaf but the update count has a leading run axis)."""
 
     built: Built
-    init: Callable[..., TrainState]  # (seeds=None) -> state: a seed for one run, one per run for a group
+    init: Callable[..., TrainState]  # (seed=None) -> state: a seed for one run, one per run for a group
     iteration: Callable[[TrainState], tuple[TrainState, dict]]
     train: Callable[..., Trained]  # (state=None, progress=None, on_update=None, ...) -> Trained
 
 
 def make_train(config: Config, seeds=None, sweep: dict | None = None, world: World = SINGLE,
                plan: Plan | None = None) -> Trainer:
-    """Build ``config`` once (env, policy, optimizer, compiled steps) and return its functions.
-
-    With ``seeds`` (a list or range) and/or ``sweep`` (``{"lr": [1e-4, 3e-4], ...}``), the trainer
-    runs every combination of swept values with every seed as one vmapped program
-    (:mod:`kernel.group`): ``init()`` stacks one state per run, ``iteration`` advances them all, and
-    ``train`` reports each run's results. ``world``: the data-parallel ranks this process is one of
-    (:func:`kernel.distributed.join`). ``plan``: compile and fuse as given (:mod:`kernel.plan`).
-    """
+    """Build ``config`` once and return its functions. With ``seeds`` and/or ``sweep`` (``{"lr":
+    [1e-4, 3e-4]}``) every swept setting with every seed trains as one vmapped group
+    (:mod:`kernel.group`). ``world``: this process's data-parallel ranks; ``plan``: compile and fuse
+    as given instead of as :mod:`kernel.plan` decides."""
     group = None if seeds is None and not sweep else grid(list(seeds) if seeds is not None else [config.seed], sweep)
     built = build(config, world, group, plan)
     return trainer(built)

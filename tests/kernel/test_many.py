@@ -11,7 +11,7 @@ import torch
 
 from kernel import Config, agree, make_train
 from kernel.group import grid, run_slice
-from kernel.iteration import batch_of, per_run
+from kernel.iteration import make_batch, per_run, with_advantages
 from kernel.ppo import hyper_tensors
 from kernel.resume import Checkpointer, latest_checkpoint, restore_state
 from kernel.tree import leaves, tree_map
@@ -56,7 +56,8 @@ def test_a_non_finite_run_is_skipped_alone():
     with torch.no_grad():
         _, traj = built.stages.segment(state.params, state.carry, *noise)
     hyper = hyper_tensors(built.config, state.step, built.group)
-    batch = batch_of(built.stages, per_run(traj, 2), hyper)
+    traj = per_run(with_advantages(built.stages, traj, hyper), 2)
+    batch = make_batch(traj, traj["advantages"], traj["returns"], lead=1)
     batch["advantages"][1, 0] = float("nan")  # run 1's first row
     idx = torch.arange(32).expand(2, 32)
     params, opt_state, _, metrics = built.stages.grad_step(state.params, state.opt_state, state.loss_scale, batch,
