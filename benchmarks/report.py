@@ -140,6 +140,49 @@ def train_state() -> str:
             f"rate from the schedule on the device) against {rev} for the dict state at {d['rev']} (ratio {ratio}).")
 
 
+def one_iteration() -> str:
+    """The single-iteration kernel against the revision it was rewritten from, jobs side by side."""
+    jobs = [("one run (default CartPole)", "sps_vs_start_one.json"),
+            ("group of 8 runs", "sps_vs_start_group8.json"),
+            ("group of 8 runs, an earlier run", "sps_vs_start_group8_7reps.json"),
+            ("2 data-parallel processes", "sps_vs_start_dp2.json")]
+    rows, rev, spread = [], "", 0.0
+    for label, name in jobs:
+        d = load(name)
+        every = [r["sps"] for runs in d["runs"].values() for r in runs]
+        spread = max(spread, max(every) / min(every) - 1)
+        rev = d["rev"]
+        sps, comp = d["median_sps"], d["median_compile_s"]
+        rows.append([label, f"`{d['command'].removeprefix('fkernel train --threads 1 ')}`",
+                     str(len(d["runs"]["this tree"])), k(sps["this tree"]), k(sps[rev]),
+                     f"{d['ratio_this_over_rev']:.3f}x", f"{comp['this tree']:.1f} s", f"{comp[rev]:.1f} s",
+                     f"{d['compile_ratio_this_over_rev']:.3f}x"])
+    header = ["job", "flags", "runs", "env steps/s", f"at {rev}", "ratio", "compile", f"at {rev}", "ratio"]
+    return (f"`python -m benchmarks.sps_against_revision --rev {rev} --reps RUNS --json ... -- FLAGS` for each\n"
+            "row (`results/sps_vs_start_*.json`): `fkernel train --threads 1`, alternating fresh processes,\n"
+            "RUNS timed runs per side after an untimed one that warms the shared inductor cache; medians.\n"
+            f"Compile is the first (warm) iteration's seconds. Within one job, single runs spread by up to"
+            f" {spread:.0%}.\n\n"
+            + table(header, rows))
+
+
+def pendulum() -> str:
+    """Pendulum-v1 with its preset: the target, each seed's returns, steps and seconds."""
+    d = load("pendulum.json")
+    rows = []
+    for r in d["runs"]:
+        reached = r["first_reached_target"]
+        first = "never" if reached is None else f"{reached['env_steps'] / 1e3:.0f}k steps, {reached['time_s']:.0f} s"
+        rows.append([str(r["seed"]), f"{r['train_mean_return_last100']:.1f}", f"{r['eval_mean_return']:.1f}", first,
+                     f"{r['env_steps'] / 1e3:.0f}k", f"{r['compile_s']:.0f} s", f"{r['run_s']:.0f} s",
+                     k(r["sps"])])
+    header = ["seed", "last 100 episodes", "greedy eval (100)", f"first at {d['target']:g}", "env steps", "compile",
+              "run", "env steps/s"]
+    return (f"`{d['command']}` (`results/pendulum.json`; one `fkernel train --preset pendulum` process per seed,\n"
+            "then `fkernel eval` of its params, greedy, with the statistics the run ended with):\n\n"
+            + table(header, rows))
+
+
 # ---------------------------------------------------------------- scaling (benchmarks/scaling.py)
 
 def scaling() -> str:
@@ -579,6 +622,8 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "many-runs-bench": (BENCH_README, many_runs_bench),
     "distributed-bench": (BENCH_README, distributed_bench),
     "second-build": (BENCH_README, second_build),
+    "one-iteration": (BENCH_README, one_iteration),
+    "pendulum": (README, pendulum),
 }
 
 

@@ -57,8 +57,8 @@ def check_device(device: str) -> None:
 def known_env(name: str) -> str:
     import envs
 
-    if name not in envs.REGISTRY:
-        raise click.UsageError(f"unknown env {name!r}; choose from {', '.join(envs.names())}")
+    if not envs.known(name):
+        raise click.UsageError(envs.unknown_message(name))
     return name
 
 

@@ -22,7 +22,9 @@ def cli():
 
 
 @cli.command()
-@click.option("--env", "env_name", default=None, help="Environment name (see `fkernel envs`). [default: cartpole]")
+@click.option("--env", "env_name", default=None,
+              help="Environment name (see `fkernel envs`), or gym:ID for any gymnasium env (the [gym] extra). "
+                   "[default: cartpole]")
 @click.option("--num-envs", type=int, default=None, help="Parallel environments. [default: 4]")
 @click.option("--num-steps", type=int, default=None, help="Steps per env per rollout. [default: 128]")
 @click.option("--total-steps", type=int, default=None, help="Total env steps. [default: 500000]")
@@ -38,7 +40,12 @@ def cli():
                    "compile]")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
               help="A named set of config values, applied like flags (explicit flags override them; "
-                   "cartpole-gpu: 2048 CartPole envs on CUDA).")
+                   "cartpole-gpu: 2048 CartPole envs on CUDA; pendulum: Pendulum-v1 on the CPU).")
+@click.option("--norm-obs/--no-norm-obs", default=None,
+              help="Standardize observations by running statistics kept in the run's state (clipped at 10). "
+                   "[default: off]")
+@click.option("--norm-reward/--no-norm-reward", default=None,
+              help="Scale rewards by the running std of a discounted return (clipped at 10). [default: off]")
 @click.option("--precision", default=None,
               help="fp32, bf16, fp16 or 'params=float32,compute=bfloat16' (trunk compute dtype; heads stay fp32). "
                    "[default: fp32]")
@@ -78,13 +85,15 @@ def cli():
               help="Data-parallel training in N processes on this machine (CPU, gloo), via torchrun's launcher.")
 @click.option("--devices", multiple=True, metavar="cuda:0,cuda:1",
               help="Data-parallel training with one process per device (NCCL on CUDA), via torchrun's launcher.")
+@click.option("--env-workers", type=click.IntRange(min=0), default=None,
+              help="gym:ID envs: step the sub-environments in N worker processes (0: in this process). [default: 0]")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch intra-op threads (results are bit-reproducible for a fixed thread count). "
                    "[default: torch's choice]")
-def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, no_compile, fuse, preset, precision,
-          policy_kind, dataset, data_dir, train_size, val_size, config_json, out, checkpoint_every, keep, resume,
-          max_bad_steps, grad_table_every, telemetry_dir, tensorboard_dir, seed_list, sweeps, nproc, devices,
-          threads):
+def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, no_compile, fuse, preset, norm_obs,
+          norm_reward, precision, policy_kind, dataset, data_dir, train_size, val_size, config_json, out,
+          checkpoint_every, keep, resume, max_bad_steps, grad_table_every, telemetry_dir, tensorboard_dir, seed_list,
+          sweeps, nproc, devices, env_workers, threads):
     """Train a PPO agent; defaults are PureJaxRL's CartPole configuration."""
     from kernel import distributed, runs
     from kernel.checkpoint import CheckpointError
@@ -99,9 +108,10 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, no
     compile_ = "off" if no_compile else compile_
     compile_flag = {"on": True, "off": False}.get(compile_)  # None: auto (unless the config file says)
     flags = dict(env=env_name, num_envs=num_envs, num_steps=num_steps, total_steps=total_steps, seed=seed,
-                 device=device, compile=compile_flag, precision=precision, policy=policy_kind,
+                 device=device, compile=compile_flag, precision=precision, policy=policy_kind, norm_obs=norm_obs,
+                 norm_reward=norm_reward,
                  env_options=common.env_options(dataset=dataset, data_dir=data_dir, train_size=train_size,
-                                                val_size=val_size),
+                                                val_size=val_size, workers=env_workers),
                  fuse=None if fuse is None else ("on" if fuse else "off"))
     for key, value in PRESETS.get(preset, {}).items():  # a preset's values, unless a flag gives one
         flags[key] = value if flags.get(key) is None else flags[key]
@@ -188,11 +198,11 @@ def eval_(checkpoint, episodes, stochastic, seed, as_json):
     from kernel.evaluate import evaluate, load_policy
 
     try:
-        cfg, params, _ = load_policy(checkpoint)
+        cfg, params, meta = load_policy(checkpoint)
     except CheckpointError as e:
         raise click.BadParameter(str(e), param_hint="CHECKPOINT")
     cfg = cfg.replace(device="cpu")
-    returns = evaluate(cfg, params, episodes, greedy=not stochastic, seed=seed)
+    returns = evaluate(cfg, params, episodes, greedy=not stochastic, seed=seed, obs_stats=meta.get("obs_stats"))
     mean = float(returns.mean())
     std = float(returns.std(unbiased=False))
     if as_json:

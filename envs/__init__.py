@@ -1,25 +1,36 @@
-"""Batched torch-native environments and their registry: ``envs.make(name, num_envs, device)``."""
+"""Batched torch-native environments and their registry: ``envs.make(name, num_envs, device)``;
+``gym:ID`` names any gymnasium environment (:mod:`envs.gym`, the ``[gym]`` extra)."""
 from __future__ import annotations
 
 from envs.base import ActionSpec, Env, EnvOptionError, Head, Step
 from envs.cartpole import CartPole
+from envs.gym import PREFIX, GymEnv
 from envs.morpho import Morpho
+from envs.pendulum import Pendulum
 from envs.seedbed import Seedbed
 
-REGISTRY = {CartPole.name: CartPole, Seedbed.name: Seedbed, Morpho.name: Morpho}
+REGISTRY = {CartPole.name: CartPole, Pendulum.name: Pendulum, Seedbed.name: Seedbed, Morpho.name: Morpho}
 
 
 def names() -> list[str]:
     return sorted(REGISTRY)
 
 
+def known(name: str) -> bool:
+    return name in REGISTRY or (name.startswith(PREFIX) and len(name) > len(PREFIX))
+
+
+def unknown_message(name: str) -> str:
+    return f"unknown env {name!r}; choose from {', '.join(names())}, or gym:ID for a gymnasium env"
+
+
 def check_options(name: str, options: dict) -> None:
     """Raise :class:`EnvOptionError` naming the first option ``name``'s env cannot take."""
-    if name not in REGISTRY:
-        raise ValueError(f"unknown env {name!r}; choose from {', '.join(names())}")
+    if not known(name):
+        raise ValueError(unknown_message(name))
     if not options:
         return
-    cls = REGISTRY[name]
+    cls = GymEnv if name.startswith(PREFIX) else REGISTRY[name]
     allowed = getattr(cls, "OPTIONS", ())
     unknown = sorted(set(options) - set(allowed))
     if unknown:
@@ -29,10 +40,12 @@ def check_options(name: str, options: dict) -> None:
 
 
 def make(name: str, num_envs: int, device="cpu", **kwargs) -> Env:
-    if name not in REGISTRY:
-        raise ValueError(f"unknown env {name!r}; choose from {', '.join(names())}")
+    if not known(name):
+        raise ValueError(unknown_message(name))
     if int(num_envs) < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    if name.startswith(PREFIX):
+        return GymEnv(name[len(PREFIX):], int(num_envs), device=device, **kwargs)
     return REGISTRY[name](int(num_envs), device=device, **kwargs)
 
 

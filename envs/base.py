@@ -25,12 +25,20 @@ class Step(NamedTuple):
 
 
 class Head(NamedTuple):
+    """One action head: ``size`` choices (categorical), or a ``size``-dimensional real vector
+    (``kind="gaussian"``) that the env takes clipped to ``[low, high]`` (bounds may be infinite)."""
+
     name: str
     size: int
+    kind: str = "categorical"
+    low: tuple | None = None
+    high: tuple | None = None
 
 
 class ActionSpec(NamedTuple):
-    """Factored action: an ordered tuple of categorical heads.
+    """Factored action: an ordered tuple of heads, categorical or Gaussian. Masks and parents apply
+    to categorical heads only; when heads are mixed the first is categorical (relevance is judged
+    on it).
 
     ``parent[h]`` names an earlier head whose sampled value selects the row of ``h``'s mask: the
     env's mask for ``h`` is then ``[num_envs, parent_size, size]`` (e.g. slot masks per op).
@@ -59,8 +67,9 @@ class Env(Protocol):
     ``num_envs`` sub-environments step together. All randomness enters as ``noise`` tensors of
     ``noise_shape()`` (uniform in [0, 1), drawn by the caller from its explicit random state), so
     ``reset`` and ``step`` are pure functions of their arguments; the env object itself holds
-    only configuration. Actions are ``{head: long [num_envs]}`` for the heads of ``action_spec``
-    (one head: a bare tensor is accepted too). Observations are a ``[num_envs, obs_dim]`` tensor,
+    only configuration. Actions are ``{head: long [num_envs]}`` for categorical heads and
+    ``{head: float [num_envs, size]}`` (already within the head's bounds) for Gaussian ones (one
+    head: a bare tensor is accepted too). Observations are a ``[num_envs, obs_dim]`` tensor,
     or a dict with ``"x"`` (that tensor) and ``"masks"`` (``{head: bool mask}``, see
     :class:`ActionSpec`). ``solved_return``: the mean return over 100 episodes at which the task
     counts as solved, or ``None``.

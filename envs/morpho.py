@@ -70,6 +70,7 @@ OPTIONS = ("dataset", "data_dir", "train_size", "val_size", "data_seed", "channe
 
 class Morpho:
     name = "morpho"
+    tensor_obs = False  # observations are dicts with per-head masks
     solved_return = None  # compare with the scripted baselines (envs.baselines)
     description = "grow a crippled image classifier by seeds; one step is one epoch of real training"
     compilable = False  # steps train networks in Python loops: the rollout runs it eagerly

@@ -160,6 +160,7 @@ def lifecycle_step(state: dict, action: dict, m: dict, tempo_steps: torch.Tensor
 
 class Seedbed:
     name = "seedbed"
+    tensor_obs = False  # observations are dicts with per-head masks
     solved_return = None  # no fixed bar: compare with the scripted baselines (envs.baselines)
     description = "grow a host network by seeds: germinate, train, blend, fossilize or prune"
 

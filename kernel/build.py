@@ -160,19 +160,28 @@ def build(config: Config, world: World = SINGLE, group: Group | None = None, pla
     config = rank_config(job, world) if own is None else job
     runs = own.count if own is not None else None
     env = make_env(config, config.num_envs * (runs or 1))
-    policy = policy_for(config, env)
-    acting = policy_over_runs(policy, runs, env.num_envs) if runs else policy
-    rollout = make_rollout(env, acting, config.num_steps, runs=runs or 1)
+    if config.norm_obs and not getattr(env, "tensor_obs", True):
+        raise ValueError(f"norm_obs needs plain observation vectors; {config.env} observes a dict with masks")
     plan = plan or decide(config, env, world.distributed, own is not None)
-    built = Built(config, job, env, policy, make_optimizer(config), rollout, None, None, plan, world, own, all_runs)
+    built = Built(config, job, env, policy_for(config, env), make_optimizer(config), None, None, None, plan, world,
+                  own, all_runs)
     return with_plan(built, plan)
 
 
+def rollout_for(config: Config, env, policy: Policy, runs: int | None, compiled: bool) -> Rollout:
+    acting = policy_over_runs(policy, runs, env.num_envs) if runs else policy
+    if compiled and getattr(env, "host_state", False):  # an env stepping on the host: the policy step compiles
+        acting = acting._replace(step=compile_hot(acting.step, config.device))
+    return make_rollout(env, acting, config.num_steps, runs=runs or 1, norm_obs=config.norm_obs,
+                        norm_reward=config.norm_reward, gamma=config.gamma)
+
+
 def with_plan(built: Built, plan: Plan) -> Built:
-    """``built`` with its stages made for ``plan``; the env, policy and optimizer are kept."""
+    """``built`` with its rollout and stages made for ``plan``; the env, policy and optimizer kept."""
     config = built.config.replace(compile=plan.compile)
     runs = built.group.count if built.group is not None else None
-    parts = stages(config, built.policy, built.rollout, built.world, runs, plan.compile, plan.fuse,
+    rollout = rollout_for(config, built.env, built.policy, runs, plan.compile)
+    parts = stages(config, built.policy, rollout, built.world, runs, plan.compile, plan.fuse,
                    not getattr(built.env, "compilable", True))
     whole = None
     if plan.fuse:
@@ -182,7 +191,7 @@ def with_plan(built: Built, plan: Plan) -> Built:
                 return iterate(parts, *args)
 
             whole = compile_hot(fused, config.device, fused_options(config.device))
-    return built._replace(config=config, stages=parts, whole=whole, plan=plan)
+    return built._replace(config=config, rollout=rollout, stages=parts, whole=whole, plan=plan)
 
 
 def rank_key(built: Built, key: torch.Tensor) -> torch.Tensor:

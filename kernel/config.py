@@ -36,6 +36,8 @@ class Config:
     head_average: str = "decisions"  # per-head PPO terms average over "decisions" or all "relevant" steps
     vf_coef: float = 0.5
     norm_adv: bool = True
+    norm_obs: bool = False  # observations standardized by running statistics (kept in the state), clipped at 10
+    norm_reward: bool = False  # rewards divided by the running std of a discounted return, clipped at 10
     hidden: tuple = (64, 64)
     activation: str = "tanh"
     policy: str = "mlp"  # "mlp" or "lstm"
@@ -91,6 +93,10 @@ PRESETS = {
     # it with fewer envs on the CPU).
     "cartpole-gpu": dict(env="cartpole", num_envs=2048, num_steps=16, total_steps=8_000_000, update_epochs=4,
                          num_minibatches=4, lr=1e-3, device="cuda"),
+    # Continuous control on the CPU: a short horizon (gamma 0.9), many epochs over small minibatches
+    # and scaled rewards; no entropy bonus (the Gaussian's own std explores).
+    "pendulum": dict(env="pendulum", num_envs=16, num_steps=128, total_steps=500_000, update_epochs=10,
+                     num_minibatches=16, lr=1e-3, gamma=0.9, gae_lambda=0.95, ent_coef=0.0, norm_reward=True),
 }
 POSITIVE_INTS = ("num_envs", "num_steps", "total_steps", "update_epochs", "num_minibatches")
 FLOATS = ("lr", "adam_eps", "max_grad_norm", "gamma", "gae_lambda", "clip_coef", "ent_coef", "vf_coef")

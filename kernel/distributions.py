@@ -1,4 +1,4 @@
-"""Masked categorical distribution as pure functions over float32 logits.
+"""Masked categorical and diagonal Gaussian distributions as pure functions over float32 logits.
 
 Masked entries are replaced by a large *finite* negative, not ``-inf``: ``-inf`` turns
 ``0 * log 0`` in the entropy into NaN and poisons gradients, while ``exp(-1e9)`` underflows to an
@@ -10,9 +10,12 @@ rather than train on NaN gradients.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 MASKED_LOGIT = -1e9
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def check_float32(logits: torch.Tensor) -> None:
@@ -71,3 +74,29 @@ def sample(logits: torch.Tensor, uniform: torch.Tensor, mask: torch.Tensor | Non
 
 def mode(logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     return torch.argmax(masked_logits(logits, mask), dim=-1)
+
+
+# A diagonal Gaussian head's "logits" are ``[..., dim, 2]``: the mean and the log standard deviation.
+
+def gaussian_log_prob(params: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """Log-density of ``action`` (``[..., dim]``), summed over its dimensions."""
+    check_float32(params)
+    mean, log_std = params.unbind(-1)
+    z = (action.to(params.dtype) - mean) / log_std.exp()
+    return (-0.5 * z * z - log_std - HALF_LOG_2PI).sum(-1)
+
+
+def gaussian_entropy(params: torch.Tensor) -> torch.Tensor:
+    check_float32(params)
+    return (0.5 + HALF_LOG_2PI + params[..., 1]).sum(-1)
+
+
+def gaussian_sample(params: torch.Tensor, normal: torch.Tensor) -> torch.Tensor:
+    """``mean + std * normal`` from explicit standard-normal noise of the action's shape."""
+    check_float32(params)
+    return params[..., 0] + params[..., 1].exp() * normal.to(params.dtype)
+
+
+def gaussian_mode(params: torch.Tensor) -> torch.Tensor:
+    check_float32(params)
+    return params[..., 0]

@@ -12,13 +12,19 @@ from kernel.rollout import make_rollout
 
 
 @torch.no_grad()
-def evaluate(config: Config, params: dict, episodes: int, greedy: bool = True, seed: int = 0) -> torch.Tensor:
+def evaluate(config: Config, params: dict, episodes: int, greedy: bool = True, seed: int = 0,
+             obs_stats: dict | None = None) -> torch.Tensor:
     """Returns ``[episodes]`` float returns; each sub-environment plays exactly one episode, with the
-    same acting step as training (:func:`kernel.rollout.make_rollout`)."""
+    same acting step as training (:func:`kernel.rollout.make_rollout`). A run trained with
+    ``norm_obs`` needs the observation statistics it ended with (``obs_stats``; :func:`load_policy`
+    reads them from a checkpoint)."""
+    if config.norm_obs and obs_stats is None:
+        raise ValueError("this policy was trained on normalized observations: pass the run's obs_stats")
     env = make_env(config, episodes)
     if hasattr(env, "desync"):
         env.desync = False  # whole episodes from the first step
-    rollout = make_rollout(env, policy_for(config, env), 1, greedy=greedy)
+    rollout = make_rollout(env, policy_for(config, env), 1, greedy=greedy, norm_obs=config.norm_obs,
+                           obs_stats=obs_stats)
     generator = rng.generator(rng.key(seed))
     carry = rollout.init(generator)
     final = torch.zeros(episodes, device=env.device)
@@ -50,4 +56,8 @@ def load_policy(path) -> tuple[Config, dict, dict]:
     expected = policy.init(torch.Generator().manual_seed(0))
     check_matches({"params": expected}, {"params": sections["params"]}, path,
                   against=f"the {config.env} policy its config builds")
+    norm = sections.get("carry", {}).get("norm", {})
+    if config.norm_obs:  # the statistics the run ended with (a data-parallel file holds them per rank)
+        stats = {k: v[0] if v.dim() > (0 if k == "count" else 1) else v for k, v in norm["obs"].items()}
+        meta = dict(meta, obs_stats={k: v.to(torch.float64) for k, v in stats.items()})
     return config, sections["params"], meta

@@ -92,6 +92,8 @@ def grid(seeds: Sequence[int], sweep: dict | None = None) -> Group:
 
 def validated(config: Config, group: Group) -> Group:
     """``group``, or ``ValueError`` naming the first run whose config is invalid."""
+    if config.norm_reward and "gamma" in group.values:
+        raise ValueError("cannot sweep 'gamma' with norm_reward: the reward scale accumulates returns with one gamma")
     for r in range(group.count):
         try:
             group.config(config, r)
@@ -138,8 +140,11 @@ def stack(trees: list):
 def run_slice(state: TrainState, r: int, num_envs: int) -> TrainState:
     """Run ``r``'s state as a one-run :class:`TrainState` (loadable and resumable alone)."""
     take = lambda t: tree_map(lambda x: x[r], t)
-    return TrainState(take(state.params), take(state.opt_state), take(state.loss_scale),
-                      tree_map(lambda x: x[r * num_envs:(r + 1) * num_envs], state.carry), state.rng[r], state.step)
+    envs = lambda t: tree_map(lambda x: x[r * num_envs:(r + 1) * num_envs], t)
+    # the normalization statistics carry the run axis; everything else in the carry, the env axis
+    carry = {k: take(v) if k == "norm" else envs(v) for k, v in state.carry.items()}
+    return TrainState(take(state.params), take(state.opt_state), take(state.loss_scale), carry, state.rng[r],
+                      state.step)
 
 
 def ranked_settings(summary: dict) -> list[dict]:

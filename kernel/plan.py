@@ -137,14 +137,19 @@ def eager_iteration_seconds(iteration, state, repeats: int = 3) -> float:
     return best
 
 
-def auto_compile(config, env, updates_left: int, eager_s: float, fused: bool) -> tuple[bool, str]:
+def auto_compile(config, env, updates_left: int, eager_s, fused: bool) -> tuple[bool, str]:
     """``--compile auto``: compile iff ``updates_left`` x (eager - compiled seconds per iteration)
     beats the compile seconds this machine recorded; with no record, iff the run would take at
-    least :data:`EAGER_RUN_LIMIT_S` eagerly. Returns the choice and the line that explains it."""
+    least :data:`EAGER_RUN_LIMIT_S` eagerly. ``eager_s``: a function that measures the eager
+    iteration, called only if it is needed. Returns the choice and the line that explains it."""
+    if getattr(env, "host_state", False):  # stepping it to time an iteration would move its episodes
+        return True, (f"compile auto: on ({config.env} steps on the host; the policy step and the update compile "
+                      "without timing an eager iteration first)")
     if not getattr(env, "compilable", True):
         return False, (f"compile auto: off ({config.env} steps in Python, so only the update would compile, a small "
                        "share of each iteration)")
     record = read_record(config.replace(compile=True), fused)
+    eager_s = eager_s()
     eager_total = updates_left * eager_s
     if record is None:
         on = eager_total >= EAGER_RUN_LIMIT_S

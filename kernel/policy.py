@@ -48,13 +48,27 @@ def make_policy(obs_dim: int, spec, hidden=(64, 64), activation: str = "tanh",
                 precision: Precision = PRESETS["fp32"], kind: str = "mlp", lstm_size: int = 64) -> Policy:
     if kind not in ("mlp", "lstm"):
         raise ValueError(f"policy must be 'mlp' or 'lstm', got {kind!r}")
+    continuous = [h.name for h in spec.heads if h.kind == "gaussian"]
+    if len(spec.heads) > 1 and spec.heads[0].kind == "gaussian":
+        raise ValueError("the first of several action heads must be categorical: relevance is judged on it")
+    if set(continuous) & (set(spec.parent) | set(spec.parent.values())):
+        raise ValueError(f"Gaussian heads take no masks or parents: {', '.join(continuous)}")
     sizes = (obs_dim, *hidden)
     mlp = with_precision(lambda p, x: nn.mlp_apply(p, x, activation), precision)
     out_dim = lstm_size if kind == "lstm" else hidden[-1]
 
+    def head(p, h, actor):
+        out = nn.linear_apply(p, actor)
+        # a Gaussian head: its mean, and a log standard deviation that does not depend on the state
+        return torch.stack([out, p["log_std"].expand_as(out)], dim=-1) if h.kind == "gaussian" else out
+
     def heads_and_value(params, actor, critic):
-        logits = {h.name: nn.linear_apply(params["heads"][h.name], actor) for h in spec.heads}
+        logits = {h.name: head(params["heads"][h.name], h, actor) for h in spec.heads}
         return logits, nn.linear_apply(params["value"], critic).squeeze(-1)
+
+    def head_init(generator, h):
+        p = nn.linear_init(generator, out_dim, h.size, nn.POLICY_GAIN)
+        return dict(p, log_std=torch.zeros(h.size)) if h.kind == "gaussian" else p
 
     def init(generator: torch.Generator) -> dict:
         if kind == "mlp":
@@ -63,7 +77,7 @@ def make_policy(obs_dim: int, spec, hidden=(64, 64), activation: str = "tanh",
             trunk = {"features": nn.mlp_init(generator, sizes), "lstm": nn.lstm_init(generator, hidden[-1], lstm_size)}
         return {
             "trunk": trunk,
-            "heads": {h.name: nn.linear_init(generator, out_dim, h.size, nn.POLICY_GAIN) for h in spec.heads},
+            "heads": {h.name: head_init(generator, h) for h in spec.heads},
             "value": nn.linear_init(generator, out_dim, 1, nn.VALUE_GAIN),
         }
 

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import torch
 
 from kernel import heads
+from kernel import normalize as N
 from kernel.loop import loop, unaliased
 from kernel.policy import Policy, masks
 from kernel.tree import tree_map
@@ -37,8 +38,19 @@ def draw(shape, generator, device, dtype=torch.float32):
     return torch.rand(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
 
 
-def make_rollout(env, policy: Policy, num_steps: int, greedy: bool = False, runs: int = 1) -> Rollout:
+def normal(shape, generator, device, dtype=torch.float32):
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
+
+
+def make_rollout(env, policy: Policy, num_steps: int, greedy: bool = False, runs: int = 1, norm_obs: bool = False,
+                 norm_reward: bool = False, gamma: float = 0.99, obs_stats: dict | None = None) -> Rollout:
     """``greedy``: act with each head's most likely valid action instead of sampling (evaluation).
+
+    ``norm_obs`` / ``norm_reward`` (:mod:`kernel.normalize`): the policy sees observations
+    standardized by running statistics updated with every step's batch (each run's own), and the
+    update sees rewards scaled by the running std of a ``gamma``-discounted return; both live in
+    the carry (``carry["norm"]``, ``carry["ret_acc"]``). Episode returns stay raw. ``obs_stats``:
+    fixed observation statistics to normalize with, never updated (evaluation).
 
     ``runs`` > 1: the env's sub-environments are ``runs`` equal blocks, one per run of a group
     (``policy`` acts each block with its own params, see :func:`kernel.group.policy_over_runs`),
@@ -49,6 +61,18 @@ def make_rollout(env, policy: Policy, num_steps: int, greedy: bool = False, runs
     n = env.num_envs
     per_run = n // runs
     env_noise_row = tuple(env.noise_shape()[1:])  # noise_shape()[0] is the sub-environment axis
+    axis = 1 if runs > 1 else 0  # a group's statistics have a leading run axis
+    by_run = (lambda x: x.reshape(runs, per_run, *x.shape[1:])) if runs > 1 else (lambda x: x)
+    all_envs = (lambda x: x.reshape(-1, *x.shape[2:])) if runs > 1 else (lambda x: x)
+    over_envs = lambda stats: {k: v.unsqueeze(axis) for k, v in stats.items() if k != "count"}
+
+    def observed(norm: dict, *observations):
+        """The statistics after this step's batch, and the observations standardized by them (a
+        final observation with the same statistics as the batch it ended in)."""
+        if not norm_obs:
+            return norm, *observations
+        stats = norm["obs"] if obs_stats is not None else N.running_update(norm["obs"], by_run(observations[0]), axis)
+        return dict(norm, obs=stats), *(all_envs(N.normalized(by_run(o), over_envs(stats))) for o in observations)
 
     def per_run_generators(generators) -> list:
         gens = generators if isinstance(generators, (list, tuple)) else [generators]
@@ -64,6 +88,15 @@ def make_rollout(env, policy: Policy, num_steps: int, greedy: bool = False, runs
         carry = {"env": env_state, "obs": obs, "ep_return": zeros, "ep_length": zeros.long(),
                  "hidden": policy.initial_hidden(n, env.device),
                  "start": torch.ones(n, dtype=torch.bool, device=env.device)}
+        if norm_obs or norm_reward:
+            lead = (runs,) if runs > 1 else ()
+            norm = {"ret": N.running_init((), env.device, lead)} if norm_reward else {}
+            if norm_obs:
+                fresh = N.running_init(tuple(obs.shape[1:]), env.device, lead)
+                norm["obs"] = obs_stats if obs_stats is not None else fresh
+            carry["norm"], carry["obs"] = observed(norm, obs)
+            if norm_reward:
+                carry["ret_acc"] = torch.zeros(n, dtype=torch.float32, device=env.device)  # as gymnasium keeps it
         # Distinct tensors throughout (an env may return its state as its obs): the compiled
         # segment then sees the same aliasing on every call and never recompiles.
         return unaliased(carry)
@@ -76,9 +109,15 @@ def make_rollout(env, policy: Policy, num_steps: int, greedy: bool = False, runs
         else:
             actions = heads.sample(spec, logits, action_noise, obs_masks)
         head_logp = heads.log_probs(spec, logits, actions, obs_masks)
-        step = env.step(carry["env"], actions, env_noise)
+        step = env.step(carry["env"], heads.into_env(spec, actions), env_noise)
         done = step.terminated | step.truncated
         ep_return = carry["ep_return"] + step.reward.float()
+        reward, norm = step.reward.float(), carry.get("norm")
+        norm, obs, final_obs = observed(norm, step.obs, step.final_obs)
+        if norm_reward:
+            acc = N.accumulated_return(carry["ret_acc"], step.reward, step.terminated, gamma)
+            norm = dict(norm, ret=N.running_update(norm["ret"], by_run(acc), axis))
+            reward = all_envs(N.scaled_reward(by_run(step.reward.float()), over_envs(norm["ret"])))
         ep_length = carry["ep_length"] + 1
         record = {
             "obs": carry["obs"],
@@ -87,22 +126,26 @@ def make_rollout(env, policy: Policy, num_steps: int, greedy: bool = False, runs
             "head_logp": head_logp,
             "logp": sum(head_logp.values()),
             "values": value,
-            "rewards": step.reward.float(),
+            "rewards": reward,
             "terminated": step.terminated,
             "truncated": step.truncated,
-            "final_obs": step.final_obs,
+            "final_obs": final_obs,
             "hidden_after": hidden,
             "episode_return": ep_return,
             "episode_length": ep_length,
         }
         carry = {
             "env": step.state,
-            "obs": step.obs,
+            "obs": obs,
             "ep_return": torch.where(done, torch.zeros_like(ep_return), ep_return),
             "ep_length": torch.where(done, torch.zeros_like(ep_length), ep_length),
             "hidden": hidden,
             "start": done,
         }
+        if norm is not None:
+            carry["norm"] = norm
+        if norm_reward:
+            carry["ret_acc"] = torch.where(done, torch.zeros_like(acc), acc)
         return carry, record
 
     def bootstrap(params, traj):
@@ -128,7 +171,8 @@ def make_rollout(env, policy: Policy, num_steps: int, greedy: bool = False, runs
         return carry, dict(traj, hidden0=hidden0)
 
     def segment_noise(generator):
-        action_noise = {h: draw((num_steps, per_run, k), generator, env.device) for h, k in spec.sizes.items()}
+        action_noise = {h.name: (normal if h.kind == "gaussian" else draw)((num_steps, per_run, h.size), generator,
+                                                                           env.device) for h in spec.heads}
         return action_noise, draw((num_steps, per_run, *env_noise_row), generator, env.device, env.dtype)
 
     def noise(generators):

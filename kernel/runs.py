@@ -95,8 +95,8 @@ def resolve_config(values: dict, config_json=None) -> Config:
         env_name = given.get("env", file_values.get("env", "cartpole"))
         if isinstance(file_values.get("env_options"), dict) and "env_options" in given:  # flags add to the file's
             given["env_options"] = {**file_values["env_options"], **given["env_options"]}
-        if env_name not in envs.REGISTRY:
-            raise RunError(f"unknown env {env_name!r}; choose from {', '.join(envs.names())}")
+        if not envs.known(env_name):
+            raise RunError(envs.unknown_message(env_name))
         cfg = config_mod.from_dict(given, config_mod.from_dict(file_values, Config.for_env(env_name)))
         envs.check_options(cfg.env, cfg.env_options)
     except RunError:
@@ -249,8 +249,8 @@ def prepare(config: Config | dict | None = None, out=None, *, resume: str | Path
         built = train.built
         left = cfg.num_updates - int(state.step)
         fuse = plan.decide(cfg.replace(compile=True), built.env, updates_left=left)
-        on, auto_note = plan.auto_compile(cfg, built.env, left, plan.eager_iteration_seconds(train.iteration, state),
-                                          fuse.fuse)
+        on, auto_note = plan.auto_compile(cfg, built.env, left,
+                                          lambda: plan.eager_iteration_seconds(train.iteration, state), fuse.fuse)
         if on:  # the same built env, policy and optimizer, its stages now compiled
             cfg = cfg.replace(compile=True)
             train = trainer(with_plan(built, fuse))

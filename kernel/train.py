@@ -16,6 +16,7 @@ from kernel.config import Config
 from kernel.distributed import SINGLE, World
 from kernel.group import grid, to_runs
 from kernel.iteration import iterate, make_batch, with_advantages
+from kernel.normalize import combined
 from kernel.plan import Plan
 from kernel.ppo import hyper_tensors, shuffle_units
 from kernel.state import Progress, TrainState
@@ -43,6 +44,9 @@ def iteration(built: Built, state: TrainState) -> tuple[TrainState, dict]:
     run = built.whole or partial(iterate, built.stages)
     params, opt_state, scale, carry, metrics = run(state.params, state.opt_state, state.loss_scale, state.carry,
                                                    *noise, hyper)
+    if "norm" in carry and built.world.distributed and built.group is None:  # every rank's samples, once an update
+        before = state.carry["norm"]
+        carry = dict(carry, norm={k: combined(before[k], v, built.world) for k, v in carry["norm"].items()})
     return TrainState(params, opt_state, scale, carry, next_key, state.step + 1), metrics
 
 
@@ -60,7 +64,7 @@ def collect(built: Built, params, carry, generator: torch.Generator):
 def warmup(built: Built, state: TrainState) -> float:
     """Compile every compiled function by running one iteration and dropping its result (the
     iteration is pure, so ``state`` is untouched); returns seconds."""
-    if not built.plan.compile:
+    if not built.plan.compile or getattr(built.env, "host_state", False):  # (the host env would move on)
         return 0.0
     start = time.perf_counter()
     iteration(built, state)

@@ -366,3 +366,17 @@ def test_fuse_where_it_cannot_be_is_a_usage_error(tmp_path):
     assert_usage_error(invoke("train", "--env", "morpho", "--fuse", "--out", str(tmp_path / "b")),
                        "fuse='on' is not possible here", "morpho steps in Python")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_gymnasium_env_trains_and_evaluates(tmp_path, workers):
+    out = tmp_path / "run"
+    result = invoke("train", "--env", "gym:CartPole-v1", "--num-envs", "2", "--num-steps", "16", "--total-steps", "96",
+                    "--env-workers", str(workers), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "compile auto: on (gym:CartPole-v1 steps on the host" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["env_steps"] == 96 and summary["episodes_in_window"] > 0
+    evaluated = invoke("eval", str(out / "params.safetensors"), "--episodes", "2", "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.output)["episodes"] == 2

@@ -1,0 +1,133 @@
+"""Any gymnasium environment, through gymnasium's vector API: ``envs.make("gym:Pendulum-v1", n)``.
+
+The sub-environments step on the host (synchronously, or in ``workers`` processes), so the env is
+``compilable = False``: the rollout steps it from Python and only the policy step compiles. The
+vector env resets finished sub-environments within the step that ends them (gymnasium's
+``SAME_STEP`` autoreset) and hands back their final observation, so a truncated episode bootstraps
+from its true last state. Box, Discrete and MultiDiscrete action spaces map to one Gaussian head,
+one categorical head and one categorical head per dimension; Box, Discrete (one-hot) and
+MultiBinary observations are flattened to float vectors.
+
+Unlike the torch-native envs, its state lives in the gymnasium objects, not in the ``state`` it
+returns: the sub-environments are seeded at ``reset`` from the caller's noise (so ``--seed``
+reproduces a run), but a checkpoint cannot hold them, and a resumed run starts fresh episodes.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from envs.base import ActionSpec, EnvOptionError, Head, Step
+
+PREFIX = "gym:"
+SEED_RANGE = 2**31 - 1
+
+
+def require_gymnasium():
+    try:
+        import gymnasium
+    except ImportError:
+        raise EnvOptionError('gym: envs need gymnasium: pip install -e ".[gym]"') from None
+    return gymnasium
+
+
+def action_spec(space) -> ActionSpec:
+    """The heads that act in ``space`` (one env's action space)."""
+    spaces = require_gymnasium().spaces
+    if isinstance(space, spaces.Box):
+        size = int(np.prod(space.shape))
+        low, high = (tuple(float(v) for v in b.reshape(-1)) for b in (space.low, space.high))
+        return ActionSpec((Head("action", size, "gaussian", low, high),))
+    if isinstance(space, spaces.Discrete):
+        return ActionSpec((Head("action", int(space.n)),))
+    if isinstance(space, spaces.MultiDiscrete) and space.nvec.ndim == 1:
+        return ActionSpec(tuple(Head(f"action{i}", int(n)) for i, n in enumerate(space.nvec)))
+    raise EnvOptionError(f"action space {space} is not supported: use Box, Discrete or MultiDiscrete")
+
+
+def obs_size(space) -> int:
+    spaces = require_gymnasium().spaces
+    if isinstance(space, (spaces.Box, spaces.MultiBinary)):
+        return int(np.prod(space.shape))
+    if isinstance(space, spaces.Discrete):
+        return int(space.n)
+    raise EnvOptionError(f"observation space {space} is not supported: use Box, Discrete or MultiBinary")
+
+
+class GymEnv:
+    compilable = False
+    host_state = True  # the episodes live in the gymnasium objects, not in the returned state
+    solved_return = None
+    OPTIONS = ("workers",)
+
+    def __init__(self, env_id: str, num_envs: int, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32, workers: int = 0):
+        gym = require_gymnasium()
+        from gymnasium.vector import AutoresetMode
+
+        self.name, self.num_envs, self.device, self.dtype = PREFIX + env_id, num_envs, torch.device(device), dtype
+        self.description = f"gymnasium {env_id} through its vector API"
+        mode = "async" if workers else "sync"
+        try:
+            self.vector = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode,
+                                       vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP})
+        except gym.error.Error as e:
+            raise EnvOptionError(f"gymnasium cannot make {env_id!r}: {str(e).splitlines()[0]}") from None
+        self.obs_space, self.act_space = self.vector.single_observation_space, self.vector.single_action_space
+        self.action_spec = action_spec(self.act_space)
+        self.obs_dim = obs_size(self.obs_space)
+
+    @staticmethod
+    def check_options(workers: int = 0) -> None:
+        if not isinstance(workers, int) or workers < 0:
+            raise EnvOptionError(f"workers must be a non-negative integer, got {workers!r}")
+
+    def noise_shape(self) -> tuple:
+        """One uniform per sub-environment: its seed at ``reset`` (steps need none)."""
+        return (self.num_envs, 1)
+
+    def observe(self, obs) -> torch.Tensor:
+        spaces = require_gymnasium().spaces
+        obs = np.asarray(obs)
+        if isinstance(self.obs_space, spaces.Discrete):
+            obs = np.eye(self.obs_space.n, dtype=np.float32)[obs - self.obs_space.start]
+        return torch.as_tensor(obs.reshape(self.num_envs, -1), dtype=self.dtype, device=self.device)
+
+    def reset(self, noise: torch.Tensor):
+        seeds = (noise[:, 0].double() * SEED_RANGE).long().tolist()
+        obs, _ = self.vector.reset(seed=seeds)
+        return torch.zeros(self.num_envs, dtype=torch.int64, device=self.device), self.observe(obs)
+
+    def to_env(self, action: dict):
+        spaces = require_gymnasium().spaces
+        if isinstance(self.act_space, spaces.Box):
+            a = action["action"].detach().to("cpu", torch.float64).numpy()
+            return a.reshape(self.num_envs, *self.act_space.shape).astype(self.act_space.dtype)
+        if isinstance(self.act_space, spaces.Discrete):
+            return action["action"].cpu().numpy() + int(self.act_space.start)
+        return np.stack([action[h.name].cpu().numpy() for h in self.action_spec.heads], axis=-1)
+
+    def step(self, state: torch.Tensor, action, noise: torch.Tensor) -> Step:
+        if not isinstance(action, dict):
+            action = {self.action_spec.heads[0].name: action}
+        obs, reward, terminated, truncated, info = self.vector.step(self.to_env(action))
+        obs = self.observe(obs)
+        done = np.logical_or(terminated, truncated)
+        final = obs.clone()
+        if done.any():  # the observation each finished sub-environment ended on, before its reset
+            ended = np.flatnonzero(done)
+            final[torch.as_tensor(ended)] = self.observe_rows(info["final_obs"][ended])
+        as_bool = lambda x: torch.as_tensor(np.asarray(x, dtype=bool), device=self.device)
+        t = torch.where(as_bool(done), 0, state + 1)
+        return Step(t, obs, torch.as_tensor(np.asarray(reward), dtype=self.dtype, device=self.device),
+                    as_bool(terminated), as_bool(truncated), final)
+
+    def observe_rows(self, rows) -> torch.Tensor:
+        stacked = np.stack(list(rows))
+        spaces = require_gymnasium().spaces
+        if isinstance(self.obs_space, spaces.Discrete):
+            stacked = np.eye(self.obs_space.n, dtype=np.float32)[stacked - self.obs_space.start]
+        return torch.as_tensor(stacked.reshape(len(rows), -1), dtype=self.dtype, device=self.device)
+
+    def close(self) -> None:
+        self.vector.close()

@@ -1,0 +1,82 @@
+"""gymnasium environments through envs.gym: spaces mapped to heads and flat observations, final
+observations at the step an episode ends, seeding from the caller's noise, and a clear error
+without gymnasium."""
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import envs
+from envs.base import EnvOptionError
+
+
+class Bits(gym.Env):
+    """MultiBinary observations, MultiDiscrete actions, a 3-step time limit: what no registered
+    env has."""
+
+    observation_space = gym.spaces.MultiBinary(4)
+    action_space = gym.spaces.MultiDiscrete([2, 3])
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.np_random.integers(0, 2, 4).astype(np.int8), {}
+
+    def step(self, action):
+        self.t += 1
+        obs = np.array([action[0], action[1] == 2, self.t % 2, 1], dtype=np.int8)
+        return obs, float(action[1]), False, self.t >= 3, {}
+
+
+gym.register("fkernel-test/Bits-v0", entry_point=Bits)
+
+
+def test_spaces_map_to_heads_and_flat_observations():
+    box = envs.make("gym:Pendulum-v1", 2)
+    (head,) = box.action_spec.heads
+    assert (head.kind, head.size, head.low, head.high) == ("gaussian", 1, (-2.0,), (2.0,)) and box.obs_dim == 3
+    lake = envs.make("gym:FrozenLake-v1", 2)
+    assert lake.action_spec.heads[0].kind == "categorical" and lake.obs_dim == 16
+    _, obs = lake.reset(torch.zeros(2, 1))
+    assert torch.equal(obs, torch.eye(16)[[0, 0]])  # one-hot of the start cell
+    bits = envs.make("gym:fkernel-test/Bits-v0", 2)
+    assert [h.size for h in bits.action_spec.heads] == [2, 3] and bits.obs_dim == 4
+    state, _ = bits.reset(torch.zeros(2, 1))
+    step = bits.step(state, {"action0": torch.tensor([1, 0]), "action1": torch.tensor([2, 1])}, torch.zeros(2, 1))
+    assert torch.equal(step.obs[:, :2], torch.tensor([[1.0, 1.0], [0.0, 0.0]])) and step.reward.tolist() == [2, 1]
+
+
+def test_a_truncated_episode_hands_back_its_final_observation():
+    bits = envs.make("gym:fkernel-test/Bits-v0", 2)
+    state, _ = bits.reset(torch.rand(2, 1, generator=torch.Generator().manual_seed(0)))
+    action = {"action0": torch.tensor([1, 1]), "action1": torch.tensor([0, 0])}
+    for _ in range(3):
+        step = bits.step(state, action, torch.zeros(2, 1))
+        state = step.state
+    assert step.truncated.all() and not step.terminated.any()
+    # the last step's own observation (t = 3: [1, 0, 1, 1]), not the reset one that follows it
+    assert torch.equal(step.final_obs, torch.tensor([[1.0, 0.0, 1.0, 1.0]] * 2))
+    assert torch.equal(state, torch.zeros(2, dtype=torch.int64))
+
+
+def test_the_callers_noise_seeds_the_environments():
+    g = lambda s: torch.rand(3, 1, generator=torch.Generator().manual_seed(s))
+    a, b, c = (envs.make("gym:Pendulum-v1", 3).reset(noise)[1] for noise in (g(1), g(1), g(2)))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_unknown_ids_and_options_are_one_line_errors():
+    with pytest.raises(EnvOptionError, match="gymnasium cannot make 'NoSuchEnv-v0'"):
+        envs.make("gym:NoSuchEnv-v0", 1)
+    with pytest.raises(EnvOptionError, match="workers must be a non-negative integer"):
+        envs.check_options("gym:Pendulum-v1", {"workers": -1})
+    with pytest.raises(ValueError, match="or gym:ID for a gymnasium env"):
+        envs.make("nosuchenv", 1)
+
+
+def test_without_gymnasium_the_error_names_the_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gymnasium", None)  # what an environment without the extra sees
+    with pytest.raises(EnvOptionError, match=r'pip install -e "\.\[gym\]"'):
+        envs.make("gym:Pendulum-v1", 1)
