@@ -72,7 +72,11 @@ class GymEnv:
             self.vector = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode,
                                        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP})
         except gym.error.Error as e:
-            raise EnvOptionError(f"gymnasium cannot make {env_id!r}: {str(e).splitlines()[0]}") from None
+            import difflib
+
+            close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
+            hint = f"; closest registered: {', '.join(close)}" if close else ""
+            raise EnvOptionError(f"gymnasium cannot make {env_id!r}: {str(e).splitlines()[0]}{hint}") from None
         self.obs_space, self.act_space = self.vector.single_observation_space, self.vector.single_action_space
         self.action_spec = action_spec(self.act_space)
         self.obs_dim = obs_size(self.obs_space)

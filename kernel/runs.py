@@ -239,12 +239,20 @@ def prepare(config: Config | dict | None = None, out=None, *, resume: str | Path
     progress = Progress() if group is None else [Progress()] * (group.count // world.size)
     notes = ()
     if ckpt is not None:
-        state, progress = restore_state(ckpt, train.built, state, loaded)
+        fresh, (state, progress) = state, restore_state(ckpt, train.built, state, loaded)
+        if getattr(train.built.env, "host_state", False):  # gymnasium's episodes restarted at init: start there
+            kept = {k: state.carry[k] for k in ("norm",) if k in fresh.carry}  # the statistics resume exactly
+            state = state._replace(carry=dict(fresh.carry, **kept))
         update = int(state.step)
         if update >= cfg.num_updates:
             raise RunError(f"{ckpt} is already at update {update} of {cfg.num_updates}; "
                            "raise total_steps (--total-steps) to train further")
         notes = tuple(n for n in [schedule_change(saved, cfg, update)] if n)
+    if getattr(train.built.env, "host_state", False):  # the episodes live in gymnasium, not in the state
+        notes += (f"{cfg.env}: resumed with fresh episodes (a checkpoint cannot hold gymnasium's env state; "
+                  "everything else resumes exactly)" if ckpt is not None else
+                  f"{cfg.env}: checkpoints hold everything but gymnasium's own env state; a resumed run starts "
+                  "fresh episodes",)
     if auto_compile and auto_note is None:
         built = train.built
         left = cfg.num_updates - int(state.step)

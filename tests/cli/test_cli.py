@@ -380,3 +380,24 @@ def test_a_gymnasium_env_trains_and_evaluates(tmp_path, workers):
     evaluated = invoke("eval", str(out / "params.safetensors"), "--episodes", "2", "--json")
     assert evaluated.exit_code == 0, evaluated.output
     assert json.loads(evaluated.output)["episodes"] == 2
+
+
+def test_a_gymnasium_env_trains_as_a_group_of_seeds(tmp_path):
+    out = tmp_path / "run"
+    result = invoke("train", "--env", "gym:CartPole-v1", "--seeds", "0,1", "--num-envs", "2", "--num-steps", "16",
+                    "--total-steps", "96", "--no-compile", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert [row["seed"] for row in summary["runs"]] == [0, 1] and summary["env_steps"] == 192
+    assert "checkpoints hold everything but gymnasium's own env state" in result.output
+
+
+def test_a_gymnasium_run_resumes_with_fresh_episodes_and_says_so(tmp_path):
+    out = tmp_path / "run"
+    first = invoke("train", "--env", "gym:Pendulum-v1", "--num-envs", "2", "--num-steps", "16", "--total-steps", "64",
+                   "--norm-obs", "--no-compile", "--checkpoint-every", "1", "--out", str(out))
+    assert first.exit_code == 0, first.output
+    resumed = invoke("train", "--resume", "latest", "--out", str(out), "--total-steps", "128")
+    assert resumed.exit_code == 0, resumed.output
+    assert "resumed with fresh episodes" in resumed.output
+    assert json.loads((out / "summary.json").read_text())["env_steps"] == 128

@@ -30,7 +30,12 @@ class Bits(gym.Env):
         return obs, float(action[1]), False, self.t >= 3, {}
 
 
+class DictObs(Bits):
+    observation_space = gym.spaces.Dict({"a": gym.spaces.Discrete(2)})
+
+
 gym.register("fkernel-test/Bits-v0", entry_point=Bits)
+gym.register("fkernel-test/DictObs-v0", entry_point=DictObs)
 
 
 def test_spaces_map_to_heads_and_flat_observations():
@@ -70,6 +75,10 @@ def test_the_callers_noise_seeds_the_environments():
 def test_unknown_ids_and_options_are_one_line_errors():
     with pytest.raises(EnvOptionError, match="gymnasium cannot make 'NoSuchEnv-v0'"):
         envs.make("gym:NoSuchEnv-v0", 1)
+    with pytest.raises(EnvOptionError, match="closest registered: CartPole-v1"):
+        envs.make("gym:CartPole-v9", 1)
+    with pytest.raises(EnvOptionError, match=r"observation space Dict\(.*\) is not supported"):
+        envs.make("gym:fkernel-test/DictObs-v0", 1)
     with pytest.raises(EnvOptionError, match="workers must be a non-negative integer"):
         envs.check_options("gym:Pendulum-v1", {"workers": -1})
     with pytest.raises(ValueError, match="or gym:ID for a gymnasium env"):

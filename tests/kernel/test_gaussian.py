@@ -79,3 +79,66 @@ def test_the_policy_gives_a_state_independent_log_std(gen):
     out, _, _ = policy.step(params, torch.randn(4, 3, generator=gen), {}, None)
     assert out["torque"].shape == (4, 2, 2) and out["torque"].dtype == torch.float32
     assert torch.equal(out["torque"][..., 1], torch.zeros(4, 2))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_gaussian_head_gradients_are_finite_and_nonzero_under_a_low_precision_trunk(precision):
+    from kernel.config import Config
+    from kernel.diagnose import grads_by_precision
+    from kernel.precision import parse
+
+    config = Config.for_env("pendulum", num_envs=4, num_steps=32, total_steps=128, num_minibatches=1,
+                            hidden=(16, 16))
+    report = grads_by_precision(config, [parse("fp32"), parse(precision)])
+    for name in ("fp32", precision):
+        torque = report[name]["groups"]["heads.torque"]
+        assert torque["nan"] == 0 and torque["inf"] == 0 and torque["norm"] > 0, (name, torque)
+        assert report[name]["dtypes"]["heads.torque"] == "fp32"
+
+
+class Mixed:
+    """A categorical op and a continuous amount that matters only for op 1: reward -(amount - 0.5)^2
+    there, 0 for op 0 (so op 1 with amount 0.5 is best)."""
+
+    name, description, obs_dim, solved_return = "mixed-test", "test env", 2, None
+    action_spec = ActionSpec((Head("op", 2), Head("amount", 1, "gaussian", (-1.0,), (1.0,))), relevant={"amount": (1,)})
+
+    def __init__(self, num_envs, device="cpu", dtype=torch.float32):
+        self.num_envs, self.device, self.dtype = num_envs, torch.device(device), dtype
+
+    def noise_shape(self):
+        return (self.num_envs, 2)
+
+    def reset(self, noise):
+        return torch.zeros(self.num_envs, dtype=torch.int64), noise.to(self.dtype)
+
+    def step(self, state, action, noise):
+        amount = action["amount"][:, 0]
+        reward = torch.where(action["op"] == 1, 0.25 - (amount - 0.5) ** 2, torch.zeros_like(amount))
+        t = state + 1
+        truncated = t >= 8
+        from envs.base import Step
+
+        return Step(torch.where(truncated, 0, t), noise.to(self.dtype), reward, torch.zeros_like(truncated), truncated,
+                    noise.to(self.dtype))
+
+
+def test_a_mixed_spec_trains_through_the_loss_and_the_gradient_table(monkeypatch):
+    import envs
+    from kernel import Config, make_train
+    from kernel.telemetry import group_table
+
+    monkeypatch.setitem(envs.REGISTRY, "mixed-test", Mixed)
+    config = Config.for_env("mixed-test", num_envs=8, num_steps=8, total_steps=8 * 8 * 6, num_minibatches=2,
+                            hidden=(16,), compile=False)
+    state, metrics = None, None
+    train = make_train(config)
+    state = train.init()
+    start = state.params["heads"]["amount"]["log_std"].clone()
+    for _ in range(6):
+        state, metrics = train.iteration(state)
+    table = group_table(metrics)
+    for head in ("heads.op", "heads.amount"):
+        assert table[head]["nan"] == 0 and table[head]["norm"] > 0, (head, table[head])
+    assert metrics["head/amount/relevant_steps"] > 0 and "head/amount/clip_frac" in metrics
+    assert not torch.equal(state.params["heads"]["amount"]["log_std"], start)  # the std learns too
