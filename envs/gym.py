@@ -77,9 +77,32 @@ class GymEnv:
             close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
             hint = f"; closest registered: {', '.join(close)}" if close else ""
             raise EnvOptionError(f"gymnasium cannot make {env_id!r}: {str(e).splitlines()[0]}{hint}") from None
+        self._spaces()
+
+    def _spaces(self) -> None:
         self.obs_space, self.act_space = self.vector.single_observation_space, self.vector.single_action_space
         self.action_spec = action_spec(self.act_space)
         self.obs_dim = obs_size(self.obs_space)
+        # what norm_obs may standardize: real-valued observations, not indices or bits
+        self.float_obs = isinstance(self.obs_space, require_gymnasium().spaces.Box) and \
+            np.issubdtype(self.obs_space.dtype, np.floating)
+
+    @classmethod
+    def wrap(cls, vector, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> GymEnv:
+        """A gymnasium vector env the caller made (its autoreset mode must be ``SAME_STEP``)."""
+        from gymnasium.vector import AutoresetMode
+
+        if vector.metadata.get("autoreset_mode") != AutoresetMode.SAME_STEP:
+            raise EnvOptionError("a gymnasium vector env needs vector_kwargs={'autoreset_mode': "
+                                 "AutoresetMode.SAME_STEP} so that truncated episodes bootstrap from their final "
+                                 "observation")
+        env = cls.__new__(cls)
+        spec = getattr(vector, "spec", None)
+        env.name = PREFIX + (spec.id if spec is not None else type(vector).__name__)
+        env.num_envs, env.device, env.dtype, env.vector = vector.num_envs, torch.device(device), dtype, vector
+        env.description = f"a gymnasium vector env ({env.name})"
+        env._spaces()
+        return env
 
     @staticmethod
     def check_options(workers: int = 0) -> None:

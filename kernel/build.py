@@ -84,6 +84,18 @@ def make_env(config: Config, num_envs: int | None = None):
                      **config.env_options)
 
 
+def own_env(env, config: Config, runs: int | None):
+    """The caller's env, a gymnasium vector env wrapped, with as many sub-environments as asked."""
+    if not hasattr(env, "action_spec") and hasattr(env, "single_action_space"):
+        env = envs.gym.GymEnv.wrap(env, config.device)
+    if not isinstance(env, envs.Env):
+        raise ValueError(f"env must meet envs.base.Env or be a gymnasium vector env, got {type(env).__name__}")
+    wanted = config.num_envs * (runs or 1)
+    if env.num_envs != wanted:
+        raise ValueError(f"the env has {env.num_envs} sub-environments; the config asks for {wanted}")
+    return env
+
+
 def rank_config(job: Config, world: World) -> Config:
     """One rank's share of ``job``: ``num_envs / ranks`` envs and as many updates as the job, so
     the ranks together collect the job's batches and every minibatch is the union of theirs."""
@@ -151,17 +163,22 @@ def stages(config: Config, policy: Policy, rollout: Rollout, world: World, runs:
                   scanned)
 
 
-def build(config: Config, world: World = SINGLE, group: Group | None = None, plan: Plan | None = None) -> Built:
+def build(config: Config, world: World = SINGLE, group: Group | None = None, plan: Plan | None = None,
+          env=None) -> Built:
     """Build ``config`` once, for one run or a ``group`` (of which a data-parallel rank trains its
-    share); ``plan``: compile and fuse as given instead of as :func:`kernel.plan.decide` says."""
+    share); ``plan``: compile and fuse as given instead of as :func:`kernel.plan.decide` says; ``env``:
+    the caller's own env (anything meeting ``envs.base.Env``, or a gymnasium vector env) with every
+    run's sub-environments, instead of the one ``config.env`` names."""
     job = validated(config)
     all_runs = validated_group(job, group) if group is not None else None
     own = all_runs.share(world.rank, world.size) if all_runs is not None else None
     config = rank_config(job, world) if own is None else job
     runs = own.count if own is not None else None
-    env = make_env(config, config.num_envs * (runs or 1))
+    env = make_env(config, config.num_envs * (runs or 1)) if env is None else own_env(env, config, runs)
     if config.norm_obs and not getattr(env, "tensor_obs", True):
         raise ValueError(f"norm_obs needs plain observation vectors; {config.env} observes a dict with masks")
+    if config.norm_obs and not getattr(env, "float_obs", True):
+        raise ValueError(f"norm_obs needs real-valued observations; {config.env}'s are integers or one-hot codes")
     plan = plan or decide(config, env, world.distributed, own is not None)
     built = Built(config, job, env, policy_for(config, env), make_optimizer(config), None, None, None, plan, world,
                   own, all_runs)

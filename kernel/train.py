@@ -232,13 +232,14 @@ class Trainer(NamedTuple):
 
 
 def make_train(config: Config, seeds=None, sweep: dict | None = None, world: World = SINGLE,
-               plan: Plan | None = None) -> Trainer:
+               plan: Plan | None = None, env=None) -> Trainer:
     """Build ``config`` once and return its functions. With ``seeds`` and/or ``sweep`` (``{"lr":
     [1e-4, 3e-4]}``) every swept setting with every seed trains as one vmapped group
     (:mod:`kernel.group`). ``world``: this process's data-parallel ranks; ``plan``: compile and fuse
-    as given instead of as :mod:`kernel.plan` decides."""
+    as given instead of as :mod:`kernel.plan` decides; ``env``: the caller's own env object (see
+    :func:`kernel.build.build`)."""
     group = None if seeds is None and not sweep else grid(list(seeds) if seeds is not None else [config.seed], sweep)
-    built = build(config, world, group, plan)
+    built = build(config, world, group, plan, env)
     return trainer(built)
 
 

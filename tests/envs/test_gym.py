@@ -89,3 +89,32 @@ def test_without_gymnasium_the_error_names_the_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "gymnasium", None)  # what an environment without the extra sees
     with pytest.raises(EnvOptionError, match=r'pip install -e "\.\[gym\]"'):
         envs.make("gym:Pendulum-v1", 1)
+
+
+def test_make_train_takes_the_callers_own_env_objects():
+    from gymnasium.vector import AutoresetMode
+
+    from envs.pendulum import Pendulum
+    from kernel import Config, make_train
+
+    config = Config(env="pendulum", num_envs=2, num_steps=8, total_steps=32, num_minibatches=1, compile=False)
+    ours = make_train(config, env=Pendulum(2)).train()
+    assert ours.progress.update == 2
+    vector = gym.make_vec("Pendulum-v1", num_envs=2, vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP})
+    theirs = make_train(config.replace(env="my-pendulum"), env=vector).train()
+    assert theirs.summary["env_steps"] == 32
+    with pytest.raises(EnvOptionError, match="SAME_STEP"):
+        make_train(config, env=gym.make_vec("Pendulum-v1", num_envs=2))
+    with pytest.raises(ValueError, match="the env has 3 sub-environments; the config asks for 2"):
+        make_train(config, env=Pendulum(3))
+
+
+def test_norm_obs_is_refused_where_observations_are_not_real_values():
+    from kernel import Config, make_train
+
+    with pytest.raises(ValueError, match="norm_obs needs real-valued observations"):
+        make_train(Config(env="gym:FrozenLake-v1", num_envs=2, num_steps=8, total_steps=16, num_minibatches=1,
+                          compile=False, norm_obs=True))
+    with pytest.raises(ValueError, match="norm_obs needs plain observation vectors"):
+        make_train(Config.for_env("seedbed", num_envs=2, num_steps=5, total_steps=10, num_minibatches=1,
+                                  compile=False, norm_obs=True))
