@@ -19,10 +19,11 @@ import envs
 from kernel import loss_scale, optim, rng
 from kernel.config import Config, validated
 from kernel.distributed import SINGLE, World
-from kernel.group import Group, policy_over_runs, stack
+from kernel.group import Group, policy_over_runs
 from kernel.group import validated as validated_group
 from kernel.hot import compile_hot, fused_options
 from kernel.iteration import Stages, iterate
+from kernel.loop import stacked
 from kernel.plan import Plan, decide
 from kernel.policy import Policy, make_policy
 from kernel.ppo import UNROLL_MAX_STEPS, gae, global_advantage_stats, make_grad_step, shuffle_units
@@ -234,6 +235,6 @@ def init_state(built: Built, seed=None) -> TrainState:
     per_run = (params, [to_device(built.optimizer.init(p)) for p in params],
                [loss_scale.for_precision(built.precision.needs_loss_scale, device=device) for _ in seeds],
                [k[2] for k in keys])
-    params, opt_state, scale, key = (stack(x) for x in per_run) if group is not None else (x[0] for x in per_run)
+    params, opt_state, scale, key = (stacked(x) for x in per_run) if group is not None else (x[0] for x in per_run)
     carry = built.rollout.init([rng.generator(rank_key(built, k[1])) for k in keys])
     return TrainState(params, opt_state, scale, carry, key, torch.zeros((), dtype=torch.int64, device=device))

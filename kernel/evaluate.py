@@ -57,7 +57,8 @@ def load_policy(path) -> tuple[Config, dict, dict]:
     check_matches({"params": expected}, {"params": sections["params"]}, path,
                   against=f"the {config.env} policy its config builds")
     norm = sections.get("carry", {}).get("norm", {})
-    if config.norm_obs:  # the statistics the run ended with (a data-parallel file holds them per rank)
-        stats = {k: v[0] if v.dim() > (0 if k == "count" else 1) else v for k, v in norm["obs"].items()}
+    if config.norm_obs:  # the statistics the run ended with
+        ranks = int(meta.get("world_size", 1)) > 1  # a data-parallel file stacks every rank's (equal) copy
+        stats = {k: v[0] if ranks else v for k, v in norm["obs"].items()}
         meta = dict(meta, obs_stats={k: v.to(torch.float64) for k, v in stats.items()})
     return config, sections["params"], meta

@@ -133,10 +133,6 @@ def policy_over_runs(policy: Policy, runs: int, num_envs: int) -> Policy:
     return policy._replace(step=step)
 
 
-def stack(trees: list):
-    return tree_map(lambda *xs: torch.stack(xs), *trees)
-
-
 def run_slice(state: TrainState, r: int, num_envs: int) -> TrainState:
     """Run ``r``'s state as a one-run :class:`TrainState` (loadable and resumable alone)."""
     take = lambda t: tree_map(lambda x: x[r], t)

