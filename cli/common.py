@@ -1,6 +1,8 @@
 """What every ``fkernel`` command shares: the console, one-line usage errors, option types."""
 from __future__ import annotations
 
+import json
+
 import click
 from rich.console import Console
 
@@ -98,7 +100,30 @@ def sweep(items: tuple) -> dict:
     return out
 
 
-def env_options(**given) -> dict | None:
-    """The env options given on the command line (``None`` when none was)."""
-    options = {k: v for k, v in given.items() if v is not None}
-    return options or None
+def option_value(text: str):
+    """A command-line option value: a JSON literal (``3``, ``0.5``, ``true``, ``[1, 2]``, ``null``),
+    Python's ``True``/``False``/``None``, or else the text itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return {"True": True, "False": False, "None": None}.get(text, text)
+
+
+def env_options(items: tuple, workers: int | None = None) -> dict | None:
+    """``("map_name=8x8", "is_slippery=false")`` (and ``--env-workers``) -> the env's keyword
+    options (``None`` when none was given)."""
+    out: dict = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key.isidentifier():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--env-option")
+        if key in out:
+            raise click.BadParameter(f"{key} is given twice", param_hint="--env-option")
+        out[key] = option_value(value)
+    if workers is not None:
+        if out.get("workers", workers) != workers:
+            raise click.BadParameter(f"--env-workers {workers} contradicts workers={out['workers']}",
+                                     param_hint="--env-option")
+        out["workers"] = workers
+    return out or None

@@ -51,12 +51,11 @@ def cli():
                    "[default: fp32]")
 @click.option("--policy", "policy_kind", type=click.Choice(["mlp", "lstm"]), default=None,
               help="Feed-forward or recurrent trunk. [default: the env's, mlp for cartpole, lstm for seedbed]")
-@click.option("--dataset", type=click.Choice(["shapes", "cifar10"]), default=None,
-              help="morpho: images the hosts learn, generated shapes or a local CIFAR-10 folder. [default: shapes]")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="morpho: folder holding cifar-10-batches-py/ (the CIFAR-10 python version, unpacked).")
-@click.option("--train-size", type=int, default=None, help="morpho: training images per host epoch. [default: 1024]")
-@click.option("--val-size", type=int, default=None, help="morpho: validation images. [default: 256]")
+@click.option("--env-option", "env_option", multiple=True, metavar="KEY=VALUE",
+              help="An option of the env, repeatable (values read as JSON where they parse, else text); for "
+                   "gym:ID, a keyword of gymnasium's make. `fkernel envs ENV` lists an env's options.")
+@click.option("--log-std-init", type=float, default=None,
+              help="Gaussian action heads: initial log standard deviation. [default: 0]")
 @click.option("--config-json", type=click.Path(dir_okay=False), default=None,
               help="JSON object of config keys; explicit flags override it.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -91,7 +90,7 @@ def cli():
               help="torch intra-op threads (results are bit-reproducible for a fixed thread count). "
                    "[default: torch's choice]")
 def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, no_compile, fuse, preset, norm_obs,
-          norm_reward, precision, policy_kind, dataset, data_dir, train_size, val_size, config_json, out,
+          norm_reward, precision, policy_kind, env_option, log_std_init, config_json, out,
           checkpoint_every, keep, resume, max_bad_steps, grad_table_every, telemetry_dir, tensorboard_dir, seed_list,
           sweeps, nproc, devices, env_workers, threads):
     """Train a PPO agent; defaults are PureJaxRL's CartPole configuration."""
@@ -110,8 +109,7 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, no
     flags = dict(env=env_name, num_envs=num_envs, num_steps=num_steps, total_steps=total_steps, seed=seed,
                  device=device, compile=compile_flag, precision=precision, policy=policy_kind, norm_obs=norm_obs,
                  norm_reward=norm_reward,
-                 env_options=common.env_options(dataset=dataset, data_dir=data_dir, train_size=train_size,
-                                                val_size=val_size, workers=env_workers),
+                 log_std_init=log_std_init, env_options=common.env_options(env_option, env_workers),
                  fuse=None if fuse is None else ("on" if fuse else "off"))
     for key, value in PRESETS.get(preset, {}).items():  # a preset's values, unless a flag gives one
         flags[key] = value if flags.get(key) is None else flags[key]
@@ -213,9 +211,16 @@ def eval_(checkpoint, episodes, stochastic, seed, as_json):
 
 
 @cli.command("envs")
-def list_envs():
-    """List the available environments."""
-    common.console().print(render.envs_table(envs.REGISTRY))
+@click.argument("env_name", required=False, metavar="[ENV]")
+def list_envs(env_name):
+    """List the environments, or ENV's options (`--env-option KEY=VALUE`) with their defaults."""
+    if env_name is None:
+        return common.console().print(render.envs_table(envs.REGISTRY))
+    try:
+        options = envs.options(env_name)
+    except ValueError as e:  # an unknown name or gymnasium id, gymnasium missing: one line
+        raise click.BadParameter(str(e), param_hint="ENV")
+    common.console().print(render.options_table(env_name, options))
 
 
 tools.register(cli)

@@ -1,9 +1,11 @@
 """rich rendering for the CLI: live training view and summary tables. No training logic here."""
 from __future__ import annotations
 
+import json
 import math
 
 from rich.console import Group
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -206,6 +208,18 @@ def envs_table(registry: dict) -> Table:
         env = cls(1)  # a one-env instance: specs may depend on constructor defaults
         heads = ", ".join(f"{h.name}({h.size})" for h in env.action_spec.heads)
         table.add_row(name, str(env.obs_dim), heads, cls.description)
+    return table
+
+
+def options_table(env_name: str, options: dict) -> Table:
+    """An env's options (``--env-option KEY=VALUE``) and their defaults."""
+    table = Table(title=f"options of {env_name}", caption="fkernel train --env-option KEY=VALUE")
+    table.add_column("option")
+    table.add_column("default")
+    for name, default in options.items():
+        table.add_row(name, escape(default if isinstance(default, str) else json.dumps(default, default=repr)))
+    if not options:
+        table.add_row("(none)", "")
     return table
 
 

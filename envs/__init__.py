@@ -2,9 +2,11 @@
 ``gym:ID`` names any gymnasium environment (:mod:`envs.gym`, the ``[gym]`` extra)."""
 from __future__ import annotations
 
+import inspect
+
 from envs.base import ActionSpec, Env, EnvOptionError, Head, Step
 from envs.cartpole import CartPole
-from envs.gym import PREFIX, GymEnv
+from envs.gym import PREFIX, GymEnv, make_options
 from envs.morpho import Morpho
 from envs.pendulum import Pendulum
 from envs.seedbed import Seedbed
@@ -28,15 +30,29 @@ def check_options(name: str, options: dict) -> None:
     """Raise :class:`EnvOptionError` naming the first option ``name``'s env cannot take."""
     if not known(name):
         raise ValueError(unknown_message(name))
+    if name.startswith(PREFIX):
+        return GymEnv.check_options(name[len(PREFIX):], **options)
     if not options:
         return
-    cls = GymEnv if name.startswith(PREFIX) else REGISTRY[name]
+    cls = REGISTRY[name]
     allowed = getattr(cls, "OPTIONS", ())
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         takes = f"takes only {', '.join(allowed)}" if allowed else "takes no options"
-        raise EnvOptionError(f"env {name} {takes}; got {', '.join(unknown)}")
+        raise EnvOptionError(f"env {name} {takes}; got {', '.join(unknown)} (see `fkernel envs {name}`)")
     cls.check_options(**options)
+
+
+def options(name: str) -> dict:
+    """The options ``name``'s env takes, each with its default (``envs.gym.REQUIRED`` where it has
+    none); for ``gym:ID``, ``workers`` and the keywords of gymnasium's ``make``."""
+    if not known(name):
+        raise ValueError(unknown_message(name))
+    if name.startswith(PREFIX):
+        return {"workers": 0, **make_options(name[len(PREFIX):])[0]}
+    cls = REGISTRY[name]
+    params = inspect.signature(cls).parameters
+    return {k: params[k].default for k in getattr(cls, "OPTIONS", ()) if k in params}
 
 
 def make(name: str, num_envs: int, device="cpu", **kwargs) -> Env:
@@ -49,4 +65,5 @@ def make(name: str, num_envs: int, device="cpu", **kwargs) -> Env:
     return REGISTRY[name](int(num_envs), device=device, **kwargs)
 
 
-__all__ = ["ActionSpec", "Env", "EnvOptionError", "Head", "Step", "check_options", "make", "names", "REGISTRY"]
+__all__ = ["ActionSpec", "Env", "EnvOptionError", "Head", "Step", "check_options", "make", "names", "options",
+           "REGISTRY"]

@@ -14,6 +14,8 @@ reproduces a run), but a checkpoint cannot hold them, and a resumed run starts f
 """
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 
@@ -29,6 +31,47 @@ def require_gymnasium():
     except ImportError:
         raise EnvOptionError('gym: envs need gymnasium: pip install -e ".[gym]"') from None
     return gymnasium
+
+
+# make's own keywords worth setting from the command line (the rest of make's are rendering and checks)
+MAKE_KEYWORDS = ("max_episode_steps",)
+# constructor keywords that mean nothing to training
+NOT_OPTIONS = ("self", "render_mode")
+REQUIRED = "(required)"
+
+
+def registered(env_id: str):
+    """gymnasium's spec of ``env_id``; an unknown id is an :class:`EnvOptionError` naming the
+    closest registered ids."""
+    gym = require_gymnasium()
+    try:
+        return gym.spec(env_id)
+    except gym.error.Error as e:
+        raise EnvOptionError(f"gymnasium cannot make {env_id!r}: {str(e).splitlines()[0]}{closest(env_id)}") from None
+
+
+def closest(env_id: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(env_id, list(require_gymnasium().registry), n=3, cutoff=0.6)
+    return f"; closest registered: {', '.join(close)}" if close else ""
+
+
+def make_options(env_id: str) -> tuple[dict, bool]:
+    """The keyword options ``env_id`` takes (``make``'s ``max_episode_steps`` and the env
+    constructor's keywords) with their defaults, the registered ones first; and whether the
+    constructor takes any other keyword too (``**kwargs``)."""
+    from gymnasium.envs.registration import load_env_creator
+
+    spec = registered(env_id)
+    options: dict = {"max_episode_steps": spec.max_episode_steps}
+    creator = spec.entry_point if callable(spec.entry_point) else load_env_creator(spec.entry_point)
+    params = inspect.signature(creator).parameters.values()
+    for p in params:
+        if p.name not in NOT_OPTIONS and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            options[p.name] = REQUIRED if p.default is p.empty else p.default
+    options.update(spec.kwargs)
+    return options, any(p.kind == p.VAR_KEYWORD for p in params)
 
 
 def action_spec(space) -> ActionSpec:
@@ -58,25 +101,24 @@ class GymEnv:
     compilable = False
     host_state = True  # the episodes live in the gymnasium objects, not in the returned state
     solved_return = None
-    OPTIONS = ("workers",)
+    OPTIONS = ("workers",)  # fkernel's own; every other option is a keyword of gymnasium's make
 
     def __init__(self, env_id: str, num_envs: int, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, workers: int = 0):
+                 dtype: torch.dtype = torch.float32, workers: int = 0, **make_kwargs):
         gym = require_gymnasium()
         from gymnasium.vector import AutoresetMode
 
         self.name, self.num_envs, self.device, self.dtype = PREFIX + env_id, num_envs, torch.device(device), dtype
         self.description = f"gymnasium {env_id} through its vector API"
         mode = "async" if workers else "sync"
+        registered(env_id)
         try:
             self.vector = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode,
-                                       vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP})
-        except gym.error.Error as e:
-            import difflib
-
-            close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
-            hint = f"; closest registered: {', '.join(close)}" if close else ""
-            raise EnvOptionError(f"gymnasium cannot make {env_id!r}: {str(e).splitlines()[0]}{hint}") from None
+                                       vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP}, **make_kwargs)
+        except Exception as e:  # the env's own constructor failing on the keywords given (any type): one line
+            given = f" with {make_kwargs}" if make_kwargs else ""
+            why = (str(e).splitlines() or [""])[0]
+            raise EnvOptionError(f"gymnasium cannot make {env_id!r}{given}: {type(e).__name__}: {why}") from None
         self._spaces()
 
     def _spaces(self) -> None:
@@ -105,9 +147,16 @@ class GymEnv:
         return env
 
     @staticmethod
-    def check_options(workers: int = 0) -> None:
-        if not isinstance(workers, int) or workers < 0:
+    def check_options(env_id: str, workers: int = 0, **make_kwargs) -> None:
+        """Raise :class:`EnvOptionError` on a bad ``workers`` or a keyword ``env_id`` does not take
+        (values are checked by gymnasium when the env is made)."""
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
             raise EnvOptionError(f"workers must be a non-negative integer, got {workers!r}")
+        takes, any_keyword = make_options(env_id)
+        unknown = sorted(set(make_kwargs) - set(takes))
+        if unknown and not any_keyword:
+            raise EnvOptionError(f"gym:{env_id} takes no option {', '.join(unknown)}; it takes "
+                                 f"{', '.join(sorted({*takes, 'workers'}))} (see `fkernel envs gym:{env_id}`)")
 
     def noise_shape(self) -> tuple:
         """One uniform per sub-environment: its seed at ``reset`` (steps need none)."""

@@ -24,6 +24,7 @@ from kernel.group import validated as validated_group
 from kernel.hot import compile_hot, fused_options
 from kernel.iteration import Stages, iterate
 from kernel.loop import stacked
+from kernel.normalize import combined, running_init
 from kernel.plan import Plan, decide
 from kernel.policy import Policy, make_policy
 from kernel.ppo import UNROLL_MAX_STEPS, gae, global_advantage_stats, make_grad_step, shuffle_units
@@ -74,8 +75,12 @@ def policy_for(config: Config, env, precision=None) -> Policy:
     if unknown:
         raise ValueError(f"ent_coef_heads names unknown head(s) {', '.join(unknown)}; "
                          f"{config.env} has {', '.join(sorted(names))}")
+    if config.log_std_init is not None and not any(h.kind == "gaussian" for h in env.action_spec.heads):
+        raise ValueError(f"log_std_init applies to Gaussian action heads; {config.env} has only categorical "
+                         f"ones ({', '.join(sorted(names))})")
+    log_std = 0.0 if config.log_std_init is None else config.log_std_init
     return make_policy(env.obs_dim, env.action_spec, config.hidden, config.activation,
-                       precision or config.precision, config.policy, config.lstm_size)
+                       precision or config.precision, config.policy, config.lstm_size, log_std)
 
 
 def make_env(config: Config, num_envs: int | None = None):
@@ -237,4 +242,7 @@ def init_state(built: Built, seed=None) -> TrainState:
                [k[2] for k in keys])
     params, opt_state, scale, key = (stacked(x) for x in per_run) if group is not None else (x[0] for x in per_run)
     carry = built.rollout.init([rng.generator(rank_key(built, k[1])) for k in keys])
+    if "norm" in carry and built.world.distributed and group is None:  # every rank's reset observations
+        fresh = lambda stats: running_init(tuple(stats["mean"].shape), device)
+        carry = dict(carry, norm={k: combined(fresh(v), v, built.world) for k, v in carry["norm"].items()})
     return TrainState(params, opt_state, scale, carry, key, torch.zeros((), dtype=torch.int64, device=device))

@@ -38,6 +38,7 @@ class Config:
     norm_adv: bool = True
     norm_obs: bool = False  # observations standardized by running statistics (kept in the state), clipped at 10
     norm_reward: bool = False  # rewards divided by the running std of a discounted return, clipped at 10
+    log_std_init: float | None = None  # Gaussian heads' initial log std (None: 0, std 1); refused without one
     hidden: tuple = (64, 64)
     activation: str = "tanh"
     policy: str = "mlp"  # "mlp" or "lstm"
@@ -131,6 +132,10 @@ def validated(config: Config) -> Config:
     for name in ("gamma", "gae_lambda"):
         if not 0.0 <= getattr(config, name) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(config, name)!r}")
+    if config.log_std_init is not None and (
+            isinstance(config.log_std_init, bool) or not isinstance(config.log_std_init, (int, float))
+            or not math.isfinite(config.log_std_init)):
+        raise ValueError(f"log_std_init must be a finite number, got {config.log_std_init!r}")
     if not config.hidden or any(not isinstance(h, int) or h < 1 for h in config.hidden):
         raise ValueError(f"hidden must be a non-empty list of positive integers, got {list(config.hidden)!r}")
     if config.policy not in ("mlp", "lstm"):
@@ -177,6 +182,9 @@ def from_dict(values: dict, base: Config | None = None) -> Config:
             if not isinstance(value, (str, Precision)):
                 raise ValueError(f"config key 'precision' must be a string such as 'bf16', got {value!r}")
             continue  # parsed by validated()
+        if name == "log_std_init":  # optional: None or a number (checked by validated())
+            values[name] = float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+            continue
         expected = type(getattr(base or Config(), name))
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             values[name] = float(value)

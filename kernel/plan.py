@@ -25,7 +25,8 @@ from kernel.hot import cpp_wrapper_compiles_scan
 EAGER_RUN_LIMIT_S = 60.0
 # Keys that never shape a graph: values that enter the compiled steps as tensors, and the run's
 # length, seed and plan.
-NOT_IN_GRAPHS = (*SWEEPABLE, "total_steps", "seed", "compile", "fuse", "device")
+# log_std_init sets initial values only, not a graph
+NOT_IN_GRAPHS = (*SWEEPABLE, "total_steps", "seed", "compile", "fuse", "device", "log_std_init")
 
 
 class Plan(NamedTuple):

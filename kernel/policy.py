@@ -45,7 +45,8 @@ def masks(obs):
 
 
 def make_policy(obs_dim: int, spec, hidden=(64, 64), activation: str = "tanh",
-                precision: Precision = PRESETS["fp32"], kind: str = "mlp", lstm_size: int = 64) -> Policy:
+                precision: Precision = PRESETS["fp32"], kind: str = "mlp", lstm_size: int = 64,
+                log_std_init: float = 0.0) -> Policy:
     if kind not in ("mlp", "lstm"):
         raise ValueError(f"policy must be 'mlp' or 'lstm', got {kind!r}")
     continuous = [h.name for h in spec.heads if h.kind == "gaussian"]
@@ -68,7 +69,7 @@ def make_policy(obs_dim: int, spec, hidden=(64, 64), activation: str = "tanh",
 
     def head_init(generator, h):
         p = nn.linear_init(generator, out_dim, h.size, nn.POLICY_GAIN)
-        return dict(p, log_std=torch.zeros(h.size)) if h.kind == "gaussian" else p
+        return dict(p, log_std=torch.full((h.size,), float(log_std_init))) if h.kind == "gaussian" else p
 
     def init(generator: torch.Generator) -> dict:
         if kind == "mlp":

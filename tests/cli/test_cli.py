@@ -132,6 +132,20 @@ def test_envs_lists_cartpole():
     assert result.exit_code == 0 and "cartpole" in result.output
 
 
+def test_envs_lists_an_envs_options_with_their_defaults():
+    lake = invoke("envs", "gym:FrozenLake-v1")
+    assert lake.exit_code == 0, lake.output
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in lake.output.splitlines()
+            if line.count("│") == 3}
+    # the registered keyword over the constructor's, make's time limit, and fkernel's own
+    assert rows["map_name"] == "4x4" and rows["is_slippery"] == "true" and rows["max_episode_steps"] == "100"
+    assert rows["workers"] == "0"
+    morpho = invoke("envs", "morpho")
+    assert morpho.exit_code == 0 and "dataset" in morpho.output and "shapes" in morpho.output
+    assert_usage_error(invoke("envs", "gym:FrozenLake-v9"), "closest registered: FrozenLake-v1")
+    assert_usage_error(invoke("envs", "nosuch"), "unknown env 'nosuch'")
+
+
 def test_telemetry_jsonl_and_grad_table(tmp_path):
     out, tel = tmp_path / "run", tmp_path / "tel"
     result = CliRunner().invoke(cli, ["train", *TINY, "--out", str(out), "--telemetry-dir", str(tel),
@@ -263,16 +277,20 @@ def test_bad_seeds_and_sweeps_are_usage_errors(args, needles, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-MORPHO = ["--env", "morpho", "--num-envs", "4", "--num-steps", "3", "--total-steps", "24", "--train-size", "64",
-          "--val-size", "16"]
+MORPHO = ["--env", "morpho", "--num-envs", "4", "--num-steps", "3", "--total-steps", "24", "--env-option",
+          "train_size=64", "--env-option", "val_size=16"]
 
 
 @pytest.mark.parametrize("args, needles", [
-    (["--dataset", "cifar10"], ["cifar10 needs a data folder"]),
-    (["--dataset", "cifar10", "--data-dir", "."], ["no CIFAR-10 in", "cifar-10-batches-py/", "data_batch_1"]),
-    (["--dataset", "mnist"], ["mnist", "shapes", "cifar10"]),
-    (["--train-size", "0"], ["train_size", "positive"]),
-    (["--val-size", "0"], ["val_size", "positive"]),
+    (["--env-option", "dataset=cifar10"], ["cifar10 needs a data folder"]),
+    (["--env-option", "dataset=cifar10", "--env-option", "data_dir=."],
+     ["no CIFAR-10 in", "cifar-10-batches-py/", "data_batch_1"]),
+    (["--env-option", "dataset=mnist"], ["mnist", "shapes", "cifar10"]),
+    (["--env-option", "train_size=0"], ["train_size", "positive"]),
+    (["--env-option", "val_size=0"], ["val_size", "positive"]),
+    (["--env-option", "colour=1"], ["env morpho takes only dataset", "got colour", "fkernel envs morpho"]),
+    (["--env-option", "train_size"], ["'train_size' is not KEY=VALUE"]),
+    (["--env-option", "slots=2", "--env-option", "slots=3"], ["slots is given twice"]),
 ])
 def test_morpho_rejects_bad_data_requests(args, needles, tmp_path):
     result = invoke("train", "--env", "morpho", *args, "--out", str(tmp_path / "run"))
@@ -281,7 +299,7 @@ def test_morpho_rejects_bad_data_requests(args, needles, tmp_path):
 
 
 def test_data_options_belong_to_morpho(tmp_path):
-    assert_usage_error(invoke("train", "--dataset", "shapes", "--out", str(tmp_path / "run")),
+    assert_usage_error(invoke("train", "--env-option", "dataset=shapes", "--out", str(tmp_path / "run")),
                        "env cartpole takes no options", "dataset")
 
 
@@ -321,8 +339,8 @@ def test_morpho_rejects_a_malformed_cifar_folder(tmp_path):
     folder.mkdir(parents=True)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
         (folder / name).write_bytes(b"not a pickle")
-    result = invoke("train", *MORPHO, "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"),
-                    "--out", str(tmp_path / "run"))
+    result = invoke("train", *MORPHO, "--env-option", "dataset=cifar10", "--env-option",
+                    f"data_dir={tmp_path / 'data'}", "--out", str(tmp_path / "run"))
     assert_usage_error(result, "malformed CIFAR-10 files")
     assert not (tmp_path / "run").exists()
 
@@ -380,6 +398,47 @@ def test_a_gymnasium_env_trains_and_evaluates(tmp_path, workers):
     evaluated = invoke("eval", str(out / "params.safetensors"), "--episodes", "2", "--json")
     assert evaluated.exit_code == 0, evaluated.output
     assert json.loads(evaluated.output)["episodes"] == 2
+
+
+def test_a_gymnasium_env_takes_makes_keywords_and_eval_uses_them(tmp_path):
+    out = tmp_path / "run"
+    result = invoke("train", "--env", "gym:Pendulum-v1", "--env-option", "max_episode_steps=8", "--env-option",
+                    "g=9.81", "--num-envs", "2", "--num-steps", "16", "--total-steps", "64", "--no-compile",
+                    "--log-std-init", "-0.5", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["env_options"] == {"max_episode_steps": 8, "g": 9.81} and config["log_std_init"] == -0.5
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["episodes_in_window"] == 64 // 8  # every episode cut at 8 steps
+    evaluated = invoke("eval", str(out / "params.safetensors"), "--episodes", "2", "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    # Pendulum's reward is at least -16.3 a step: only 8-step episodes stay above this
+    assert json.loads(evaluated.output)["mean_return"] >= -16.3 * 8
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--env", "gym:Pendulum-v1", "--env-option", "gravity=3"], ["takes no option gravity", "g, max_episode_steps"]),
+    (["--env", "gym:FrozenLake-v1", "--env-option", "map_name=9x9"], ["cannot make 'FrozenLake-v1'", "9x9"]),
+    (["--env", "gym:CartPole-v1", "--env-option", "workers=1", "--env-workers", "2"],
+     ["--env-workers 2 contradicts workers=1"]),
+    (["--log-std-init", "0.5"], ["log_std_init applies to Gaussian action heads", "cartpole"]),
+    (["--env", "gym:CartPole-v1", "--log-std-init", "0.5"], ["log_std_init applies to Gaussian action heads"]),
+    (["--env", "gym:CartPole-v9"], ["gymnasium cannot make 'CartPole-v9'", "closest registered: CartPole-v1"]),
+    (["--env", "gym:Blackjack-v1"], ["observation space Tuple(", "is not supported"]),
+    (["--env", "gym:FrozenLake-v1", "--norm-obs"], ["norm_obs needs real-valued observations"]),
+])
+def test_bad_env_options_are_usage_errors_that_write_nothing(args, needles, tmp_path):
+    assert_usage_error(invoke("train", *args, "--out", str(tmp_path / "run")), *needles)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_gym_env_without_the_extra_is_a_usage_error_naming_the_install(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gymnasium", None)  # what an environment without the extra sees
+    assert_usage_error(invoke("train", "--env", "gym:Pendulum-v1", "--out", str(tmp_path / "run")),
+                       'pip install -e ".[gym]"')
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_gymnasium_env_trains_as_a_group_of_seeds(tmp_path):

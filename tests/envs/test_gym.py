@@ -118,3 +118,38 @@ def test_norm_obs_is_refused_where_observations_are_not_real_values():
     with pytest.raises(ValueError, match="norm_obs needs plain observation vectors"):
         make_train(Config.for_env("seedbed", num_envs=2, num_steps=5, total_steps=10, num_minibatches=1,
                                   compile=False, norm_obs=True))
+
+
+def test_a_rollout_through_the_adapter_equals_gymnasium_stepped_by_hand():
+    """Pendulum cut at 5 steps, rolled out for 12 through the adapter, against two gymnasium
+    Pendulums stepped by hand with the rollout's own actions: observations, rewards and flags
+    equal, and each truncated step bootstraps from the value of the observation it ended on."""
+    from envs.gym import SEED_RANGE
+    from kernel.policy import make_policy
+    from kernel.rollout import draw, make_rollout
+
+    n, steps, limit = 2, 12, 5
+    env = envs.make("gym:Pendulum-v1", n, max_episode_steps=limit)
+    policy = make_policy(env.obs_dim, env.action_spec, hidden=(8,))
+    params = policy.init(torch.Generator().manual_seed(1))
+    rollout = make_rollout(env, policy, steps)
+    generator = torch.Generator().manual_seed(2)
+    carry = rollout.init(generator)
+    _, traj = rollout.segment(params, carry, *rollout.noise(generator), scanned=False)
+
+    seeds = (draw((n, 1), torch.Generator().manual_seed(2), "cpu")[:, 0].double() * SEED_RANGE).long().tolist()
+    by_hand = [gym.make("Pendulum-v1", max_episode_steps=limit) for _ in range(n)]
+    obs = [e.reset(seed=s)[0] for e, s in zip(by_hand, seeds)]
+    value = lambda o: policy.step(params, torch.as_tensor(np.stack(o)), {}, None)[1]
+    for t in range(steps):
+        assert torch.equal(traj["obs"][t], torch.as_tensor(np.stack(obs))), t
+        actions = traj["actions"]["action"][t].clamp(-2, 2).double().numpy()
+        results = [e.step(a.astype(np.float32)) for e, a in zip(by_hand, actions)]
+        final = [r[0] for r in results]
+        assert torch.equal(traj["rewards"][t], torch.tensor([r[1] for r in results], dtype=torch.float32))
+        assert traj["truncated"][t].tolist() == [r[3] for r in results] == [(t + 1) % limit == 0] * n
+        assert not traj["terminated"][t].any()
+        torch.testing.assert_close(traj["next_values"][t], value(final), rtol=0, atol=1e-6)
+        obs = [e.reset()[0] if r[3] else r[0] for e, r in zip(by_hand, results)]  # SAME_STEP autoreset
+        if (t + 1) % limit == 0:  # the reset observation is not what the truncated step bootstraps from
+            assert not torch.allclose(value(final), value(obs))

@@ -45,4 +45,30 @@ for update in range(K):
         assert unchanged, f"rank {world.rank} changed params on a step another rank found non-finite"
 skipped = optim.skipped_steps(state.opt_state).reshape(1)
 save_file(flatten_with_paths({"params": state.params, "skipped": skipped}), out / f"poisoned-{world.rank}.st")
+
+# Normalized observations and rewards: each rank records the raw observations, rewards and
+# terminations its own envs produced, and saves the statistics it ended with.
+train = T.make_train(CONFIG.replace(norm_obs=True, norm_reward=True), world=world)
+env, seen = train.built.env, {"obs": [], "reward": [], "terminated": [], "truncated": []}
+
+
+def reset(noise, real=env.reset):
+    state, obs = real(noise)
+    seen["obs"].append(obs.clone())
+    return state, obs
+
+
+def step(state, action, noise, real=env.step):
+    result = real(state, action, noise)
+    for k in seen:
+        seen[k].append(getattr(result, k).clone())
+    return result
+
+
+env.reset, env.step = reset, step
+state = train.init()
+for _ in range(K):
+    state, _ = train.iteration(state)
+saved = {k: torch.stack(v) if k != "obs" else torch.cat(v) for k, v in seen.items()}
+save_file(flatten_with_paths({"norm": state.carry["norm"], "seen": saved}), out / f"norm-{world.rank}.st")
 distributed.leave()

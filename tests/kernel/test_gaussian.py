@@ -81,6 +81,8 @@ def test_the_policy_gives_a_state_independent_log_std(gen):
     out, _, _ = policy.step(params, torch.randn(4, 3, generator=gen), {}, None)
     assert out["torque"].shape == (4, 2, 2) and out["torque"].dtype == torch.float32
     assert torch.equal(out["torque"][..., 1], torch.zeros(4, 2))
+    shifted = make_policy(3, spec, hidden=(8,), log_std_init=-0.5).init(torch.Generator().manual_seed(0))
+    assert torch.equal(shifted["heads"]["torque"]["log_std"], torch.full((2,), -0.5))
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
