@@ -40,7 +40,8 @@ def cli():
                    "compile]")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
               help="A named set of config values, applied like flags (explicit flags override them; "
-                   "cartpole-gpu: 2048 CartPole envs on CUDA; pendulum: Pendulum-v1 on the CPU).")
+                   "cartpole-gpu: 2048 CartPole envs on CUDA; pendulum: Pendulum-v1 on the CPU; mujoco: CleanRL's "
+                   "continuous PPO settings, gym:HalfCheetah-v5 unless --env says).")
 @click.option("--norm-obs/--no-norm-obs", default=None,
               help="Standardize observations by running statistics kept in the run's state (clipped at 10). "
                    "[default: off]")

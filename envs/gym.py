@@ -126,8 +126,11 @@ class GymEnv:
         self.action_spec = action_spec(self.act_space)
         self.obs_dim = obs_size(self.obs_space)
         # what norm_obs may standardize: real-valued observations, not indices or bits
-        self.float_obs = isinstance(self.obs_space, require_gymnasium().spaces.Box) and \
-            np.issubdtype(self.obs_space.dtype, np.floating)
+        spaces = require_gymnasium().spaces
+        self.float_obs = isinstance(self.obs_space, spaces.Box) and np.issubdtype(self.obs_space.dtype, np.floating)
+        self.one_hot = isinstance(self.obs_space, spaces.Discrete)
+        self.np_dtype = torch.empty((), dtype=self.dtype).numpy().dtype
+        self.box, self.discrete = (isinstance(self.act_space, c) for c in (spaces.Box, spaces.Discrete))
 
     @classmethod
     def wrap(cls, vector, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> GymEnv:
@@ -163,11 +166,18 @@ class GymEnv:
         return (self.num_envs, 1)
 
     def observe(self, obs) -> torch.Tensor:
-        spaces = require_gymnasium().spaces
+        """Observations as a float tensor of ``[rows, obs_dim]`` (always a copy: the vector env may
+        reuse its buffers)."""
         obs = np.asarray(obs)
-        if isinstance(self.obs_space, spaces.Discrete):
+        if self.one_hot:
             obs = np.eye(self.obs_space.n, dtype=np.float32)[obs - self.obs_space.start]
-        return torch.as_tensor(obs.reshape(self.num_envs, -1), dtype=self.dtype, device=self.device)
+        obs = np.ascontiguousarray(obs, dtype=self.np_dtype).reshape(len(obs), -1)
+        return self.tensor(obs)
+
+    def tensor(self, x: np.ndarray) -> torch.Tensor:
+        """A copy of ``x`` on the env's device (the vector env may reuse its arrays)."""
+        x = torch.from_numpy(x.copy())
+        return x if self.device.type == "cpu" else x.to(self.device)
 
     def reset(self, noise: torch.Tensor):
         seeds = (noise[:, 0].double() * SEED_RANGE).long().tolist()
@@ -175,11 +185,10 @@ class GymEnv:
         return torch.zeros(self.num_envs, dtype=torch.int64, device=self.device), self.observe(obs)
 
     def to_env(self, action: dict):
-        spaces = require_gymnasium().spaces
-        if isinstance(self.act_space, spaces.Box):
-            a = action["action"].detach().to("cpu", torch.float64).numpy()
-            return a.reshape(self.num_envs, *self.act_space.shape).astype(self.act_space.dtype)
-        if isinstance(self.act_space, spaces.Discrete):
+        if self.box:
+            a = action["action"].detach().cpu().numpy()
+            return a.reshape(self.num_envs, *self.act_space.shape).astype(self.act_space.dtype, copy=False)
+        if self.discrete:
             return action["action"].cpu().numpy() + int(self.act_space.start)
         return np.stack([action[h.name].cpu().numpy() for h in self.action_spec.heads], axis=-1)
 
@@ -189,21 +198,16 @@ class GymEnv:
         obs, reward, terminated, truncated, info = self.vector.step(self.to_env(action))
         obs = self.observe(obs)
         done = np.logical_or(terminated, truncated)
-        final = obs.clone()
+        final = obs.clone()  # a tensor of its own either way, so compiled consumers see no aliasing
         if done.any():  # the observation each finished sub-environment ended on, before its reset
             ended = np.flatnonzero(done)
-            final[torch.as_tensor(ended)] = self.observe_rows(info["final_obs"][ended])
-        as_bool = lambda x: torch.as_tensor(np.asarray(x, dtype=bool), device=self.device)
-        t = torch.where(as_bool(done), 0, state + 1)
-        return Step(t, obs, torch.as_tensor(np.asarray(reward), dtype=self.dtype, device=self.device),
-                    as_bool(terminated), as_bool(truncated), final)
-
-    def observe_rows(self, rows) -> torch.Tensor:
-        stacked = np.stack(list(rows))
-        spaces = require_gymnasium().spaces
-        if isinstance(self.obs_space, spaces.Discrete):
-            stacked = np.eye(self.obs_space.n, dtype=np.float32)[stacked - self.obs_space.start]
-        return torch.as_tensor(stacked.reshape(len(rows), -1), dtype=self.dtype, device=self.device)
+            final[torch.from_numpy(ended)] = self.observe(np.stack(list(info["final_obs"][ended])))
+        # the step count within the episode, as the torch-native envs return it (host-side: the
+        # gymnasium objects hold the episode, this is only what the kernel is told)
+        t = np.where(done, 0, state.cpu().numpy() + 1)
+        return Step(self.tensor(t), obs, self.tensor(np.asarray(reward, dtype=self.np_dtype)),
+                    self.tensor(np.asarray(terminated, dtype=bool)), self.tensor(np.asarray(truncated, dtype=bool)),
+                    final)
 
     def close(self) -> None:
         self.vector.close()

@@ -193,10 +193,10 @@ def build(config: Config, world: World = SINGLE, group: Group | None = None, pla
 
 def rollout_for(config: Config, env, policy: Policy, runs: int | None, compiled: bool) -> Rollout:
     acting = policy_over_runs(policy, runs, env.num_envs) if runs else policy
-    if compiled and getattr(env, "host_state", False):  # an env stepping on the host: the policy step compiles
-        acting = acting._replace(step=compile_hot(acting.step, config.device))
+    # an env stepping on the host: what each acting step does before and after it compiles
+    hot = partial(compile_hot, device=config.device) if compiled and getattr(env, "host_state", False) else None
     return make_rollout(env, acting, config.num_steps, runs=runs or 1, norm_obs=config.norm_obs,
-                        norm_reward=config.norm_reward, gamma=config.gamma)
+                        norm_reward=config.norm_reward, gamma=config.gamma, hot=hot)
 
 
 def with_plan(built: Built, plan: Plan) -> Built:

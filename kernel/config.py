@@ -98,6 +98,12 @@ PRESETS = {
     # and scaled rewards; no entropy bonus (the Gaussian's own std explores).
     "pendulum": dict(env="pendulum", num_envs=16, num_steps=128, total_steps=500_000, update_epochs=10,
                      num_minibatches=16, lr=1e-3, gamma=0.9, gae_lambda=0.95, ent_coef=0.0, norm_reward=True),
+    # CleanRL's continuous PPO (ppo_continuous_action.py) for gymnasium's MuJoCo tasks: one env,
+    # long segments, many small minibatches, normalized observations and rewards, no entropy bonus.
+    "mujoco": dict(env="gym:HalfCheetah-v5", num_envs=1, num_steps=2048, total_steps=1_000_000, update_epochs=10,
+                   num_minibatches=32, lr=3e-4, anneal_lr=True, gamma=0.99, gae_lambda=0.95, clip_coef=0.2,
+                   clip_vloss=True, ent_coef=0.0, vf_coef=0.5, max_grad_norm=0.5, norm_adv=True, norm_obs=True,
+                   norm_reward=True, hidden=(64, 64), activation="tanh", policy="mlp"),
 }
 POSITIVE_INTS = ("num_envs", "num_steps", "total_steps", "update_epochs", "num_minibatches")
 FLOATS = ("lr", "adam_eps", "max_grad_norm", "gamma", "gae_lambda", "clip_coef", "ent_coef", "vf_coef")

@@ -43,7 +43,8 @@ def normal(shape, generator, device, dtype=torch.float32):
 
 
 def make_rollout(env, policy: Policy, num_steps: int, greedy: bool = False, runs: int = 1, norm_obs: bool = False,
-                 norm_reward: bool = False, gamma: float = 0.99, obs_stats: dict | None = None) -> Rollout:
+                 norm_reward: bool = False, gamma: float = 0.99, obs_stats: dict | None = None,
+                 hot: Callable | None = None) -> Rollout:
     """``greedy``: act with each head's most likely valid action instead of sampling (evaluation).
 
     ``norm_obs`` / ``norm_reward`` (:mod:`kernel.normalize`): the policy sees observations
@@ -51,6 +52,10 @@ def make_rollout(env, policy: Policy, num_steps: int, greedy: bool = False, runs
     update sees rewards scaled by the running std of a ``gamma``-discounted return; both live in
     the carry (``carry["norm"]``, ``carry["ret_acc"]``). Episode returns stay raw. ``obs_stats``:
     fixed observation statistics to normalize with, never updated (evaluation).
+
+    ``hot``: for an env stepped on the host (whose steps no graph can hold), a transform such as
+    :func:`kernel.hot.compile_hot` applied to the two halves of each acting step, the policy's
+    decision before the env step and the bookkeeping after it.
 
     ``runs`` > 1: the env's sub-environments are ``runs`` equal blocks, one per run of a group
     (``policy`` acts each block with its own params, see :func:`kernel.group.policy_over_runs`),
@@ -101,15 +106,21 @@ def make_rollout(env, policy: Policy, num_steps: int, greedy: bool = False, runs
         # segment then sees the same aliasing on every call and never recompiles.
         return unaliased(carry)
 
-    def act(params, carry, action_noise, env_noise):
+    def decide(params, carry, action_noise):
+        """What the policy does at ``carry``'s observation: actions (sampled, or greedy), their
+        log-probs, the value, the next hidden state, and the actions as the env takes them."""
         logits, value, hidden = policy.step(params, carry["obs"], carry["hidden"], carry["start"])
         obs_masks = masks(carry["obs"])
         if greedy:
             actions = heads.greedy(spec, logits, obs_masks)
         else:
             actions = heads.sample(spec, logits, action_noise, obs_masks)
-        head_logp = heads.log_probs(spec, logits, actions, obs_masks)
-        step = env.step(carry["env"], heads.into_env(spec, actions), env_noise)
+        return {"actions": actions, "head_logp": heads.log_probs(spec, logits, actions, obs_masks), "value": value,
+                "hidden": hidden, "into_env": heads.into_env(spec, actions)}
+
+    def advance(carry, decided, step):
+        """The carry after the env took ``decided``'s actions and answered ``step``, and the
+        step's record."""
         done = step.terminated | step.truncated
         ep_return = carry["ep_return"] + step.reward.float()
         reward, norm = step.reward.float(), carry.get("norm")
@@ -119,18 +130,19 @@ def make_rollout(env, policy: Policy, num_steps: int, greedy: bool = False, runs
             norm = dict(norm, ret=N.running_update(norm["ret"], by_run(acc), axis))
             reward = all_envs(N.scaled_reward(by_run(step.reward.float()), over_envs(norm["ret"])))
         ep_length = carry["ep_length"] + 1
+        head_logp = decided["head_logp"]
         record = {
             "obs": carry["obs"],
             "starts": carry["start"],
-            "actions": actions,
+            "actions": decided["actions"],
             "head_logp": head_logp,
             "logp": sum(head_logp.values()),
-            "values": value,
+            "values": decided["value"],
             "rewards": reward,
             "terminated": step.terminated,
             "truncated": step.truncated,
             "final_obs": final_obs,
-            "hidden_after": hidden,
+            "hidden_after": decided["hidden"],
             "episode_return": ep_return,
             "episode_length": ep_length,
         }
@@ -139,7 +151,7 @@ def make_rollout(env, policy: Policy, num_steps: int, greedy: bool = False, runs
             "obs": obs,
             "ep_return": torch.where(done, torch.zeros_like(ep_return), ep_return),
             "ep_length": torch.where(done, torch.zeros_like(ep_length), ep_length),
-            "hidden": hidden,
+            "hidden": decided["hidden"],
             "start": done,
         }
         if norm is not None:
@@ -147,6 +159,13 @@ def make_rollout(env, policy: Policy, num_steps: int, greedy: bool = False, runs
         if norm_reward:
             carry["ret_acc"] = torch.where(done, torch.zeros_like(acc), acc)
         return carry, record
+
+    # An env stepped on the host splits each step in two graphs around it (``hot``, compiled).
+    hot_decide, hot_advance = (hot(decide), hot(advance)) if hot is not None else (decide, advance)
+
+    def act(params, carry, action_noise, env_noise):
+        decided = hot_decide(params, carry, action_noise)
+        return hot_advance(carry, decided, env.step(carry["env"], decided["into_env"], env_noise))
 
     def bootstrap(params, traj):
         """Value of the observation each step really led to (pre-reset), with the state after that
