@@ -6,10 +6,12 @@ baseline (``benchmarks/cleanrl_continuous.py``) measured in the same run.
 
 Every run is a fresh process at ``--threads 1``, one after another, nothing else timed meanwhile:
 
-1. ``baseline``: the CleanRL-style port, 100k steps per env (its env steps/s; its returns are
-   CleanRL's published ones).
-2. ``speed``: fkernel, the same 3 seeds one after another and as one vmapped group, 100k steps each.
-3. ``returns``: fkernel, the 3 seeds as one vmapped group, 1M steps each; per seed the mean raw
+``--phases`` runs these in the order given (default: ``returns,speed``):
+
+1. ``speed``: per env, 100k steps a run: the CleanRL-style port and fkernel in turn, one pair per
+   seed (so that the machine's drift over minutes falls on both alike), then the 3 seeds as one
+   vmapped group. The baseline's returns are CleanRL's published ones; only its env steps/s count.
+2. ``returns``: fkernel, the 3 seeds as one vmapped group, 1M steps each; per seed the mean raw
    return of its last 100 training episodes and a greedy evaluation of 10 episodes.
 
 Needs the ``[mujoco]`` extra. The JSON is rewritten after every run, so an interrupted benchmark
@@ -55,12 +57,14 @@ def train(env: str, out: Path, steps: int, seeds: tuple, threads: int) -> dict:
             "sps_steady": steady_sps(out, len(seeds)), "summary": summary}
 
 
-def steady_sps(out: Path, runs: int) -> float:
+def steady_sps(out: Path, runs: int) -> float | None:
     """Env steps/s after the first update (which holds the compile), from the telemetry; a
     group's runs' steps together."""
     folder = out if runs == 1 else out / "run-0"
     rows = [json.loads(line) for line in (folder / "telemetry.jsonl").read_text().splitlines()]
     first, last = rows[0], rows[-1]
+    if len(rows) < 2:
+        return None
     return runs * (last["env_steps"] - first["env_steps"]) / (last["time_s"] - first["time_s"])
 
 
@@ -70,9 +74,9 @@ def evaluate(params: Path, episodes: int) -> float:
     return json.loads(out.stdout)["mean_return"]
 
 
-def baseline(env: str, steps: int, threads: int) -> dict:
+def baseline(env: str, steps: int, seed: int, threads: int) -> dict:
     out = subprocess.run([sys.executable, "-m", "benchmarks.cleanrl_continuous", "--env-id", env, "--total-steps",
-                          str(steps), "--seed", "1", "--threads", str(threads)], cwd=ROOT, check=True,
+                          str(steps), "--seed", str(seed), "--threads", str(threads)], cwd=ROOT, check=True,
                          capture_output=True, text=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     return {k: result[k] for k in ("env_steps", "wall_s", "sps", "mean_return_last100", "num_episodes")}
@@ -84,7 +88,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1_000_000)
     p.add_argument("--speed-steps", type=int, default=100_000)
     p.add_argument("--envs", default=",".join(ENVS))
-    p.add_argument("--phases", default="baseline,speed,returns")
+    p.add_argument("--phases", default="returns,speed")
     p.add_argument("--out", default="benchmarks/results/mujoco.json")
     p.add_argument("--keep", default=None, help="folder for the run folders (default: a temporary one)")
     args = p.parse_args()
@@ -100,36 +104,40 @@ def main() -> None:
         record["benchmark_wall_s"] = time.perf_counter() - started
         write_record(args.out, record)
 
-    for env in envs:
-        row = record["envs"].setdefault(env, {})
-        if "baseline" in phases:
-            row["baseline"] = baseline(env, args.speed_steps, args.threads)
-            print(env, "baseline", json.dumps(row["baseline"]), flush=True)
+    for phase in phases:  # in the order given
+        for env in envs:
+            row = record["envs"].setdefault(env, {})
+            if phase == "speed":
+                row["speed"] = speed(env, work, args)
+            elif phase == "returns":
+                row["returns"] = returns(env, work, args)
+            else:
+                raise SystemExit(f"unknown phase {phase!r}: speed or returns")
+            print(env, phase, json.dumps(row[phase]), flush=True)
             save()
-        if "speed" in phases:
-            one_by_one = [train(env, work / f"{env}-speed-seed{s}", args.speed_steps, (s,), args.threads)
-                          for s in SEEDS]
-            group = train(env, work / f"{env}-speed-group", args.speed_steps, SEEDS, args.threads)
-            for r in (*one_by_one, group):
-                r.pop("summary")
-            row["speed"] = {"one_by_one": one_by_one, "group": group}
-            print(env, "speed", json.dumps(row["speed"]), flush=True)
-            save()
-    for env in envs:
-        row = record["envs"][env]
-        if "returns" in phases:
-            out = work / f"{env}-returns"
-            run = train(env, out, args.steps, SEEDS, args.threads)
-            summary = run.pop("summary")
-            per_seed = []
-            for i, r in enumerate(summary["runs"]):
-                per_seed.append({"seed": r["seed"], "train_mean_return_last100": r["mean_return"],
-                                 "eval_mean_return_10": evaluate(out / f"run-{i}" / "params.safetensors", 10)})
-            returns = [s["train_mean_return_last100"] for s in per_seed]
-            row["returns"] = dict(run, per_seed=per_seed, mean=statistics.mean(returns),
-                                  std=statistics.pstdev(returns), run_folder=str(out))
-            print(env, "returns", json.dumps(row["returns"]), flush=True)
-            save()
+
+
+def speed(env: str, work: Path, args) -> dict:
+    baselines, one_by_one = [], []
+    for s in SEEDS:
+        baselines.append(baseline(env, args.speed_steps, s, args.threads))
+        one_by_one.append(train(env, work / f"{env}-speed-seed{s}", args.speed_steps, (s,), args.threads))
+    group = train(env, work / f"{env}-speed-group", args.speed_steps, SEEDS, args.threads)
+    for r in (*one_by_one, group):
+        r.pop("summary")
+    return {"baseline": baselines, "one_by_one": one_by_one, "group": group}
+
+
+def returns(env: str, work: Path, args) -> dict:
+    out = work / f"{env}-returns"
+    run = train(env, out, args.steps, SEEDS, args.threads)
+    summary = run.pop("summary")
+    per_seed = [{"seed": r["seed"], "train_mean_return_last100": r["mean_return"],
+                 "eval_mean_return_10": evaluate(out / f"run-{i}" / "params.safetensors", 10)}
+                for i, r in enumerate(summary["runs"])]
+    values = [s["train_mean_return_last100"] for s in per_seed]
+    return dict(run, per_seed=per_seed, mean=statistics.mean(values), std=statistics.pstdev(values),
+                run_folder=str(out))
 
 
 if __name__ == "__main__":

@@ -183,6 +183,60 @@ def pendulum() -> str:
             + table(header, rows))
 
 
+# ---------------------------------------------------------------- MuJoCo (benchmarks/mujoco.py)
+
+def mujoco_returns() -> str:
+    """HalfCheetah and Hopper at --preset mujoco against CleanRL's published table."""
+    d = load("mujoco.json")
+    rows = []
+    for env, row in d["envs"].items():
+        if "returns" not in row:
+            continue
+        r, ref = row["returns"], d["cleanrl"][env]
+        seeds = ", ".join(f"{s['train_mean_return_last100']:.0f}" for s in r["per_seed"])
+        evals = ", ".join(f"{s['eval_mean_return_10']:.0f}" for s in r["per_seed"])
+        floor = ref["mean"] - ref["std"]
+        rows.append([env, f"{r['mean']:.1f} +- {r['std']:.1f}", seeds, evals,
+                     f"{ref['mean']:.2f} +- {ref['std']:.2f} ({ref['env']})", f"{floor:.1f}",
+                     "yes" if r["mean"] >= floor else "no", f"{r['wall_s'] / 60:.1f} min"])
+    header = ["env", "fkernel, mean +- std over seeds", "per seed (last 100 training episodes)",
+              "per seed, greedy eval (10 episodes)", "CleanRL published", "target (mean - std)", "met",
+              "wall, 3 seeds as one group"]
+    return (f"`{d['command']}` (`benchmarks/results/mujoco.json`): {d['steps'] / 1e6:g}M steps per seed, seeds "
+            f"{', '.join(map(str, d['seeds']))} trained as one vmapped group, `--threads {d['threads']}`. "
+            "Mean +- std: population std over the seeds, of each seed's mean raw return over its last 100 "
+            "training episodes.\n\n" + table(header, rows))
+
+
+def mujoco_speed() -> str:
+    """fkernel against the CleanRL-style baseline, and a group of 3 against the same 3 in turn."""
+    d = load("mujoco.json")
+    rows = []
+    mean = lambda xs: sum(xs) / len(xs)
+    for env, row in d["envs"].items():
+        if "speed" not in row:
+            continue
+        base, one, group = row["speed"]["baseline"], row["speed"]["one_by_one"], row["speed"]["group"]
+        base_sps = mean([r["sps"] for r in base])
+        steady, whole = mean([r["sps_steady"] for r in one]), mean([r["sps_wall"] for r in one])
+        seq_wall = sum(r["env_steps"] for r in one) / sum(r["wall_s"] for r in one)
+        seq_steady = len(one) / sum(1 / r["sps_steady"] for r in one)
+        rows.append([env, f"{base_sps:.0f} ({span([r['sps'] for r in base], '{:.0f}')})",
+                     f"{steady:.0f} ({steady / base_sps:.2f}x)", f"{whole:.0f} ({whole / base_sps:.2f}x)",
+                     f"{group['sps_steady']:.0f} vs {seq_steady:.0f} ({group['sps_steady'] / seq_steady:.2f}x)",
+                     f"{group['sps_wall']:.0f} vs {seq_wall:.0f} ({group['sps_wall'] / seq_wall:.2f}x)"])
+    header = ["env", "baseline env steps/s (range)", "fkernel, one run, after its first update",
+              "fkernel, one run, whole process", "group of 3 vs the 3 in turn, after the first update",
+              "group of 3 vs the 3 in turn, whole processes"]
+    return (f"`{d['command']}`, {d['speed_steps'] / 1e3:.0f}k steps per run, every run a fresh process at "
+            f"`--threads {d['threads']}`, one after another, the baseline and fkernel in turn. Baseline: "
+            "`benchmarks/cleanrl_continuous.py` (its clock starts at the first reset, as CleanRL's does); both: the "
+            "mean over seeds "
+            f"{', '.join(map(str, d['seeds']))} (after the first update: the compile excluded; whole process: "
+            "start-up and compile included). Group figures are the runs' env steps together.\n\n"
+            + table(header, rows))
+
+
 # ---------------------------------------------------------------- scaling (benchmarks/scaling.py)
 
 def scaling() -> str:
@@ -624,6 +678,8 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "second-build": (BENCH_README, second_build),
     "one-iteration": (BENCH_README, one_iteration),
     "pendulum": (README, pendulum),
+    "mujoco-returns": (README, mujoco_returns),
+    "mujoco-speed": (README, mujoco_speed),
 }
 
 

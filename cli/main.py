@@ -156,9 +156,12 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, no
     task = progress.add_task("train", total=cfg.num_updates, completed=update)
     if cfg.compile:
         con.print("compiling (first call; cached afterwards)...")
+    frozen = []
     with Live(render.live_view(progress), console=con, refresh_per_second=4, transient=False) as live:
 
         def on_update(log):
+            if not frozen:  # after the first update, everything compiled: see long_lived_from_now
+                frozen.append(common.long_lived_from_now())
             progress.update(task, completed=log.update)
             returns_seen.append(log.mean_return)
             live.update(render.live_view(progress, log, list(returns_seen)))

@@ -99,7 +99,8 @@ def summary_table(summary: dict) -> Table:
          f"{summary['env_steps']:,}"),
         ("mean return (last 100 episodes" + (", mean over runs)" if "runs" in summary else ")"),
          fmt(summary["mean_return"])),
-        ("compile time (first call)", f"{summary['compile_s']:.1f} s"),
+        ("compile time (first call)", "in the first update (the env steps on the host)"
+         if summary.get("compiled_in_first_update") else f"{summary['compile_s']:.1f} s"),
         ("run time", f"{summary['run_s']:.1f} s"),
         ("steps per second (run)", f"{summary['sps']:,.0f}"),
     ]

@@ -151,7 +151,8 @@ def bench(env_name, modes, precisions, sizes, targets, iters, warmup, threads, d
 def plot(run_dirs, out_path):
     """Draw a run's curves into one PNG: mean return against env steps, loss terms, and per-group
     gradient norms with non-finite, dead and forced updates marked. Several run folders share the
-    figure (e.g. fp32 vs bf16). Needs the [plot] extra."""
+    figure (e.g. fp32 vs bf16); a group's folder (--seeds/--sweep) is drawn as the mean of its
+    runs with the band from lowest to highest return. Needs the [plot] extra."""
     from kernel import curves
     from kernel.config import read_json_object
 
@@ -161,7 +162,7 @@ def plot(run_dirs, out_path):
     solved = set()
     for run_dir in run_dirs:
         try:
-            curves.read_telemetry(run_dir)
+            curves.read_runs(run_dir)
             config_file = Path(run_dir) / "config.json"
             env = read_json_object(config_file).get("env", "") if config_file.exists() else ""
         except (OSError, ValueError) as e:

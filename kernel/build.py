@@ -242,7 +242,9 @@ def init_state(built: Built, seed=None) -> TrainState:
                [k[2] for k in keys])
     params, opt_state, scale, key = (stacked(x) for x in per_run) if group is not None else (x[0] for x in per_run)
     carry = built.rollout.init([rng.generator(rank_key(built, k[1])) for k in keys])
-    if "norm" in carry and built.world.distributed and group is None:  # every rank's reset observations
+    # Every rank's reset observations in every rank's statistics (the first observations themselves
+    # were standardized with the rank's own, before any sample of another rank could be seen).
+    if "norm" in carry and built.world.distributed and group is None:
         fresh = lambda stats: running_init(tuple(stats["mean"].shape), device)
         carry = dict(carry, norm={k: combined(fresh(v), v, built.world) for k, v in carry["norm"].items()})
     return TrainState(params, opt_state, scale, carry, key, torch.zeros((), dtype=torch.int64, device=device))

@@ -83,6 +83,42 @@ def read_telemetry(run_dir) -> list:
     return records
 
 
+def run_folders(run_dir) -> list:
+    """The folders holding ``run_dir``'s telemetry: itself, or a group's ``run-<i>`` folders (a
+    group of seeds or a sweep, trained as one program) in run order."""
+    d = Path(run_dir)
+    if (d / TELEMETRY).is_file():
+        return [d]
+    runs = sorted((p for p in d.glob("run-*") if p.name[4:].isdigit() and (p / TELEMETRY).is_file()),
+                  key=lambda p: int(p.name[4:]))
+    return runs or [d]  # no telemetry anywhere: read_telemetry says so
+
+
+def read_runs(run_dir) -> list:
+    """Every run's telemetry records under ``run_dir`` (one list for a plain run, one per run of a
+    group)."""
+    return [read_telemetry(d) for d in run_folders(run_dir)]
+
+
+def mean_records(runs: list) -> list:
+    """A group's runs as one record per update: the mean of each number over the runs, and of each
+    gradient group's norm; a gradient status that is not "ok" in any run is kept."""
+    out = []
+    for updates in zip(*runs):
+        record = {"env_steps": updates[0]["env_steps"]}
+        for key in ("mean_return", "pg_loss", "v_loss", "entropy"):
+            values = [_number(u.get(key)) for u in updates]
+            record[key] = sum(values) / len(values)
+        record["grads"] = {}
+        for group in updates[-1].get("grads", {}):
+            stats = [u.get("grads", {}).get(group, {}) for u in updates]
+            norms = [_number(g.get("norm")) for g in stats]
+            alarms = [g.get("status") for g in stats if g.get("status") in ALARMS]
+            record["grads"][group] = {"norm": sum(norms) / len(norms), "status": alarms[0] if alarms else "ok"}
+        out.append(record)
+    return out
+
+
 def _number(x) -> float:
     return float(x) if isinstance(x, (int, float)) else float("nan")  # "nan"/"inf" strings from JSON
 
@@ -93,18 +129,26 @@ ALARM_COLOURS = {"non-finite": "red", "dead": "orange", "forced": "grey"}
 
 def plot_runs(run_dirs: list, out, solved_return: float | None = None, width_px: int = 1200, height_px: int = 800):
     """One PNG: mean return against env steps (one curve per run, with the solved line), losses,
-    and per-group gradient norms (log scale) with non-finite, dead and forced updates marked.
-    Returns the matplotlib Figure (already saved to ``out``)."""
+    and per-group gradient norms (log scale) with non-finite, dead and forced updates marked. A
+    group's folder (its ``run-<i>`` runs) is drawn as the mean over its runs, with the band from
+    their lowest to their highest return. Returns the matplotlib Figure (already saved to ``out``)."""
     matplotlib = require("matplotlib", "plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [(Path(d).name or str(d), read_telemetry(d)) for d in run_dirs]
     dpi = 100
     fig, (ret_ax, loss_ax, grad_ax) = plt.subplots(3, 1, figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
-    for name, records in runs:
+    for run_dir in run_dirs:
+        name, group = Path(run_dir).name or str(run_dir), read_runs(run_dir)
+        records = group[0] if len(group) == 1 else mean_records(group)
         steps = [r["env_steps"] for r in records]
-        ret_ax.plot(steps, [_number(r.get("mean_return")) for r in records], label=name)
+        if len(group) == 1:
+            ret_ax.plot(steps, [_number(r.get("mean_return")) for r in records], label=name)
+        else:
+            (line,) = ret_ax.plot(steps, [r["mean_return"] for r in records], label=f"{name} (mean of {len(group)})")
+            returns = [[_number(r.get("mean_return")) for r in run[:len(steps)]] for run in group]
+            ret_ax.fill_between(steps, [min(v) for v in zip(*returns)], [max(v) for v in zip(*returns)],
+                                color=line.get_color(), alpha=0.2, linewidth=0)
         for key, style in (("pg_loss", "-"), ("v_loss", "--"), ("entropy", ":")):
             loss_ax.plot(steps, [_number(r.get(key)) for r in records], style, label=f"{name} {key}")
         groups = list(records[-1].get("grads", {}))

@@ -192,6 +192,8 @@ def summarize(built: Built, progress: list, skipped: list, compile_s: float, run
     total = sum(p.env_steps for p in progress)
     summary = {
         "compile_s": compile_s,
+        # an env stepped on the host gets no throwaway warm-up: its compile is inside the first update
+        "compiled_in_first_update": built.plan.compile and getattr(built.env, "host_state", False),
         "run_s": run_s,
         "env_steps": total,
         "sps": (total - start_steps) / max(run_s, 1e-9),

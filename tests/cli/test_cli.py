@@ -395,6 +395,7 @@ def test_a_gymnasium_env_trains_and_evaluates(tmp_path, workers):
     assert "compile auto: on (gym:CartPole-v1 steps on the host" in result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["env_steps"] == 96 and summary["episodes_in_window"] > 0
+    assert summary["compiled_in_first_update"] and summary["compile_s"] == 0  # no warm-up could run it
     evaluated = invoke("eval", str(out / "params.safetensors"), "--episodes", "2", "--json")
     assert evaluated.exit_code == 0, evaluated.output
     assert json.loads(evaluated.output)["episodes"] == 2

@@ -84,3 +84,28 @@ def test_plot_bad_inputs(tmp_path, two_runs):
     base, _ = two_runs
     r = invoke("plot", str(base / "fp32"), "--out", str(tmp_path / "x.jpg"))
     assert r.exit_code == 2 and ".png" in r.output
+
+
+def test_a_group_folder_is_drawn_as_its_mean_with_the_band_of_its_runs(tmp_path):
+    import json
+
+    import numpy as np
+
+    group = tmp_path / "group"
+    returns = {0: [1.0, 4.0, 9.0], 1: [3.0, 2.0, 6.0], 2: [2.0, 9.0, 0.0]}
+    for r, values in returns.items():
+        (group / f"run-{r}").mkdir(parents=True)
+        rows = [{"env_steps": 10 * (i + 1), "mean_return": v, "pg_loss": r, "v_loss": 1.0, "entropy": 0.5,
+                 "grads": {"trunk": {"norm": 1.0 + r, "status": "dead" if (r, i) == (2, 1) else "ok"}}}
+                for i, v in enumerate(values)]
+        (group / f"run-{r}" / "telemetry.jsonl").write_text("\n".join(json.dumps(x) for x in rows))
+    fig = curves.plot_runs([group], tmp_path / "g.png")
+    (mean_line,) = fig.axes[0].get_lines()
+    assert mean_line.get_label() == "group (mean of 3)"
+    assert np.allclose(mean_line.get_ydata(), [2.0, 5.0, 5.0])
+    band = fig.axes[0].collections[0].get_paths()[0].vertices[:, 1]
+    assert set(np.round(band, 6)) == {1.0, 2.0, 0.0, 3.0, 9.0}  # lowest and highest return of each update
+    (grad_line, dead) = fig.axes[2].get_lines()
+    assert np.allclose(grad_line.get_ydata(), [2.0, 2.0, 2.0]) and "dead" in dead.get_label()
+    r = invoke("plot", str(group), "--out", str(tmp_path / "cli.png"))
+    assert r.exit_code == 0, r.output

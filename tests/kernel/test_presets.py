@@ -52,3 +52,26 @@ def test_pendulum_preset_learns_to_swing_up(one_thread):
     config = Config.for_env("pendulum", **dict(values, total_steps=16 * 128 * 64, compile=False, seed=2))
     result = make_train(config).train()
     assert result.summary["mean_return"] > -400, result.summary
+
+
+def test_the_mujoco_preset_trains_a_mujoco_env_where_the_extra_is_installed(tmp_path):
+    """A few hundred steps of ``--preset mujoco`` on Hopper-v5 (skipped without the [mujoco]
+    extra): the run finishes with CleanRL's continuous-PPO settings in its config."""
+    import json
+
+    pytest.importorskip("mujoco")
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train", "--env", "gym:Hopper-v5", "--preset", "mujoco", "--num-steps", "128",
+                                      "--num-minibatches", "2", "--update-epochs", "1", "--total-steps", "256",
+                                      "--no-compile", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert {k: config[k] for k in ("num_envs", "lr", "gamma", "gae_lambda", "clip_coef", "ent_coef",
+                                   "max_grad_norm", "norm_obs", "norm_reward", "hidden", "activation")} == \
+        {"num_envs": 1, "lr": 3e-4, "gamma": 0.99, "gae_lambda": 0.95, "clip_coef": 0.2, "ent_coef": 0.0,
+         "max_grad_norm": 0.5, "norm_obs": True, "norm_reward": True, "hidden": [64, 64], "activation": "tanh"}
+    assert json.loads((out / "summary.json").read_text())["env_steps"] == 256
