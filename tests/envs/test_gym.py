@@ -158,8 +158,9 @@ def test_a_rollout_through_the_adapter_equals_gymnasium_stepped_by_hand():
 def test_the_compiled_halves_of_a_host_step_agree_with_the_eager_ones():
     """A host-stepped env's acting step compiles as two graphs around the env step (decision, then
     bookkeeping with normalization): 16 steps of Pendulum with normalized observations and
-    rewards agree with the eager step on every recorded leaf (measured: GAP_MEASURED; allowed
-    1e-5), while the same rollout scaling rewards with another gamma is far outside."""
+    rewards agree with the eager step on every recorded leaf (measured: 2.4e-7, in the values;
+    allowed 1e-5), while the same rollout scaling rewards with another gamma is far outside (68,
+    in the return statistics)."""
     from kernel.hot import compile_hot
     from kernel.policy import make_policy
     from kernel.rollout import make_rollout

@@ -66,8 +66,7 @@ def test_the_mujoco_preset_trains_a_mujoco_env_where_the_extra_is_installed(tmp_
 
     out = tmp_path / "run"
     result = CliRunner().invoke(cli, ["train", "--env", "gym:Hopper-v5", "--preset", "mujoco", "--num-steps", "128",
-                                      "--num-minibatches", "2", "--update-epochs", "1", "--total-steps", "256",
-                                      "--no-compile", "--out", str(out)])
+                                      "--total-steps", "256", "--no-compile", "--out", str(out)])
     assert result.exit_code == 0, result.output
     config = json.loads((out / "config.json").read_text())
     assert {k: config[k] for k in ("num_envs", "lr", "gamma", "gae_lambda", "clip_coef", "ent_coef",
