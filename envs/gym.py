@@ -64,7 +64,7 @@ def make_options(env_id: str) -> tuple[dict, bool]:
     from gymnasium.envs.registration import load_env_creator
 
     spec = registered(env_id)
-    options: dict = {"max_episode_steps": spec.max_episode_steps}
+    options: dict = {k: getattr(spec, k) for k in MAKE_KEYWORDS}
     creator = spec.entry_point if callable(spec.entry_point) else load_env_creator(spec.entry_point)
     params = inspect.signature(creator).parameters.values()
     for p in params:
