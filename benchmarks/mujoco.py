@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.results_io import write_record
+from benchmarks.results_io import provenance, write_record
 
 ROOT = Path(__file__).resolve().parent.parent
 ENVS = ("HalfCheetah-v5", "Hopper-v5")
@@ -91,17 +91,28 @@ def main() -> None:
     p.add_argument("--phases", default="returns,speed")
     p.add_argument("--out", default="benchmarks/results/mujoco.json")
     p.add_argument("--keep", default=None, help="folder for the run folders (default: a temporary one)")
+    p.add_argument("--add-to", action="store_true",
+                   help="start from the record at --out (same settings), replacing only the phases run now")
     args = p.parse_args()
     work = Path(args.keep or tempfile.mkdtemp(prefix="fkernel-mujoco-"))
     work.mkdir(parents=True, exist_ok=True)
     envs, phases = args.envs.split(","), args.phases.split(",")
     record = {"command": f"python -m benchmarks.mujoco --threads {args.threads}", "threads": args.threads,
               "steps": args.steps, "speed_steps": args.speed_steps, "seeds": list(SEEDS), "cleanrl": CLEANRL,
-              "envs": {}}
-    started = time.perf_counter()
+              "envs": {}, "benchmark_wall_s": 0.0}
+    if args.add_to:
+        earlier = json.loads(Path(args.out).read_text())
+        if any(earlier[k] != record[k] for k in ("threads", "steps", "speed_steps", "seeds")):
+            raise SystemExit(f"{args.out} was measured with other settings")
+        # its machine time is added to below; its phases keep the provenance they were measured with
+        measured = earlier.pop("measured")
+        done = {phase for row in earlier["envs"].values() for phase in row}
+        earlier["phases_measured"] = {ph: earlier.get("phases_measured", {}).get(ph, measured) for ph in done}
+        record = earlier
+    spent_before, started = record["benchmark_wall_s"], time.perf_counter()
 
     def save():
-        record["benchmark_wall_s"] = time.perf_counter() - started
+        record["benchmark_wall_s"] = spent_before + time.perf_counter() - started
         write_record(args.out, record)
 
     for phase in phases:  # in the order given
@@ -114,6 +125,7 @@ def main() -> None:
             else:
                 raise SystemExit(f"unknown phase {phase!r}: speed or returns")
             print(env, phase, json.dumps(row[phase]), flush=True)
+            record.setdefault("phases_measured", {})[phase] = provenance(args.threads)
             save()
 
 
