@@ -149,10 +149,11 @@ def test_a_rollout_through_the_adapter_equals_gymnasium_stepped_by_hand():
         assert torch.equal(traj["rewards"][t], torch.tensor([r[1] for r in results], dtype=torch.float32))
         assert traj["truncated"][t].tolist() == [r[3] for r in results] == [(t + 1) % limit == 0] * n
         assert not traj["terminated"][t].any()
+        # measured 1.2e-7 (one batched forward against two rows); the reset observation's value misses by 0.28-0.95
         torch.testing.assert_close(traj["next_values"][t], value(final), rtol=0, atol=1e-6)
         obs = [e.reset()[0] if r[3] else r[0] for e, r in zip(by_hand, results)]  # SAME_STEP autoreset
         if (t + 1) % limit == 0:  # the reset observation is not what the truncated step bootstraps from
-            assert not torch.allclose(value(final), value(obs))
+            assert (traj["next_values"][t] - value(obs)).abs().max() > 1e-2
 
 
 def test_the_compiled_halves_of_a_host_step_agree_with_the_eager_ones():
