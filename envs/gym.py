@@ -65,7 +65,10 @@ def make_options(env_id: str) -> tuple[dict, bool]:
 
     spec = registered(env_id)
     options: dict = {k: getattr(spec, k) for k in MAKE_KEYWORDS}
-    creator = spec.entry_point if callable(spec.entry_point) else load_env_creator(spec.entry_point)
+    try:  # importing the env's module can fail (a missing dependency such as Box2D): one line
+        creator = spec.entry_point if callable(spec.entry_point) else load_env_creator(spec.entry_point)
+    except Exception as e:
+        raise EnvOptionError(f"gymnasium cannot make {env_id!r}: {(str(e).splitlines() or [''])[0]}") from None
     params = inspect.signature(creator).parameters.values()
     for p in params:
         if p.name not in NOT_OPTIONS and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):

@@ -185,3 +185,14 @@ def test_the_compiled_halves_of_a_host_step_agree_with_the_eager_ones():
     eager = trajectory(None)
     assert gap(trajectory(compile_hot), eager) < 1e-5
     assert gap(trajectory(None, gamma=0.9), eager) > 1e-2
+
+
+def test_an_env_whose_module_cannot_be_imported_is_a_one_line_error(monkeypatch):
+    from gymnasium.envs import registration
+
+    def missing(name):
+        raise gym.error.DependencyNotInstalled("Box2D is not installed")
+
+    monkeypatch.setattr(registration, "load_env_creator", missing)
+    with pytest.raises(EnvOptionError, match="gymnasium cannot make 'Pendulum-v1': Box2D is not installed"):
+        envs.check_options("gym:Pendulum-v1", {})
