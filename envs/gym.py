@@ -122,6 +122,8 @@ class GymEnv:
             given = f" with {make_kwargs}" if make_kwargs else ""
             why = (str(e).splitlines() or [""])[0]
             raise EnvOptionError(f"gymnasium cannot make {env_id!r}{given}: {type(e).__name__}: {why}") from None
+        # made here in SAME_STEP mode and in this process: :meth:`stepped` steps its envs itself
+        self.envs = self.vector.envs if isinstance(self.vector, gym.vector.SyncVectorEnv) else None
         self._spaces()
 
     def _spaces(self) -> None:
@@ -148,6 +150,7 @@ class GymEnv:
         spec = getattr(vector, "spec", None)
         env.name = PREFIX + (spec.id if spec is not None else type(vector).__name__)
         env.num_envs, env.device, env.dtype, env.vector = vector.num_envs, torch.device(device), dtype, vector
+        env.envs = None  # stepped through its own API (it may be wrapped)
         env.description = f"a gymnasium vector env ({env.name})"
         env._spaces()
         return env
@@ -169,17 +172,16 @@ class GymEnv:
         return (self.num_envs, 1)
 
     def observe(self, obs) -> torch.Tensor:
-        """Observations as a float tensor of ``[rows, obs_dim]`` (always a copy: the vector env may
-        reuse its buffers)."""
-        obs = np.asarray(obs)
+        """Observations as a float tensor of ``[rows, obs_dim]``, always a copy (the vector env may
+        reuse its buffers): ``np.array`` copies while it converts, so no second copy is made."""
         if self.one_hot:
-            obs = np.eye(self.obs_space.n, dtype=np.float32)[obs - self.obs_space.start]
-        obs = np.ascontiguousarray(obs, dtype=self.np_dtype).reshape(len(obs), -1)
-        return self.tensor(obs)
+            obs = np.eye(self.obs_space.n, dtype=self.np_dtype)[np.asarray(obs) - self.obs_space.start]
+        obs = np.array(obs, dtype=self.np_dtype)
+        return self.tensor(obs.reshape(len(obs), -1))
 
     def tensor(self, x: np.ndarray) -> torch.Tensor:
-        """A copy of ``x`` on the env's device (the vector env may reuse its arrays)."""
-        x = torch.from_numpy(x.copy())
+        """``x``, an array of the caller's own, on the env's device (shared with it on the CPU)."""
+        x = torch.from_numpy(x)
         return x if self.device.type == "cpu" else x.to(self.device)
 
     def reset(self, noise: torch.Tensor):
@@ -198,19 +200,39 @@ class GymEnv:
     def step(self, state: torch.Tensor, action, noise: torch.Tensor) -> Step:
         if not isinstance(action, dict):
             action = {self.action_spec.heads[0].name: action}
-        obs, reward, terminated, truncated, info = self.vector.step(self.to_env(action))
+        obs, reward, terminated, truncated, finals = self.stepped(self.to_env(action))
         obs = self.observe(obs)
-        done = np.logical_or(terminated, truncated)
         final = obs.clone()  # a tensor of its own either way, so compiled consumers see no aliasing
-        if done.any():  # the observation each finished sub-environment ended on, before its reset
-            ended = np.flatnonzero(done)
-            final[torch.from_numpy(ended)] = self.observe(np.stack(list(info["final_obs"][ended])))
+        if finals:  # the observation each finished sub-environment ended on, before its reset
+            final[torch.tensor(list(finals))] = self.observe(np.stack(list(finals.values())))
         # the step count within the episode, as the torch-native envs return it (host-side: the
         # gymnasium objects hold the episode, this is only what the kernel is told)
+        done = terminated | truncated
         t = np.where(done, 0, state.cpu().numpy() + 1)
-        return Step(self.tensor(t), obs, self.tensor(np.asarray(reward, dtype=self.np_dtype)),
-                    self.tensor(np.asarray(terminated, dtype=bool)), self.tensor(np.asarray(truncated, dtype=bool)),
-                    final)
+        return Step(self.tensor(t), obs, self.tensor(reward), self.tensor(terminated), self.tensor(truncated), final)
+
+    def stepped(self, actions) -> tuple:
+        """``(obs, reward, terminated, truncated, final observations by sub-environment)`` after
+        one step, the arrays the caller's own. In-process sub-environments are stepped here in
+        turn, each reset within the step that ends it: what gymnasium's ``SyncVectorEnv`` does in
+        ``SAME_STEP`` mode, without assembling its info dicts, which cost about as much as a
+        MuJoCo step. Worker processes and the caller's own vector envs step through the vector
+        API."""
+        if self.envs is None:
+            obs, reward, terminated, truncated, info = self.vector.step(actions)
+            ended = np.flatnonzero(np.logical_or(terminated, truncated))
+            return (obs, np.array(reward, dtype=self.np_dtype), np.array(terminated, dtype=bool),
+                    np.array(truncated, dtype=bool), {int(i): info["final_obs"][i] for i in ended})
+        obs, finals = [], {}
+        reward = np.empty(self.num_envs, dtype=self.np_dtype)
+        terminated, truncated = np.empty(self.num_envs, dtype=bool), np.empty(self.num_envs, dtype=bool)
+        for i, env in enumerate(self.envs):
+            o, reward[i], terminated[i], truncated[i], _ = env.step(actions[i])
+            if terminated[i] or truncated[i]:
+                finals[i] = o
+                o, _ = env.reset()
+            obs.append(o)
+        return obs, reward, terminated, truncated, finals
 
     def close(self) -> None:
         self.vector.close()

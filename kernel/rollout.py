@@ -21,7 +21,7 @@ import torch
 
 from kernel import heads
 from kernel import normalize as N
-from kernel.loop import loop, unaliased
+from kernel.loop import loop, rows, stacked, unaliased
 from kernel.policy import Policy, masks
 from kernel.tree import tree_map
 
@@ -54,8 +54,8 @@ def make_rollout(env, policy: Policy, num_steps: int, greedy: bool = False, runs
     fixed observation statistics to normalize with, never updated (evaluation).
 
     ``hot``: for an env stepped on the host (whose steps no graph can hold), a transform such as
-    :func:`kernel.hot.compile_hot` applied to the two halves of each acting step, the policy's
-    decision before the env step and the bookkeeping after it.
+    :func:`kernel.hot.compile_hot` applied to the policy's first decision and to each step's
+    bookkeeping joined with the next step's decision: one call per env step.
 
     ``runs`` > 1: the env's sub-environments are ``runs`` equal blocks, one per run of a group
     (``policy`` acts each block with its own params, see :func:`kernel.group.policy_over_runs`),
@@ -160,12 +160,37 @@ def make_rollout(env, policy: Policy, num_steps: int, greedy: bool = False, runs
             carry["ret_acc"] = torch.where(done, torch.zeros_like(acc), acc)
         return carry, record
 
-    # An env stepped on the host splits each step in two graphs around it (``hot``, compiled).
-    hot_decide, hot_advance = (hot(decide), hot(advance)) if hot is not None else (decide, advance)
+    def advance_then_decide(params, carry, decided, step, action_noise):
+        """:func:`advance`, then :func:`decide` at the carry it leaves: the two policy-side halves
+        around one host env step and the next, as one graph."""
+        carry, record = advance(carry, decided, step)
+        return carry, record, decide(params, carry, action_noise)
+
+    # An env stepped on the host leaves two graphs per acting step (the decision, then the
+    # bookkeeping); ``hot`` compiles the first decision alone and each step's bookkeeping with the
+    # next step's decision, so a segment makes one compiled call per env step, not two.
+    first_decide, next_decide = (hot(decide), hot(advance_then_decide)) if hot is not None else (None, None)
 
     def act(params, carry, action_noise, env_noise):
-        decided = hot_decide(params, carry, action_noise)
-        return hot_advance(carry, decided, env.step(carry["env"], decided["into_env"], env_noise))
+        if hot is None:
+            decided = decide(params, carry, action_noise)
+            return advance(carry, decided, env.step(carry["env"], decided["into_env"], env_noise))
+        decided = first_decide(params, carry, action_noise)
+        step = env.step(carry["env"], decided["into_env"], env_noise)
+        carry, record, _ = next_decide(params, carry, decided, step, action_noise)
+        return carry, record
+
+    def host_loop(params, carry, action_noise, env_noise):
+        """The segment's acting steps as a Python loop of one compiled call per step around the host
+        env (the last step's decision for a step never taken is dropped)."""
+        steps = rows((action_noise, env_noise))
+        decided, records = first_decide(params, carry, steps[0][0]), []
+        for t, (noise, e) in enumerate(steps):
+            after = steps[t + 1][0] if t + 1 < len(steps) else noise
+            carry, record, decided = next_decide(params, carry, decided,
+                                                 env.step(carry["env"], decided["into_env"], e), after)
+            records.append(record)
+        return carry, stacked(records)
 
     def bootstrap(params, traj):
         """Value of the observation each step really led to (pre-reset), with the state after that
@@ -185,7 +210,10 @@ def make_rollout(env, policy: Policy, num_steps: int, greedy: bool = False, runs
         hidden0 = carry["hidden"]
         # The initial carry may hold one tensor twice (CartPole's state is its obs): copy it.
         carry = tree_map(torch.clone, carry) if scanned else carry
-        carry, traj = loop(lambda c, x: act(params, c, x[0], x[1]), carry, (action_noise, env_noise), scanned)
+        if hot is not None and not scanned:
+            carry, traj = host_loop(params, carry, action_noise, env_noise)
+        else:
+            carry, traj = loop(lambda c, x: act(params, c, x[0], x[1]), carry, (action_noise, env_noise), scanned)
         traj = bootstrap(params, traj) if bootstrapped else traj
         return carry, dict(traj, hidden0=hidden0)
 

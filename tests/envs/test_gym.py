@@ -156,12 +156,35 @@ def test_a_rollout_through_the_adapter_equals_gymnasium_stepped_by_hand():
             assert (traj["next_values"][t] - value(obs)).abs().max() > 1e-2
 
 
+def test_stepping_the_envs_in_process_equals_gymnasiums_vector_step():
+    """The adapter steps its in-process sub-environments itself (without the vector env's info
+    dicts); the same seeds and actions through gymnasium's own ``SyncVectorEnv.step`` give exactly
+    the same steps, final observations included, over CartPole episodes that end at different
+    steps. The final observations are not the reset ones, so handing those back would fail."""
+    ours, theirs = envs.make("gym:CartPole-v1", 3), envs.make("gym:CartPole-v1", 3)
+    theirs.envs = None  # through the vector API, as worker processes and the caller's own vector envs step
+    noise = torch.rand(3, 1, generator=torch.Generator().manual_seed(0))
+    (state, obs), (state_b, obs_b) = ours.reset(noise), theirs.reset(noise)
+    assert torch.equal(obs, obs_b)
+    actions, ended = torch.Generator().manual_seed(1), 0
+    for _ in range(120):
+        action = {"action": torch.randint(0, 2, (3,), generator=actions)}
+        step, step_b = ours.step(state, action, None), theirs.step(state_b, action, None)
+        for a, b in zip(step, step_b):
+            assert a.dtype == b.dtype and torch.equal(a, b)
+        done = step.terminated | step.truncated
+        assert not torch.equal(step.final_obs[done], step.obs[done]) or not done.any()
+        ended += int(done.sum())
+        state, state_b = step.state, step_b.state
+    assert ended >= 6
+
+
 def test_the_compiled_halves_of_a_host_step_agree_with_the_eager_ones():
-    """A host-stepped env's acting step compiles as two graphs around the env step (decision, then
-    bookkeeping with normalization): 16 steps of Pendulum with normalized observations and
-    rewards agree with the eager step on every recorded leaf (measured: 2.4e-7, in the values;
-    allowed 1e-5), while the same rollout scaling rewards with another gamma is far outside (68,
-    in the return statistics)."""
+    """A host-stepped env's acting steps compile as two graphs around the env steps (the first
+    decision; each step's bookkeeping, normalization included, with the next decision): 16 steps
+    of Pendulum with normalized observations and rewards agree with the eager step on every
+    recorded leaf (measured: 2.4e-7, in the values; allowed 1e-5), while the same rollout scaling
+    rewards with another gamma is far outside (68, in the return statistics)."""
     from kernel.hot import compile_hot
     from kernel.policy import make_policy
     from kernel.rollout import make_rollout
