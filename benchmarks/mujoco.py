@@ -6,13 +6,15 @@ baseline (``benchmarks/cleanrl_continuous.py``) measured in the same run.
 
 Every run is a fresh process at ``--threads 1``, one after another, nothing else timed meanwhile:
 
-``--phases`` runs these in the order given (default: ``returns,speed``):
+``--phases`` runs these in the order given (default: ``returns,speed,one_run``):
 
 1. ``speed``: per env, 100k steps a run: the CleanRL-style port and fkernel in turn, one pair per
    seed (so that the machine's drift over minutes falls on both alike), then the 3 seeds as one
    vmapped group. The baseline's returns are CleanRL's published ones; only its env steps/s count.
 2. ``returns``: fkernel, the 3 seeds as one vmapped group, 1M steps each; per seed the mean raw
    return of its last 100 training episodes and a greedy evaluation of 10 episodes.
+3. ``one_run``: per env, fkernel's first seed alone for the full 1M steps: a single run's env
+   steps/s over a whole run, start-up and compile included.
 
 Needs the ``[mujoco]`` extra. The JSON is rewritten after every run, so an interrupted benchmark
 keeps what it measured.
@@ -88,7 +90,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1_000_000)
     p.add_argument("--speed-steps", type=int, default=100_000)
     p.add_argument("--envs", default=",".join(ENVS))
-    p.add_argument("--phases", default="returns,speed")
+    p.add_argument("--phases", default="returns,speed,one_run")
     p.add_argument("--out", default="benchmarks/results/mujoco.json")
     p.add_argument("--keep", default=None, help="folder for the run folders (default: a temporary one)")
     p.add_argument("--add-to", action="store_true",
@@ -122,8 +124,11 @@ def main() -> None:
                 row["speed"] = speed(env, work, args)
             elif phase == "returns":
                 row["returns"] = returns(env, work, args)
+            elif phase == "one_run":
+                row["one_run"] = train(env, work / f"{env}-one-run", args.steps, SEEDS[:1], args.threads)
+                row["one_run"].pop("summary")
             else:
-                raise SystemExit(f"unknown phase {phase!r}: speed or returns")
+                raise SystemExit(f"unknown phase {phase!r}: speed, returns or one_run")
             print(env, phase, json.dumps(row[phase]), flush=True)
             record.setdefault("phases_measured", {})[phase] = provenance(args.threads)
             save()
