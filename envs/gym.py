@@ -215,9 +215,8 @@ class GymEnv:
         """``(obs, reward, terminated, truncated, final observations by sub-environment)`` after
         one step, the arrays the caller's own. In-process sub-environments are stepped here in
         turn, each reset within the step that ends it: what gymnasium's ``SyncVectorEnv`` does in
-        ``SAME_STEP`` mode, without assembling its info dicts, which cost about as much as a
-        MuJoCo step. Worker processes and the caller's own vector envs step through the vector
-        API."""
+        ``SAME_STEP`` mode, without assembling its per-step info dicts (which the kernel never
+        reads). Worker processes and the caller's own vector envs step through the vector API."""
         if self.envs is None:
             obs, reward, terminated, truncated, info = self.vector.step(actions)
             ended = np.flatnonzero(np.logical_or(terminated, truncated))
