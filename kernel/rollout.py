@@ -54,8 +54,9 @@ def make_rollout(env, policy: Policy, num_steps: int, greedy: bool = False, runs
     fixed observation statistics to normalize with, never updated (evaluation).
 
     ``hot``: for an env stepped on the host (whose steps no graph can hold), a transform such as
-    :func:`kernel.hot.compile_hot` applied to the policy's first decision and to each step's
-    bookkeeping joined with the next step's decision: one call per env step.
+    :func:`kernel.hot.compile_hot` applied, in an unscanned segment, to the policy's first decision
+    and to each step's bookkeeping joined with the next step's decision: one call per env step
+    (``act``, the single step, stays as it is).
 
     ``runs`` > 1: the env's sub-environments are ``runs`` equal blocks, one per run of a group
     (``policy`` acts each block with its own params, see :func:`kernel.group.policy_over_runs`),
@@ -169,16 +170,12 @@ def make_rollout(env, policy: Policy, num_steps: int, greedy: bool = False, runs
     # An env stepped on the host leaves two graphs per acting step (the decision, then the
     # bookkeeping); ``hot`` compiles the first decision alone and each step's bookkeeping with the
     # next step's decision, so a segment makes one compiled call per env step, not two.
-    first_decide, next_decide = (hot(decide), hot(advance_then_decide)) if hot is not None else (None, None)
+    if hot is not None:
+        first_decide, next_decide = hot(decide), hot(advance_then_decide)
 
     def act(params, carry, action_noise, env_noise):
-        if hot is None:
-            decided = decide(params, carry, action_noise)
-            return advance(carry, decided, env.step(carry["env"], decided["into_env"], env_noise))
-        decided = first_decide(params, carry, action_noise)
-        step = env.step(carry["env"], decided["into_env"], env_noise)
-        carry, record, _ = next_decide(params, carry, decided, step, action_noise)
-        return carry, record
+        decided = decide(params, carry, action_noise)
+        return advance(carry, decided, env.step(carry["env"], decided["into_env"], env_noise))
 
     def host_loop(params, carry, action_noise, env_noise):
         """The segment's acting steps as a Python loop of one compiled call per step around the host
