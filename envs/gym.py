@@ -173,11 +173,16 @@ class GymEnv:
 
     def observe(self, obs) -> torch.Tensor:
         """Observations as a float tensor of ``[rows, obs_dim]``, always a copy (the vector env may
-        reuse its buffers): ``np.array`` copies while it converts, so no second copy is made."""
+        reuse its buffers)."""
+        return self.tensor(self.host_obs(obs))
+
+    def host_obs(self, obs) -> np.ndarray:
+        """Observations as a float array of ``[rows, obs_dim]``, a copy of the caller's own:
+        ``np.array`` copies while it converts, so no second copy is made."""
         if self.one_hot:
             obs = np.eye(self.obs_space.n, dtype=self.np_dtype)[np.asarray(obs) - self.obs_space.start]
         obs = np.array(obs, dtype=self.np_dtype)
-        return self.tensor(obs.reshape(len(obs), -1))
+        return obs.reshape(len(obs), -1)
 
     def tensor(self, x: np.ndarray) -> torch.Tensor:
         """``x``, an array of the caller's own, on the env's device (shared with it on the CPU)."""
@@ -201,15 +206,16 @@ class GymEnv:
         if not isinstance(action, dict):
             action = {self.action_spec.heads[0].name: action}
         obs, reward, terminated, truncated, finals = self.stepped(self.to_env(action))
-        obs = self.observe(obs)
-        final = obs.clone()  # a tensor of its own either way, so compiled consumers see no aliasing
+        # Assembled in numpy and converted once per field: on a one-env MuJoCo task this host work
+        # runs every env step, and a torch op costs more than its numpy counterpart at these sizes.
+        obs = self.host_obs(obs)
+        final = obs.copy()  # an array of its own either way, so compiled consumers see no aliasing
         if finals:  # the observation each finished sub-environment ended on, before its reset
-            final[torch.tensor(list(finals))] = self.observe(np.stack(list(finals.values())))
+            final[list(finals)] = self.host_obs(np.stack(list(finals.values())))
         # the step count within the episode, as the torch-native envs return it (host-side: the
         # gymnasium objects hold the episode, this is only what the kernel is told)
-        done = terminated | truncated
-        t = np.where(done, 0, state.cpu().numpy() + 1)
-        return Step(self.tensor(t), obs, self.tensor(reward), self.tensor(terminated), self.tensor(truncated), final)
+        t = (state.numpy(force=True) + 1) * ~(terminated | truncated)
+        return Step(*map(self.tensor, (t, obs, reward, terminated, truncated, final)))
 
     def stepped(self, actions) -> tuple:
         """``(obs, reward, terminated, truncated, final observations by sub-environment)`` after
