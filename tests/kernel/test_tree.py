@@ -67,3 +67,19 @@ def test_flatten_is_canonical_and_unflatten_keeps_each_trees_layout():
     rebuilt = unflatten(treedef, [t + 1 for t in leaves_one])
     assert list(rebuilt) == ["b", "a"] and list(rebuilt["b"]) == ["q", "p"] and rebuilt["a"][1] is None
     assert torch.equal(rebuilt["b"]["q"], y + 1)
+
+
+def test_stacking_records_pairs_by_key_and_names_a_mismatch():
+    """``stacked`` transposes dicts key by key: a record built in another key order still stacks
+    by name, and one with another key set is an error naming the path."""
+    from kernel.loop import stacked
+
+    first = {"obs": torch.tensor([1.0]), "actions": {"a": torch.tensor([2.0])}, "hidden": {}, "none": None}
+    swapped = {"none": None, "hidden": {}, "actions": {"a": torch.tensor([4.0])}, "obs": torch.tensor([3.0])}
+    out = stacked([first, swapped])
+    assert list(out) == ["obs", "actions", "hidden", "none"]  # the first record's layout
+    assert torch.equal(out["obs"], torch.tensor([[1.0], [3.0]]))
+    assert torch.equal(out["actions"]["a"], torch.tensor([[2.0], [4.0]]))
+    assert out["hidden"] == {} and out["none"] is None
+    with pytest.raises(StructureError, match="actions"):
+        stacked([first, dict(swapped, actions={"b": torch.tensor([4.0])})])
