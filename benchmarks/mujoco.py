@@ -14,7 +14,8 @@ Every run is a fresh process at ``--threads 1``, one after another, nothing else
 2. ``returns``: fkernel, the 3 seeds as one vmapped group, 1M steps each; per seed the mean raw
    return of its last 100 training episodes and a greedy evaluation of 10 episodes.
 3. ``one_run``: per env, fkernel's first seed alone for the full 1M steps: a single run's env
-   steps/s over a whole run, start-up and compile included.
+   steps/s over a whole run, start-up and compile included, with a baseline run of 100k steps just
+   before and just after it (the ratio's denominator: the baseline measured in the same window).
 
 Needs the ``[mujoco]`` extra. The JSON is rewritten after every run, so an interrupted benchmark
 keeps what it measured.
@@ -125,8 +126,7 @@ def main() -> None:
             elif phase == "returns":
                 row["returns"] = returns(env, work, args)
             elif phase == "one_run":
-                row["one_run"] = train(env, work / f"{env}-one-run", args.steps, SEEDS[:1], args.threads)
-                row["one_run"].pop("summary")
+                row["one_run"] = one_run(env, work, args)
             else:
                 raise SystemExit(f"unknown phase {phase!r}: speed, returns or one_run")
             print(env, phase, json.dumps(row[phase]), flush=True)
@@ -143,6 +143,16 @@ def speed(env: str, work: Path, args) -> dict:
     for r in (*one_by_one, group):
         r.pop("summary")
     return {"baseline": baselines, "one_by_one": one_by_one, "group": group}
+
+
+def one_run(env: str, work: Path, args) -> dict:
+    """The first seed alone for the full length, bracketed by a baseline run of ``--speed-steps``
+    just before and just after it: the machine's speed drifts over the minutes a long run takes,
+    and the brackets measure the baseline in the same window."""
+    before = baseline(env, args.speed_steps, SEEDS[0], args.threads)
+    run = train(env, work / f"{env}-one-run", args.steps, SEEDS[:1], args.threads)
+    run.pop("summary")
+    return dict(run, baseline_before=before, baseline_after=baseline(env, args.speed_steps, SEEDS[0], args.threads))
 
 
 def returns(env: str, work: Path, args) -> dict:
