@@ -34,6 +34,10 @@ def cli():
               default=None, help="Compile the hot path: 'auto' compiles where the estimated saving over the run "
                                  "beats the compile time (and says why); a bare --compile forces it. [default: auto]")
 @click.option("--no-compile", "no_compile", is_flag=True, help="Run eagerly (same as --compile off).")
+@click.option("--compile-from-update", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Run updates before N eagerly, then compile (implies --compile on); update N checks the "
+                   "compiled update against the eager one. Recorded in the run's config: the same seed and N "
+                   "replay a run bit for bit, and a resumed run keeps its N. [default: 0]")
 @click.option("--fuse/--no-fuse", default=None,
               help="Run each iteration (rollout, advantages, all minibatch steps) as one compiled call. "
                    "[default: where it pays: always on CUDA; on CPU for runs long enough to repay the longer "
@@ -90,8 +94,8 @@ def cli():
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch intra-op threads (results are bit-reproducible for a fixed thread count). "
                    "[default: torch's choice]")
-def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, no_compile, fuse, preset, norm_obs,
-          norm_reward, precision, policy_kind, env_option, log_std_init, config_json, out,
+def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, no_compile, compile_from_update, fuse,
+          preset, norm_obs, norm_reward, precision, policy_kind, env_option, log_std_init, config_json, out,
           checkpoint_every, keep, resume, max_bad_steps, grad_table_every, telemetry_dir, tensorboard_dir, seed_list,
           sweeps, nproc, devices, env_workers, threads):
     """Train a PPO agent; defaults are PureJaxRL's CartPole configuration."""
@@ -106,12 +110,16 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, no
     if resume == "latest" and not out:
         raise click.UsageError("--resume latest needs --out RUN_FOLDER to look in")
     compile_ = "off" if no_compile else compile_
+    if compile_from_update and compile_ == "off":
+        raise click.UsageError("--compile-from-update switches to compiled code; it contradicts running eagerly")
     compile_flag = {"on": True, "off": False}.get(compile_)  # None: auto (unless the config file says)
+    if compile_from_update:  # a switch to compiled code asks for compiled code
+        compile_flag = True
     flags = dict(env=env_name, num_envs=num_envs, num_steps=num_steps, total_steps=total_steps, seed=seed,
                  device=device, compile=compile_flag, precision=precision, policy=policy_kind, norm_obs=norm_obs,
                  norm_reward=norm_reward,
                  log_std_init=log_std_init, env_options=common.env_options(env_option, env_workers),
-                 fuse=None if fuse is None else ("on" if fuse else "off"))
+                 fuse=None if fuse is None else ("on" if fuse else "off"), compile_from_update=compile_from_update)
     for key, value in PRESETS.get(preset, {}).items():  # a preset's values, unless a flag gives one
         flags[key] = value if flags.get(key) is None else flags[key]
     if devices:  # one process per device: the launcher's check sees the first, each rank its own
@@ -154,7 +162,9 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, no
     returns_seen: deque = deque(maxlen=60)  # for the live view's sparkline
     progress = render.make_progress()
     task = progress.add_task("train", total=cfg.num_updates, completed=update)
-    if cfg.compile:
+    if cfg.compile and cfg.compile_from_update > update:
+        con.print(f"eager until update {cfg.compile_from_update}, then compiled (compiling at that update)")
+    elif cfg.compile:
         con.print("compiling (first call; cached afterwards)...")
     frozen = []
     with Live(render.live_view(progress), console=con, refresh_per_second=4, transient=False) as live:
@@ -181,6 +191,8 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, no
             raise click.ClickException(f"{e}; {kept}")
     con.print()
     con.print(render.summary_table(finished.summary))
+    if finished.summary.get("switch_check"):
+        con.print(escape(render.switch_line(finished.summary["switch_check"])), soft_wrap=True)
     if group is not None:
         con.print(render.settings_table(finished.summary))
     click.echo(f"trained params: {finished.params_path}")  # plain echo: never wrapped or cut, so scripts can grep it

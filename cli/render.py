@@ -118,6 +118,18 @@ def summary_table(summary: dict) -> Table:
     return table
 
 
+def switch_line(check: dict) -> str:
+    """One line on the check at the switch from eager to compiled code."""
+    at = f"update {check['update']}"
+    if check["agreed"] is None:
+        return f"switched to compiled code at {at} ({check['why']})"
+    if check["agreed"]:
+        return f"switched to compiled code at {at}: its update agreed with the eager one on the same rollout"
+    first = check["problems"][0]
+    more = f" (and {len(check['problems']) - 1} more)" if len(check["problems"]) > 1 else ""
+    return f"stayed eager: at {at} the compiled update disagreed with the eager one: {first}{more}"
+
+
 STATUS_STYLE = {"non-finite": "bold red", "dead": "bold yellow", "not relevant": "dim", "forced": "dim",
                 "very large": "magenta", "large": "yellow", "vanishing": "yellow", "small": "cyan", "healthy": "green",
                 "finite": "green"}

@@ -48,6 +48,9 @@ class Config:
     device: str = "cpu"
     compile: bool = True
     fuse: str = "auto"  # the whole iteration as one compiled call: "auto" (where it pays), "on" or "off"
+    # With compile: the updates before this one run eagerly, the rest compiled. A run's record: the
+    # same seed and switch update replay it bit for bit.
+    compile_from_update: int = 0
 
     @property
     def batch_size(self) -> int:
@@ -162,6 +165,9 @@ def validated(config: Config) -> Config:
                              f"= {config.ent_coef + extra!r} must be >= 0")
     if config.head_average not in ("decisions", "relevant"):
         raise ValueError(f"head_average must be 'decisions' or 'relevant', got {config.head_average!r}")
+    value = config.compile_from_update
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"compile_from_update must be a non-negative integer, got {value!r}")
     if config.fuse not in ("auto", "on", "off"):
         raise ValueError(f"fuse must be 'auto', 'on' or 'off', got {config.fuse!r}")
     if config.activation not in ("tanh", "relu"):

@@ -26,7 +26,8 @@ EAGER_RUN_LIMIT_S = 60.0
 # Keys that never shape a graph: values that enter the compiled steps as tensors, and the run's
 # length, seed and plan.
 # log_std_init sets initial values only, not a graph
-NOT_IN_GRAPHS = (*SWEEPABLE, "total_steps", "seed", "compile", "fuse", "device", "log_std_init")
+NOT_IN_GRAPHS = (*SWEEPABLE, "total_steps", "seed", "compile", "fuse", "device", "log_std_init",
+                 "compile_from_update")
 
 
 class Plan(NamedTuple):

@@ -299,7 +299,8 @@ def execute(run: Prepared, on_update: Callable[[UpdateLog], None] | None = None)
     state, progress, summary = train_writing(run, logged, checkpointer, files, first)
     update = progress.update if group is None else progress[0].update
     built = run.trainer.built
-    if group is None and built.plan.compile and not world.distributed and update > start_update:
+    if group is None and built.plan.compile and not world.distributed and update > start_update \
+            and cfg.compile_from_update <= start_update:  # (a run with eager updates would record their time)
         # what --compile auto reads next time: this machine's compile and compiled-iteration seconds
         plan.write_record(cfg, built.plan.fuse, summary["compile_s"], summary["run_s"] / (update - start_update))
     if checkpointer is not None and checkpointer.last != checkpoint_path(out, update):

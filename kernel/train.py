@@ -10,8 +10,8 @@ from typing import NamedTuple
 
 import torch
 
-from kernel import optim, rng
-from kernel.build import Built, build, init_state, rank_key
+from kernel import agree, optim, rng
+from kernel.build import Built, build, init_state, rank_key, with_plan
 from kernel.config import Config
 from kernel.distributed import SINGLE, World
 from kernel.group import grid, to_runs
@@ -19,6 +19,7 @@ from kernel.iteration import iterate, make_batch, with_advantages
 from kernel.normalize import combined
 from kernel.plan import Plan
 from kernel.ppo import hyper_tensors, shuffle_units
+from kernel.precision import SHORT_NAMES
 from kernel.state import Progress, TrainState
 from kernel.tree import tree_map
 
@@ -59,6 +60,33 @@ def collect(built: Built, params, carry, generator: torch.Generator):
     hyper = hyper_tensors(built.config, torch.zeros((), dtype=torch.int64, device=built.device))
     traj = with_advantages(built.stages, traj, hyper)
     return carry, traj, make_batch(traj, traj["advantages"], traj["returns"], built.policy.recurrent)
+
+
+def checked_update(eager: Built, compiled: Built, state: TrainState, update: int) -> tuple[TrainState, dict, dict]:
+    """The switch update, checked: the eager build's rollout once (a host-stepped env steps once),
+    then the update on that very trajectory, eagerly and with the compiled functions. Teacher-forced
+    (both see the eager rollout's actions), so float rounding cannot flip a sampled action and send
+    the two apart. Returns the eager result, its metrics and the check: ``agreed`` (None where it
+    cannot be made: a fused build compiles rollout and update as one graph, and data-parallel ranks
+    would each judge alone) and each leaf that differed beyond :data:`kernel.agree.TOLERANCE`."""
+    if compiled.whole is not None or compiled.world.distributed:
+        why = "the fused iteration is one graph" if compiled.whole is not None else "data-parallel ranks"
+        after, metrics = iteration(compiled, state)
+        return after, metrics, {"update": update, "agreed": None, "why": f"not checked: {why}"}
+    trajectory = []
+
+    def recording(*args):
+        trajectory.append(eager.stages.segment(*args))
+        return trajectory[0]
+
+    def with_segment(built: Built, segment: Callable) -> Built:
+        return built._replace(stages=built.stages._replace(segment=segment))
+
+    after, metrics = iteration(with_segment(eager, recording), state)
+    got, _ = iteration(with_segment(compiled, lambda *args: trajectory[0]), state)
+    tol = agree.TOLERANCE[SHORT_NAMES[compiled.config.precision.compute_dtype]]
+    problems = agree.state_disagreements(after, got, state, tol)
+    return after, metrics, {"update": update, "agreed": not problems, "problems": problems}
 
 
 def warmup(built: Built, state: TrainState) -> float:
@@ -129,7 +157,13 @@ def train(built: Built, state: TrainState | None = None, progress: Progress | li
     state = state if state is not None else init_state(built)
     runs = group.count if group is not None else 1
     records = list(progress) if isinstance(progress, list) else [progress or Progress()] * runs
-    compile_s = warmup(built, state)
+    # Before the recorded switch update the same build runs eagerly (its env, policy and optimizer
+    # shared). The switch update compiles, runs eagerly and checks the compiled update against the
+    # eager one (:func:`checked_update`); the compiled functions take over after it if they agree.
+    switch = cfg.compile_from_update if built.plan.compile else None
+    eager = with_plan(built, Plan(False, False, "eager before the switch update")) \
+        if switch is not None and records[0].update < switch else None
+    compile_s, check = (warmup(built, state) if eager is None else 0.0), None
     # Ranks of one run all see every rank's episodes; ranks of a group each train their own runs.
     every = (lambda items: world.concat_lists(items)) if group is not None else list
     steps_per_update = cfg.batch_size * (world.size if group is None else 1)
@@ -138,7 +172,17 @@ def train(built: Built, state: TrainState | None = None, progress: Progress | li
     solved = getattr(built.env, "solved_return", None)
     start = time.perf_counter()
     while records[0].update < last:
-        state, metrics = iteration(built, state)
+        if eager is not None and check is None and records[0].update >= switch:
+            compiled_at = time.perf_counter()
+            compile_s += warmup(built, state)
+            state, metrics, check = checked_update(eager, built, state, records[0].update)
+            tier = 0.0 if check["agreed"] is not None else 1.0  # a checked update keeps the eager result
+            eager = eager if check["agreed"] is False else None
+            spent = time.perf_counter() - compiled_at
+            compile_s, start = compile_s + spent, start + spent  # (run seconds exclude the compile and check)
+        else:
+            state, metrics = iteration(eager or built, state)
+            tier = float(built.plan.compile and eager is None)
         episodes = metrics["episodes"] if group is not None else \
             tree_map(lambda x: x.movedim(0, 1).flatten(1), world.gather_tree(metrics["episodes"]))
         finished = finished_by_run(episodes, runs)
@@ -150,6 +194,7 @@ def train(built: Built, state: TrainState | None = None, progress: Progress | li
         host = to_host(scalars, group and runs) if wanted else []
         for h, p, (_, lengths) in zip(host, records, finished):
             h["episode_length"] = sum(lengths) / len(lengths) if lengths else float("nan")
+            h["compiled"] = tier  # 1.0: this update ran compiled; 0.0: eagerly
             if group is not None:
                 h["mean_return"] = p.mean_return
         host, everyone = every(host), every(records)
@@ -168,7 +213,7 @@ def train(built: Built, state: TrainState | None = None, progress: Progress | li
     run_s = time.perf_counter() - start
     skipped = optim.skipped_steps(state.opt_state).reshape(-1)
     summary = summarize(built, every(records), (world.concat_tree(skipped) if group is not None else skipped).tolist(),
-                        compile_s, run_s, start_steps)
+                        compile_s, run_s, start_steps, check)
     return Trained(state, records if group is not None else records[0], summary)
 
 
@@ -187,13 +232,21 @@ def mean_over_runs(progress: list) -> float:
     return sum(means) / len(means) if all(p.returns for p in progress) else float("nan")
 
 
-def summarize(built: Built, progress: list, skipped: list, compile_s: float, run_s: float, start_steps: int) -> dict:
-    """``progress`` and ``skipped``: every run (all ranks' shares of a group)."""
+def summarize(built: Built, progress: list, skipped: list, compile_s: float, run_s: float, start_steps: int,
+              check: dict | None = None) -> dict:
+    """``progress`` and ``skipped``: every run (all ranks' shares of a group); ``check``: the switch
+    update's (:func:`checked_update`)."""
     total = sum(p.env_steps for p in progress)
+    switch_update = built.config.compile_from_update if built.plan.compile else None
+    if check is not None and check["agreed"] is False:
+        switch_update = None  # the compiled update disagreed: the run stayed eager
     summary = {
         "compile_s": compile_s,
-        # an env stepped on the host gets no throwaway warm-up: its compile is inside the first update
+        # an env stepped on the host gets no throwaway warm-up: its compile is inside the first compiled update
         "compiled_in_first_update": built.plan.compile and getattr(built.env, "host_state", False),
+        # the update at which the run compiled (None: eager throughout)
+        "switch_update": switch_update,
+        "switch_check": check,  # the compiled update against the eager one at the switch (None: no switch)
         "run_s": run_s,
         "env_steps": total,
         "sps": (total - start_steps) / max(run_s, 1e-9),

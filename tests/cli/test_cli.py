@@ -358,6 +358,9 @@ def test_compile_auto_says_why_and_flags_force_it(tmp_path):
     assert forced.exit_code == 0 and "compile auto" not in forced.output
     assert_usage_error(invoke("train", "--no-compile", "--compile", "on"), "--no-compile contradicts --compile on")
     assert_usage_error(invoke("train", "--compile", "sometimes"), "sometimes")
+    assert_usage_error(invoke("train", "--no-compile", "--compile-from-update", "2"),
+                       "--compile-from-update switches to compiled code")
+    assert_usage_error(invoke("train", "--compile-from-update", "-1"), "-1")
 
 
 def test_preset_applies_and_flags_override_it(tmp_path):
