@@ -48,7 +48,8 @@ class Config:
     device: str = "cpu"
     compile: bool = True
     fuse: str = "auto"  # the whole iteration as one compiled call: "auto" (where it pays), "on" or "off"
-    # With compile: the updates before this one run eagerly, the rest compiled. A run's record: the
+    # With compile: the updates before this one run eagerly; this one runs eagerly too and checks the
+    # compiled update on its rollout; the rest run compiled if the two agreed. A run's record: the
     # same seed and switch update replay it bit for bit.
     compile_from_update: int = 0
 
