@@ -124,7 +124,9 @@ def switch_line(check: dict) -> str:
     if check["agreed"] is None:
         return f"switched to compiled code at {at} ({check['why']})"
     if check["agreed"]:
-        return f"switched to compiled code at {at}: its update agreed with the eager one on the same rollout"
+        gap, allowed = check["largest_gap"]["update"][0], check["allowed"]["update"]
+        return (f"switched to compiled code at {at}: its update agreed with the eager one on the same rollout "
+                f"(largest parameter-update gap {gap:.1e} of its size, allowed {allowed:.0e})")
     first = check["problems"][0]
     more = f" (and {len(check['problems']) - 1} more)" if len(check["problems"]) > 1 else ""
     return f"stayed eager: at {at} the compiled update disagreed with the eager one: {first}{more}"

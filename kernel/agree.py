@@ -107,6 +107,27 @@ def state_disagreements(want, got, start, tol: Tolerance, exact_paths: tuple = (
     return problems
 
 
+def largest_gaps(want, got, start) -> dict:
+    """The largest relative gap among the floating-point leaves of two training states, as
+    ``{"update": [gap, path], "state": [gap, path]}``: parameter leaves by their update from
+    ``start`` (the scale :func:`state_disagreements` judges them on), every other leaf on its own."""
+    flat_want, flat_got = flatten_with_paths(as_dicts(want)), flatten_with_paths(as_dicts(got))
+    flat_start = flatten_with_paths(as_dicts(start))
+    largest = {"update": [0.0, None], "state": [0.0, None]}
+    for path, w in flat_want.items():
+        g = flat_got.get(path)
+        if g is None or exact(w) or g.shape != w.shape:
+            continue
+        if path.startswith("params.") and path in flat_start:
+            p0 = flat_start[path].double()
+            kind, gap = "update", relative_gap(g.double() - p0, w.double() - p0)
+        else:
+            kind, gap = "state", relative_gap(g, w)
+        if gap > largest[kind][0]:
+            largest[kind] = [gap, path]
+    return largest
+
+
 def output_disagreements(want: dict, got: dict, tol: Tolerance, scales: dict | None = None) -> list:
     """Each named output (a loss, log-probs, values: tensors) that differs from ``want``'s by more
     than ``tol.output`` of its own size (or of ``scales[name]``, for an output whose value can sit

@@ -68,7 +68,8 @@ def checked_update(eager: Built, compiled: Built, state: TrainState, update: int
     (both see the eager rollout's actions), so float rounding cannot flip a sampled action and send
     the two apart. Returns the eager result, its metrics and the check: ``agreed`` (None where it
     cannot be made: a fused build compiles rollout and update as one graph, and data-parallel ranks
-    would each judge alone) and each leaf that differed beyond :data:`kernel.agree.TOLERANCE`."""
+    would each judge alone), each leaf that differed beyond :data:`kernel.agree.TOLERANCE`, and the
+    largest gaps next to what is allowed."""
     if compiled.whole is not None or compiled.world.distributed:
         why = "the fused iteration is one graph" if compiled.whole is not None else "data-parallel ranks"
         after, metrics = iteration(compiled, state)
@@ -86,7 +87,9 @@ def checked_update(eager: Built, compiled: Built, state: TrainState, update: int
     got, _ = iteration(with_segment(compiled, lambda *args: trajectory[0]), state)
     tol = agree.TOLERANCE[SHORT_NAMES[compiled.config.precision.compute_dtype]]
     problems = agree.state_disagreements(after, got, state, tol)
-    return after, metrics, {"update": update, "agreed": not problems, "problems": problems}
+    return after, metrics, {"update": update, "agreed": not problems, "problems": problems,
+                            "largest_gap": agree.largest_gaps(after, got, state),
+                            "allowed": {"update": tol.update, "state": tol.state}}
 
 
 def warmup(built: Built, state: TrainState) -> float:

@@ -50,7 +50,11 @@ def test_the_switch_update_and_its_check_are_recorded_in_the_telemetry_and_the_s
     out, tiers = switched
     assert tiers == [0.0, 0.0, 0.0, 1.0, 1.0]
     assert out.summary["switch_update"] == SWITCH and out.summary["compile_s"] > 0
-    assert out.summary["switch_check"] == {"update": SWITCH, "agreed": True, "problems": []}
+    check = out.summary["switch_check"]
+    assert {k: check[k] for k in ("update", "agreed", "problems")} == {"update": SWITCH, "agreed": True, "problems": []}
+    # the gaps it agreed with are reported, non-zero (compiled code rounds differently) and within bounds
+    assert 0 < check["largest_gap"]["update"][0] <= check["allowed"]["update"]
+    assert check["largest_gap"]["update"][1].startswith("params.")
     eager = T.make_train(SMALL.replace(compile=False)).train(until_update=1).summary
     assert eager["switch_update"] is None and eager["switch_check"] is None
 
