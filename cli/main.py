@@ -6,6 +6,7 @@ import json
 import logging
 import os
 from collections import deque
+from functools import partial
 
 import click
 from rich.live import Live
@@ -166,15 +167,22 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, no
         con.print(f"eager until update {cfg.compile_from_update}, then compiled (compiling at that update)")
     elif cfg.compile:
         con.print("compiling (first call; cached afterwards)...")
-    frozen = []
-    with Live(render.live_view(progress), console=con, refresh_per_second=4, transient=False) as live:
+    frozen, compiled_since = [], []
+    tier = partial(render.tier, cfg.compile, cfg.compile_from_update)
+    with Live(render.live_view(progress, tier_text=tier(update, None)), console=con, refresh_per_second=4,
+              transient=False) as live:
 
         def on_update(log):
             if not frozen:  # after the first update, everything compiled: see long_lived_from_now
                 frozen.append(common.long_lived_from_now())
             progress.update(task, completed=log.update)
             returns_seen.append(log.mean_return)
-            live.update(render.live_view(progress, log, list(returns_seen)))
+            if not compiled_since and render.mean_metrics(log.metrics).get("compiled"):
+                compiled_since.append(log.update - 1)  # (log.update counts the updates done)
+                if len(frozen) == 1 and log.update > 1:  # compiled after a switch: its graphs are long-lived too
+                    frozen.append(common.long_lived_from_now())
+            text = tier(log.update, compiled_since[0] if compiled_since else None)
+            live.update(render.live_view(progress, log, list(returns_seen), text))
             if grad_table_every and log.update % grad_table_every == 0:
                 tables = log.groups if group is not None else [log.groups]
                 for r, groups in enumerate(tables):

@@ -77,11 +77,24 @@ def sparkline(values: list) -> str:
                    for v in values)
 
 
-def live_view(progress: Progress, log=None, returns: list | None = None) -> Group:
-    """Progress bar, the latest metrics and a sparkline of the mean return over recent updates."""
+def tier(compile_: bool, switch: int, done: int, compiled_since: int | None) -> str:
+    """Which code runs the updates: ``done`` updates so far, the first compiled one
+    ``compiled_since`` (None: none yet), ``switch`` the update that compiles."""
+    if compiled_since is not None:
+        return f"compiled since update {compiled_since}"
+    if not compile_:
+        return "eager"
+    if done > switch:  # the switch update ran and the compiled code did not take over
+        return f"eager (the compiled update disagreed at update {switch})"
+    return f"eager; compiles and checks at update {switch}" if done < switch else f"compiling at update {switch}"
+
+
+def live_view(progress: Progress, log=None, returns: list | None = None, tier_text: str | None = None) -> Group:
+    """Progress bar, which code runs (``tier_text``), the latest metrics and a sparkline of the
+    mean return over recent updates."""
     if log is None:
-        return Group(progress)
-    parts = [progress, metrics_table(log)]
+        return Group(progress, *([tier_text] if tier_text else []))
+    parts = [progress, *([tier_text] if tier_text else []), metrics_table(log)]
     if returns:
         finite = [v for v in returns if math.isfinite(v)]
         span = f" ({min(finite):.1f} .. {max(finite):.1f})" if finite else ""

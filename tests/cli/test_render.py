@@ -67,3 +67,20 @@ def test_sparkline_scales_between_min_and_max():
     assert sparkline([0.0, 5.0, 10.0]) == SPARK[0] + SPARK[4] + SPARK[-1]
     assert sparkline([float("nan"), 3.0, 3.0]) == " " + SPARK[0] * 2
     assert sparkline([]) == ""
+
+
+def test_the_live_view_names_the_tier_and_the_switch_line_its_verdict():
+    from cli.render import switch_line, tier
+
+    assert tier(False, 0, 5, None) == "eager"
+    assert tier(True, 0, 0, None) == "compiling at update 0"
+    assert tier(True, 3, 1, None) == "eager; compiles and checks at update 3"
+    assert tier(True, 3, 3, None) == "compiling at update 3"
+    assert tier(True, 3, 4, 4) == "compiled since update 4"
+    assert tier(True, 3, 6, None) == "eager (the compiled update disagreed at update 3)"
+    agreed = {"update": 3, "agreed": True, "problems": [], "largest_gap": {"update": [2e-6, "params.w"]},
+              "allowed": {"update": 1e-5}}
+    assert "agreed" in switch_line(agreed) and "2.0e-06" in switch_line(agreed)
+    wrong = dict(agreed, agreed=False, problems=["params.w: update differs by 1.0e-01", "params.b: ..."])
+    assert switch_line(wrong) == ("stayed eager: at update 3 the compiled update disagreed with the eager one: "
+                                  "params.w: update differs by 1.0e-01 (and 1 more)")
