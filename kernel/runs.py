@@ -297,6 +297,8 @@ def execute(run: Prepared, on_update: Callable[[UpdateLog], None] | None = None)
     start_update = int(run.state.step)
     first = (lambda metrics: metrics) if group is None else (lambda metrics: metrics[0])
     state, progress, summary = train_writing(run, logged, checkpointer, files, first)
+    if (summary.get("switch_check") or {}).get("agreed") is False:  # it stayed eager: so do its last files
+        cfg = cfg.replace(compile=False)
     update = progress.update if group is None else progress[0].update
     built = run.trainer.built
     if group is None and built.plan.compile and not world.distributed and update > start_update \

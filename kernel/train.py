@@ -166,7 +166,7 @@ def train(built: Built, state: TrainState | None = None, progress: Progress | li
     switch = cfg.compile_from_update if built.plan.compile else None
     eager = with_plan(built, Plan(False, False, "eager before the switch update")) \
         if switch is not None and records[0].update < switch else None
-    compile_s, check = (warmup(built, state) if eager is None else 0.0), None
+    compile_s, check, job = (warmup(built, state) if eager is None else 0.0), None, built.job
     # Ranks of one run all see every rank's episodes; ranks of a group each train their own runs.
     every = (lambda items: world.concat_lists(items)) if group is not None else list
     steps_per_update = cfg.batch_size * (world.size if group is None else 1)
@@ -181,6 +181,8 @@ def train(built: Built, state: TrainState | None = None, progress: Progress | li
             state, metrics, check = checked_update(eager, built, state, records[0].update)
             tier = 0.0 if check["agreed"] is not None else 1.0  # a checked update keeps the eager result
             eager = eager if check["agreed"] is False else None
+            if eager is not None:  # checkpoints from here on say eager: a resumed run must not compile
+                job = job.replace(compile=False)
             spent = time.perf_counter() - compiled_at
             compile_s, start = compile_s + spent, start + spent  # (run seconds exclude the compile and check)
         else:
@@ -210,7 +212,7 @@ def train(built: Built, state: TrainState | None = None, progress: Progress | li
                                f"steps had a non-finite loss or gradient (all skipped; params are still finite)",
                                host[0] if group is None else host, last_good)
         if checkpointer is not None:
-            checkpointer.maybe_save(built.job, state, records if group is not None else records[0], built.all_runs)
+            checkpointer.maybe_save(job, state, records if group is not None else records[0], built.all_runs)
         if on_update is not None:
             on_update(update_log(cfg, everyone, host, start_steps, elapsed, group is not None))
     run_s = time.perf_counter() - start

@@ -6,9 +6,10 @@ module (compiling costs seconds)."""
 import pytest
 import torch
 
-from kernel import agree
+from kernel import agree, checkpoint
 from kernel import train as T
 from kernel.config import Config
+from kernel.resume import Checkpointer, checkpoint_path, read_config
 from kernel.tree import leaves
 
 SMALL = Config(num_envs=4, num_steps=16, total_steps=4 * 16 * 5, update_epochs=2, num_minibatches=2,
@@ -17,12 +18,14 @@ SWITCH = 2
 TOL = agree.AFTER_ITERATIONS["fp32"]
 
 
-def trained(cfg: Config, until: int | None = None, start: T.Trained | None = None, built=None) -> tuple:
+def trained(cfg: Config, until: int | None = None, start: T.Trained | None = None, built=None,
+            checkpointer=None) -> tuple:
     """``(Trained, each update's tier)``: 1.0 for a compiled update, 0.0 for an eager one."""
     tiers = []
     train = T.trainer(built) if built is not None else T.make_train(cfg)
     out = train.train(start.state if start else None, start.progress if start else None,
-                      on_update=lambda log: tiers.append(log.metrics["compiled"]), until_update=until)
+                      on_update=lambda log: tiers.append(log.metrics["compiled"]), until_update=until,
+                      checkpointer=checkpointer)
     return out, tiers
 
 
@@ -93,16 +96,21 @@ def test_a_run_resumed_before_the_switch_keeps_it(switched):
     assert identical(rest.state, switched[0].state)
 
 
-def test_a_wrong_compiled_update_is_caught_at_the_switch_and_the_run_finishes_eagerly(eager_before, eager_after):
+def test_a_wrong_compiled_update_is_caught_at_the_switch_and_the_run_finishes_eagerly(eager_before, eager_after,
+                                                                                    tmp_path):
     """The compiled grad step of a build without advantage normalization (a constant of its graph)
-    spliced into a switched run: the check names the leaves and the run is the eager run to the end."""
+    spliced into a switched run: the check names the leaves, the run is the eager run to the end,
+    and its checkpoints from the switch on say eager, so a resumed run does not compile."""
     built = T.build(SMALL.replace(compile_from_update=SWITCH))
     wrong = T.build(SMALL.replace(norm_adv=False)).stages.grad_step
-    out, tiers = trained(None, built=built._replace(stages=built.stages._replace(grad_step=wrong)))
+    out, tiers = trained(None, built=built._replace(stages=built.stages._replace(grad_step=wrong)),
+                         checkpointer=Checkpointer(tmp_path, every=1, keep=5))
     check = out.summary["switch_check"]
     assert check["agreed"] is False and any(p.startswith("params.") for p in check["problems"])
     assert out.summary["switch_update"] is None and tiers == [0.0] * 5
     assert identical(out.state, eager_after.state)
+    compiles = {u: read_config(checkpoint.load(checkpoint_path(tmp_path, u))[1], u).compile for u in range(1, 6)}
+    assert compiles == {1: True, 2: True, 3: False, 4: False, 5: False}
 
 
 def test_a_negative_switch_update_is_refused():
