@@ -16,6 +16,7 @@ from kernel.config import Config
 from kernel.distributed import SINGLE, World
 from kernel.group import grid, to_runs
 from kernel.iteration import iterate, make_batch, with_advantages
+from kernel.loop import unaliased
 from kernel.normalize import combined
 from kernel.plan import Plan
 from kernel.ppo import hyper_tensors, shuffle_units
@@ -177,14 +178,18 @@ def train(built: Built, state: TrainState | None = None, progress: Progress | li
     while records[0].update < last:
         if eager is not None and check is None and records[0].update >= switch:
             compiled_at = time.perf_counter()
-            compile_s += warmup(built, state)
+            # Eager steps may leave one tensor twice in the carry (CartPole's state is its obs);
+            # compiled ones never do, and a graph traced on the aliased carry would recompile.
+            state = state._replace(carry=unaliased(state.carry))
+            warmup(built, state)
             state, metrics, check = checked_update(eager, built, state, records[0].update)
+            state = state._replace(carry=unaliased(state.carry))
             tier = 0.0 if check["agreed"] is not None else 1.0  # a checked update keeps the eager result
             eager = eager if check["agreed"] is False else None
             if eager is not None:  # checkpoints from here on say eager: a resumed run must not compile
                 job = job.replace(compile=False)
             spent = time.perf_counter() - compiled_at
-            compile_s, start = compile_s + spent, start + spent  # (run seconds exclude the compile and check)
+            compile_s, start = compile_s + spent, start + spent  # compile and check; run seconds exclude them
         else:
             state, metrics = iteration(eager or built, state)
             tier = float(built.plan.compile and eager is None)
