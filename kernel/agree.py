@@ -95,22 +95,28 @@ def state_disagreements(want, got, start, tol: Tolerance, exact_paths: tuple = (
         elif exact(w) or path.startswith(exact_paths):
             if not torch.equal(g.cpu(), w.cpu()):
                 problems.append(f"{path}: must be equal, differs in {int((g.cpu() != w.cpu()).sum())} element(s)")
-        elif path.startswith("params.") and path in flat_start:
-            p0 = flat_start[path].double()
-            gap = relative_gap(g.double() - p0, w.double() - p0)
-            if gap > tol.update:
-                problems.append(f"{path}: update differs by {gap:.2e} of its size (allowed {tol.update:.0e})")
         else:
-            gap = relative_gap(g, w)
-            if gap > tol.state:
+            kind, gap = leaf_gap(path, w, g, flat_start)
+            if kind == "update" and gap > tol.update:
+                problems.append(f"{path}: update differs by {gap:.2e} of its size (allowed {tol.update:.0e})")
+            elif kind == "state" and gap > tol.state:
                 problems.append(f"{path}: differs by {gap:.2e} of its size (allowed {tol.state:.0e})")
     return problems
 
 
+def leaf_gap(path: str, want: torch.Tensor, got: torch.Tensor, flat_start: dict) -> tuple[str, float]:
+    """``("update", gap)`` for a parameter leaf (its change from ``flat_start[path]`` against the
+    reference's change), ``("state", gap)`` for any other floating-point leaf (on its own scale)."""
+    if path.startswith("params.") and path in flat_start:
+        p0 = flat_start[path].double()
+        return "update", relative_gap(got.double() - p0, want.double() - p0)
+    return "state", relative_gap(got, want)
+
+
 def largest_gaps(want, got, start) -> dict:
     """The largest relative gap among the floating-point leaves of two training states, as
-    ``{"update": [gap, path], "state": [gap, path]}``: parameter leaves by their update from
-    ``start`` (the scale :func:`state_disagreements` judges them on), every other leaf on its own."""
+    ``{"update": [gap, path], "state": [gap, path]}``, each leaf measured as :func:`leaf_gap` (and
+    :func:`state_disagreements`) measures it."""
     flat_want, flat_got = flatten_with_paths(as_dicts(want)), flatten_with_paths(as_dicts(got))
     flat_start = flatten_with_paths(as_dicts(start))
     largest = {"update": [0.0, None], "state": [0.0, None]}
@@ -118,11 +124,7 @@ def largest_gaps(want, got, start) -> dict:
         g = flat_got.get(path)
         if g is None or exact(w) or g.shape != w.shape:
             continue
-        if path.startswith("params.") and path in flat_start:
-            p0 = flat_start[path].double()
-            kind, gap = "update", relative_gap(g.double() - p0, w.double() - p0)
-        else:
-            kind, gap = "state", relative_gap(g, w)
+        kind, gap = leaf_gap(path, w, g, flat_start)
         if gap > largest[kind][0]:
             largest[kind] = [gap, path]
     return largest
