@@ -163,13 +163,17 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, no
     returns_seen: deque = deque(maxlen=60)  # for the live view's sparkline
     progress = render.make_progress()
     task = progress.add_task("train", total=cfg.num_updates, completed=update)
-    if cfg.compile and cfg.compile_from_update > update:
+    if cfg.compile and cfg.compile_from_update is None:
+        pass  # tiered: the auto note said how, and the live view says where it stands
+    elif cfg.compile and cfg.compile_from_update > update:
         con.print(f"eager until update {cfg.compile_from_update}, then compiled (compiling at that update)")
     elif cfg.compile:
         con.print("compiling (first call; cached afterwards)...")
     frozen, compiled_since = [], []
     tier = partial(render.tier, cfg.compile, cfg.compile_from_update)
-    with Live(render.live_view(progress, tier_text=tier(update, None)), console=con, refresh_per_second=4,
+    first_tier = "eager; compiling in a helper process" if cfg.compile and cfg.compile_from_update is None \
+        else tier(update, None)
+    with Live(render.live_view(progress, tier_text=first_tier), console=con, refresh_per_second=4,
               transient=False) as live:
 
         def on_update(log):
@@ -181,7 +185,9 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, no
                 compiled_since.append(log.update - 1)  # (log.update counts the updates done)
                 if len(frozen) == 1 and log.update > 1:  # compiled after a switch: its graphs are long-lived too
                     frozen.append(common.long_lived_from_now())
-            text = tier(log.update, compiled_since[0] if compiled_since else None)
+            if log.note:  # a tiered run's compile failed: said once
+                live.console.print(escape(log.note), soft_wrap=True)
+            text = log.tier or tier(log.update, compiled_since[0] if compiled_since else None)
             live.update(render.live_view(progress, log, list(returns_seen), text))
             if grad_table_every and log.update % grad_table_every == 0:
                 tables = log.groups if group is not None else [log.groups]

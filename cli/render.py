@@ -77,13 +77,16 @@ def sparkline(values: list) -> str:
                    for v in values)
 
 
-def tier(compile_: bool, switch: int, done: int, compiled_since: int | None) -> str:
+def tier(compile_: bool, switch: int | None, done: int, compiled_since: int | None) -> str:
     """Which code runs the updates: ``done`` updates so far, the first compiled one
-    ``compiled_since`` (None: none yet), ``switch`` the update that compiles."""
+    ``compiled_since`` (None: none yet), ``switch`` the update that compiles (None: once compiled,
+    when the run's own log says how far it is)."""
     if compiled_since is not None:
         return f"compiled since update {compiled_since}"
     if not compile_:
         return "eager"
+    if switch is None:
+        return "eager; compiled code checked, it takes over at the next update"
     if done > switch:  # the switch update ran and the compiled code did not take over
         return f"eager (the compiled update disagreed at update {switch})"
     return f"eager; compiles and checks at update {switch}" if done < switch else f"compiling at update {switch}"
@@ -138,8 +141,8 @@ def switch_line(check: dict) -> str:
         return f"switched to compiled code at {at} ({check['why']})"
     if check["agreed"]:
         gap, allowed = check["largest_gap"]["update"][0], check["allowed"]["update"]
-        return (f"switched to compiled code at {at}: its update agreed with the eager one on the same rollout "
-                f"(largest parameter-update gap {gap:.1e} of its size, allowed {allowed:.0e})")
+        return (f"switched to compiled code at {at}: each compiled stage agreed with the eager one on the same inputs "
+                f"(largest parameter-update gap {gap:.1e} of a step, allowed {allowed:.0e})")
     first = check["problems"][0]
     more = f" (and {len(check['problems']) - 1} more)" if len(check["problems"]) > 1 else ""
     return f"stayed eager: at {at} the compiled update disagreed with the eager one: {first}{more}"

@@ -50,8 +50,9 @@ class Config:
     fuse: str = "auto"  # the whole iteration as one compiled call: "auto" (where it pays), "on" or "off"
     # With compile: the updates before this one run eagerly; this one runs eagerly too and checks the
     # compiled update on its rollout; the rest run compiled if the two agreed. A run's record: the
-    # same seed and switch update replay it bit for bit.
-    compile_from_update: int = 0
+    # same seed and switch update replay it bit for bit. None: switch once the compiled functions
+    # are ready, built beside the eager updates (kernel.tiers); the run records the update it took.
+    compile_from_update: int | None = 0
 
     @property
     def batch_size(self) -> int:
@@ -167,8 +168,8 @@ def validated(config: Config) -> Config:
     if config.head_average not in ("decisions", "relevant"):
         raise ValueError(f"head_average must be 'decisions' or 'relevant', got {config.head_average!r}")
     value = config.compile_from_update
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"compile_from_update must be a non-negative integer, got {value!r}")
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise ValueError(f"compile_from_update must be a non-negative integer or null, got {value!r}")
     if config.fuse not in ("auto", "on", "off"):
         raise ValueError(f"fuse must be 'auto', 'on' or 'off', got {config.fuse!r}")
     if config.activation not in ("tanh", "relu"):
@@ -197,6 +198,8 @@ def from_dict(values: dict, base: Config | None = None) -> Config:
             continue  # parsed by validated()
         if name == "log_std_init":  # optional: None or a number (checked by validated())
             values[name] = float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+            continue
+        if name == "compile_from_update" and value is None:  # null: switch when compiled (kernel.tiers)
             continue
         expected = type(getattr(base or Config(), name))
         if expected is float and isinstance(value, int) and not isinstance(value, bool):

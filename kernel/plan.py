@@ -3,16 +3,15 @@ in one place from the config, the device, the torch version and what this machin
 
 Fusing (``fuse="auto"``): never for a group, a data-parallel rank, an env stepping in Python or an
 eager run; always on CUDA; on CPU where this machine's records of both paths say it pays.
-Compiling (``--compile auto``): the run's own eager iteration against the seconds an earlier
-compile of the same graphs recorded here, or with no record, compile unless the whole run would
-take under :data:`EAGER_RUN_LIMIT_S` eagerly. Records live next to inductor's cache.
+Records of this machine's compile and compiled-iteration seconds (written after runs compiled
+from their first update) live next to inductor's cache. Whether to compile is the config's
+(``--compile auto`` starts eagerly and switches once compiled: :mod:`kernel.tiers`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import time
 from importlib import metadata
 from pathlib import Path
 from typing import NamedTuple
@@ -22,7 +21,6 @@ import torch
 from kernel.group import SWEEPABLE
 from kernel.hot import cpp_wrapper_compiles_scan
 
-EAGER_RUN_LIMIT_S = 60.0
 # Keys that never shape a graph: values that enter the compiled steps as tensors, and the run's
 # length, seed and plan.
 # log_std_init sets initial values only, not a graph
@@ -124,43 +122,3 @@ def fuse_choice(config, env, distributed: bool = False, group: bool = False, upd
 def decide(config, env, distributed: bool = False, group: bool = False, updates_left: int | None = None) -> Plan:
     fuse, why = fuse_choice(config, env, distributed, group, updates_left)
     return Plan(bool(config.compile), fuse, why)
-
-
-def eager_iteration_seconds(iteration, state, repeats: int = 3) -> float:
-    """Seconds of one eager iteration once start-up work has settled: the fastest of ``repeats``
-    after one untimed iteration (which pays one-time costs: allocator growth, lazy imports)."""
-    best = float("inf")
-    for i in range(repeats + 1):
-        start = time.perf_counter()
-        _, metrics = iteration(state)
-        float(metrics["loss"].float().mean())  # wait for the device
-        if i:
-            best = min(best, time.perf_counter() - start)
-    return best
-
-
-def auto_compile(config, env, updates_left: int, eager_s, fused: bool) -> tuple[bool, str]:
-    """``--compile auto``: compile iff ``updates_left`` x (eager - compiled seconds per iteration)
-    beats the compile seconds this machine recorded; with no record, iff the run would take at
-    least :data:`EAGER_RUN_LIMIT_S` eagerly. ``eager_s``: a function that measures the eager
-    iteration, called only if it is needed. Returns the choice and the line that explains it."""
-    if getattr(env, "host_state", False):  # stepping it to time an iteration would move its episodes
-        return True, (f"compile auto: on ({config.env} steps on the host; the policy step and the update compile "
-                      "without timing an eager iteration first)")
-    if not getattr(env, "compilable", True):
-        return False, (f"compile auto: off ({config.env} steps in Python, so only the update would compile, a small "
-                       "share of each iteration)")
-    record = read_record(config.replace(compile=True), fused)
-    eager_s = eager_s()
-    eager_total = updates_left * eager_s
-    if record is None:
-        on = eager_total >= EAGER_RUN_LIMIT_S
-        return on, (f"compile auto: {'on' if on else 'off'}; no compile of this config recorded on this machine, so "
-                    f"the rule is: compile unless the run takes under {EAGER_RUN_LIMIT_S:.0f} s eagerly "
-                    f"({updates_left} updates x {eager_s * 1e3:.1f} ms = {eager_total:.0f} s)")
-    compile_s = compile_seconds(record)
-    saving = updates_left * (eager_s - record["iteration_s"])
-    on = saving > compile_s
-    return on, (f"compile auto: {'on' if on else 'off'}; {updates_left} updates x ({eager_s * 1e3:.1f} ms eager - "
-                f"{record['iteration_s'] * 1e3:.1f} ms compiled) = {saving:.0f} s saved {'>' if on else '<='} "
-                f"{compile_s:.0f} s compile (recorded on this machine)")

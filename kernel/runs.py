@@ -22,7 +22,7 @@ import torch
 import envs
 from kernel import checkpoint, curves, plan, telemetry
 from kernel import config as config_mod
-from kernel.build import build, rank_config, with_plan
+from kernel.build import build, rank_config
 from kernel.config import Config
 from kernel.distributed import SINGLE, World
 from kernel.group import Group, grid, ranked_settings, run_slice
@@ -190,8 +190,9 @@ def prepare(config: Config | dict | None = None, out=None, *, resume: str | Path
     the env's defaults and ``config_json``; with ``resume`` (a checkpoint, or "latest" in ``out``)
     they are changes to the checkpoint's config (only OVERRIDABLE_ON_RESUME). ``seeds``/``sweep``
     make a group (:mod:`kernel.group`). ``world``: this process's data-parallel ranks (rank 0
-    checks the folder). ``auto_compile``: let :mod:`kernel.plan` decide ``compile`` unless
-    ``config_json`` sets it (its reason is the first note)."""
+    checks the folder). ``auto_compile``: compile tiered (``compile_from_update=None``: eager at once,
+    compiled once a helper has compiled, :mod:`kernel.tiers`) unless ``config_json`` sets ``compile``,
+    or a resumed run's record decides (its reason is the first note)."""
     options = options or Options()
     if options.checkpoint_every < 0 or options.keep < 1 or options.max_bad_steps < 1:
         raise RunError(f"need checkpoint_every >= 0, keep >= 1 and max_bad_steps >= 1, got {options}")
@@ -226,11 +227,15 @@ def prepare(config: Config | dict | None = None, out=None, *, resume: str | Path
         except curves.MissingExtra as e:
             raise RunError(str(e)) from None
     auto_note = None
-    auto_compile = auto_compile and not (config_json and "compile" in config_mod.read_json_object(config_json))
-    if auto_compile and (group is not None or world.distributed):
-        cfg, auto_note = cfg.replace(compile=True), "compile auto: on (groups and data-parallel runs always compile)"
-    elif auto_compile:
-        cfg = cfg.replace(compile=False)  # built eager first: its iterations are what auto measures
+    fixed = config_mod.read_json_object(config_json) if config_json else {}
+    if auto_compile and not resume and "compile" not in fixed:  # (a resumed run keeps its record)
+        if world.distributed:
+            cfg = cfg.replace(compile=True)
+            auto_note = "compile auto: compiled first (data-parallel ranks switch together)"
+        elif "compile_from_update" not in fixed:
+            cfg = cfg.replace(compile=True, compile_from_update=None)
+            auto_note = ("compile auto: training starts eagerly while a helper process compiles, and switches to the "
+                         "compiled code once it is ready (checked against the eager update there)")
     try:  # building reads the env's data (a CIFAR-10 folder, say) and checks the plan: one line each
         train = trainer(build(cfg, world, group))
     except ValueError as e:  # EnvOptionError, a group that does not split over the ranks, fuse='on' where impossible
@@ -253,15 +258,6 @@ def prepare(config: Config | dict | None = None, out=None, *, resume: str | Path
                   "everything else resumes exactly)" if ckpt is not None else
                   f"{cfg.env}: checkpoints hold everything but gymnasium's own env state; a resumed run starts "
                   "fresh episodes",)
-    if auto_compile and auto_note is None:
-        built = train.built
-        left = cfg.num_updates - int(state.step)
-        fuse = plan.decide(cfg.replace(compile=True), built.env, updates_left=left)
-        on, auto_note = plan.auto_compile(cfg, built.env, left,
-                                          lambda: plan.eager_iteration_seconds(train.iteration, state), fuse.fuse)
-        if on:  # the same built env, policy and optimizer, its stages now compiled
-            cfg = cfg.replace(compile=True)
-            train = trainer(with_plan(built, fuse))
     if auto_note:
         notes = (auto_note, *notes)
     return Prepared(cfg, Path(out), train, state, progress, ckpt, notes, options, group)
@@ -288,8 +284,8 @@ def execute(run: Prepared, on_update: Callable[[UpdateLog], None] | None = None)
         if group is None:
             groups = files[0].write(log)
         else:
-            groups = [f.write(UpdateLog(log.update, log.num_updates, log.env_steps // group.count, log.elapsed_s,
-                                        log.sps / group.count, m["mean_return"], 0, m))
+            groups = [f.write(log._replace(env_steps=log.env_steps // group.count, sps=log.sps / group.count,
+                                           mean_return=m["mean_return"], episodes=0, metrics=m, return_spread=None))
                       for f, m in zip(files, log.metrics)]
         if on_update is not None:
             on_update(log._replace(groups=groups))
@@ -299,11 +295,14 @@ def execute(run: Prepared, on_update: Callable[[UpdateLog], None] | None = None)
     state, progress, summary = train_writing(run, logged, checkpointer, files, first)
     if (summary.get("switch_check") or {}).get("agreed") is False:  # it stayed eager: so do its last files
         cfg = cfg.replace(compile=False)
+    if cfg.compile_from_update is None and summary["switch_update"] is not None:  # the switch it took, recorded
+        cfg = cfg.replace(compile_from_update=summary["switch_update"])
     update = progress.update if group is None else progress[0].update
     built = run.trainer.built
     if group is None and built.plan.compile and not world.distributed and update > start_update \
-            and cfg.compile_from_update <= start_update:  # (a run with eager updates would record their time)
-        # what --compile auto reads next time: this machine's compile and compiled-iteration seconds
+            and summary["switch_update"] is not None and summary["switch_update"] <= start_update:
+        # what --fuse auto reads next time: this machine's compile and compiled-iteration seconds (only
+        # from a run compiled throughout: one with eager updates would record their time)
         plan.write_record(cfg, built.plan.fuse, summary["compile_s"], summary["run_s"] / (update - start_update))
     if checkpointer is not None and checkpointer.last != checkpoint_path(out, update):
         checkpointer.save(cfg, state, progress, group)  # so resuming "latest" continues from the true end
@@ -361,6 +360,7 @@ class RunFiles:
         groups = self.table(log.metrics)
         scalars = {k: v for k, v in log.metrics.items() if not k.startswith("grad/")}
         self.writer.write({"update": log.update, "env_steps": log.env_steps, "time_s": log.elapsed_s,
+                           "unix_time": log.unix_time,
                            "mean_return": log.mean_return, **scalars, "grads": groups})
         if self.board is not None:
             self.board.write(log._replace(groups=groups))

@@ -22,6 +22,7 @@ from kernel.plan import Plan
 from kernel.ppo import hyper_tensors, shuffle_units
 from kernel.precision import SHORT_NAMES
 from kernel.state import Progress, TrainState
+from kernel.tiers import Tiers
 from kernel.tree import tree_map
 
 
@@ -64,33 +65,52 @@ def collect(built: Built, params, carry, generator: torch.Generator):
 
 
 def checked_update(eager: Built, compiled: Built, state: TrainState, update: int) -> tuple[TrainState, dict, dict]:
-    """The switch update, checked: the eager build's rollout once (a host-stepped env steps once),
-    then the update on that very trajectory, eagerly and with the compiled functions. Teacher-forced
-    (both see the eager rollout's actions), so float rounding cannot flip a sampled action and send
-    the two apart. Returns the eager result, its metrics and the check: ``agreed`` (None where it
-    cannot be made: a fused build compiles rollout and update as one graph, and data-parallel ranks
-    would each judge alone), each leaf that differed beyond :data:`kernel.agree.TOLERANCE`, and the
-    largest gaps next to what is allowed."""
+    """The switch update, checked: the eager update, then every compiled stage it would run called
+    on the very inputs the eager stage had, teacher-forced call by call: the advantages on the eager
+    rollout, and each minibatch step on the eager step's params, optimizer state and minibatch. So
+    float rounding in one step cannot carry into the next (nor flip a sample across PPO's clip
+    threshold), and any gap is the compiled function's own. Each output is compared leaf by leaf
+    at :data:`kernel.agree.AT_SWITCH` (parameters by their update). The rollout is not replayed
+    (a host-stepped env steps once). Returns the eager result, its metrics and the check:
+    ``agreed`` (None where it cannot be made: a fused build compiles rollout and update as one
+    graph, and data-parallel ranks would each judge alone), each output that differed beyond the
+    tolerance, and the largest gaps next to what is allowed."""
     if compiled.whole is not None or compiled.world.distributed:
         why = "the fused iteration is one graph" if compiled.whole is not None else "data-parallel ranks"
         after, metrics = iteration(compiled, state)
         return after, metrics, {"update": update, "agreed": None, "why": f"not checked: {why}"}
-    trajectory = []
+    calls = {"advantages": [], "grad_step": []}
 
-    def recording(*args):
-        trajectory.append(eager.stages.segment(*args))
-        return trajectory[0]
+    def recording(name: str, fn: Callable) -> Callable:
+        def call(*args):
+            out = fn(*args)
+            calls[name].append((args, out))
+            return out
+        return call
 
-    def with_segment(built: Built, segment: Callable) -> Built:
-        return built._replace(stages=built.stages._replace(segment=segment))
-
-    after, metrics = iteration(with_segment(eager, recording), state)
-    got, _ = iteration(with_segment(compiled, lambda *args: trajectory[0]), state)
-    tol = agree.TOLERANCE[SHORT_NAMES[compiled.config.precision.compute_dtype]]
-    problems = agree.state_disagreements(after, got, state, tol)
-    return after, metrics, {"update": update, "agreed": not problems, "problems": problems,
-                            "largest_gap": agree.largest_gaps(after, got, state),
-                            "allowed": {"update": tol.update, "state": tol.state}}
+    stages = eager.stages._replace(**{name: recording(name, getattr(eager.stages, name)) for name in calls})
+    after, metrics = iteration(eager._replace(stages=stages), state)
+    tol = agree.AT_SWITCH[SHORT_NAMES[compiled.config.precision.compute_dtype]]
+    problems, largest = [], {"update": [0.0, None], "state": [0.0, None], "output": [0.0, None]}
+    named = lambda out: {"advantages": out[0], "returns": out[1]}  # noqa: E731
+    for args, want in calls["advantages"]:
+        want, got = named(want), named(compiled.stages.advantages(*args))
+        problems += [f"advantages: {p}" for p in agree.output_disagreements(want, got, tol)]
+        for name in want:
+            gap = agree.relative_gap(got[name], want[name])
+            largest["output"] = max(largest["output"], [gap, name], key=lambda x: x[0])
+    stepped = lambda out: {"params": out[0], "opt_state": out[1], "loss_scale": out[2]}  # noqa: E731
+    for i, (args, want) in enumerate(calls["grad_step"]):
+        # one step's params (measured by their update from args[0]), optimizer state and loss scale
+        start, want_step, got_step = {"params": args[0]}, stepped(want), stepped(compiled.stages.grad_step(*args))
+        lr = float(args[5]["lr"].max())
+        problems += [f"minibatch step {i}: {p}"
+                     for p in agree.state_disagreements(want_step, got_step, start, tol, step_lr=lr)]
+        for kind, (gap, path) in agree.largest_gaps(want_step, got_step, start, step_lr=lr).items():
+            if gap > largest[kind][0]:
+                largest[kind] = [gap, f"{path} (minibatch step {i})"]
+    return after, metrics, {"update": update, "agreed": not problems, "problems": problems, "largest_gap": largest,
+                            "allowed": {"update": tol.update, "state": tol.state, "output": tol.output}}
 
 
 def warmup(built: Built, state: TrainState) -> float:
@@ -133,6 +153,9 @@ class UpdateLog(NamedTuple):
     metrics: dict | list  # host floats: a dict, or one per run for a group (with its mean_return)
     return_spread: tuple | None = None  # a group: (min, max) over runs of the rolling means
     groups: dict | list | None = None  # the gradient table with statuses (one per run), filled by kernel.runs
+    tier: str | None = None  # a tiered run before its switch: which code runs and what compiles (live view)
+    note: str | None = None  # one line to show once (a tiered run's compile failed)
+    unix_time: float = 0.0  # when the update ended (gaps between updates, compiling included)
 
 
 class NonFiniteRun(RuntimeError):
@@ -161,12 +184,18 @@ def train(built: Built, state: TrainState | None = None, progress: Progress | li
     state = state if state is not None else init_state(built)
     runs = group.count if group is not None else 1
     records = list(progress) if isinstance(progress, list) else [progress or Progress()] * runs
-    # Before the recorded switch update the same build runs eagerly (its env, policy and optimizer
-    # shared). The switch update compiles, runs eagerly and checks the compiled update against the
-    # eager one (:func:`checked_update`); the compiled functions take over after it if they agree.
-    switch = cfg.compile_from_update if built.plan.compile else None
+    # Before the switch update the same build runs eagerly (its env, policy and optimizer shared).
+    # The switch update runs eagerly and checks the compiled update against the eager one
+    # (:func:`checked_update`); the compiled functions take over after it if they agree. The switch
+    # is recorded (compile_from_update), or, with None, the first boundary at which the compiled
+    # functions are ready (kernel.tiers); data-parallel ranks, which must switch together, compile first.
+    from_update = cfg.compile_from_update
+    if built.plan.compile and from_update is None and world.distributed:
+        from_update = records[0].update
+    tiers = Tiers(built, built.own_env) if built.plan.compile and from_update is None else None
+    switch = from_update if built.plan.compile else None
     eager = with_plan(built, Plan(False, False, "eager before the switch update")) \
-        if switch is not None and records[0].update < switch else None
+        if built.plan.compile and (tiers is not None or records[0].update < switch) else None
     compile_s, check, job = (warmup(built, state) if eager is None else 0.0), None, built.job
     # Ranks of one run all see every rank's episodes; ranks of a group each train their own runs.
     every = (lambda items: world.concat_lists(items)) if group is not None else list
@@ -175,55 +204,71 @@ def train(built: Built, state: TrainState | None = None, progress: Progress | li
     last = min(cfg.num_updates, until_update or cfg.num_updates)
     solved = getattr(built.env, "solved_return", None)
     start = time.perf_counter()
-    while records[0].update < last:
-        if eager is not None and check is None and records[0].update >= switch:
-            compiled_at = time.perf_counter()
-            # Eager steps may leave one tensor twice in the carry (CartPole's state is its obs);
-            # compiled ones never do, and a graph traced on the aliased carry would recompile.
-            state = state._replace(carry=unaliased(state.carry))
-            warmup(built, state)
-            state, metrics, check = checked_update(eager, built, state, records[0].update)
-            state = state._replace(carry=unaliased(state.carry))
-            tier = 0.0 if check["agreed"] is not None else 1.0  # a checked update keeps the eager result
-            eager = eager if check["agreed"] is False else None
-            if eager is not None:  # checkpoints from here on say eager: a resumed run must not compile
-                job = job.replace(compile=False)
-            spent = time.perf_counter() - compiled_at
-            compile_s, start = compile_s + spent, start + spent  # compile and check; run seconds exclude them
-        else:
-            state, metrics = iteration(eager or built, state)
-            tier = float(built.plan.compile and eager is None)
-        episodes = metrics["episodes"] if group is not None else \
-            tree_map(lambda x: x.movedim(0, 1).flatten(1), world.gather_tree(metrics["episodes"]))
-        finished = finished_by_run(episodes, runs)
-        elapsed = time.perf_counter() - start
-        records = [p.advanced(steps_per_update, ret, solved, elapsed) for p, (ret, _) in zip(records, finished)]
-        # (every rank reduces, or a rank without a callback would leave the others waiting)
-        wanted = world.distributed or on_update is not None or max_bad_steps
-        scalars = world.mean_tree(scalar_metrics(metrics)) if group is None else scalar_metrics(metrics)
-        host = to_host(scalars, group and runs) if wanted else []
-        for h, p, (_, lengths) in zip(host, records, finished):
-            h["episode_length"] = sum(lengths) / len(lengths) if lengths else float("nan")
-            h["compiled"] = tier  # 1.0: this update ran compiled; 0.0: eagerly
-            if group is not None:
-                h["mean_return"] = p.mean_return
-        host, everyone = every(host), every(records)
-        streaks = optim.consecutive_skips(state.opt_state).reshape(-1)
-        if max_bad_steps and min((world.concat_tree(streaks) if group is not None else streaks).tolist()) \
-                >= max_bad_steps:
-            last_good = checkpointer.last if checkpointer is not None else None
-            every_run = "every run had " if group is not None else ""
-            raise NonFiniteRun(f"stopped at update {records[0].update}: {every_run}{max_bad_steps} or more consecutive "
-                               f"steps had a non-finite loss or gradient (all skipped; params are still finite)",
-                               host[0] if group is None else host, last_good)
-        if checkpointer is not None:
-            checkpointer.maybe_save(job, state, records if group is not None else records[0], built.all_runs)
-        if on_update is not None:
-            on_update(update_log(cfg, everyone, host, start_steps, elapsed, group is not None))
+    try:
+        while records[0].update < last:
+            began, spent = time.perf_counter(), 0.0  # compiling and checking: not run seconds
+            if switch is None and tiers is not None:
+                if tiers.ready(state, iteration):
+                    switch = records[0].update
+                    job = job.replace(compile_from_update=switch)  # a resumed run, or a replay, switches here too
+                spent = time.perf_counter() - began if tiers.warm is not None else 0.0  # (polling the helper: not)
+            if eager is not None and check is None and switch is not None and records[0].update >= switch:
+                # Eager steps may leave one tensor twice in the carry (CartPole's state is its obs);
+                # compiled ones never do, and a graph traced on the aliased carry would recompile.
+                state = state._replace(carry=unaliased(state.carry))
+                if tiers is None:  # (a tiered run has traced its graphs already)
+                    warmup(built, state)
+                state, metrics, check = checked_update(eager, built, state, records[0].update)
+                state = state._replace(carry=unaliased(state.carry))
+                tier = 0.0 if check["agreed"] is not None else 1.0  # a checked update keeps the eager result
+                eager = eager if check["agreed"] is False else None
+                if eager is not None:  # checkpoints from here on say eager: a resumed run must not compile
+                    job = job.replace(compile=False)
+                spent = time.perf_counter() - began
+            else:
+                state, metrics = iteration(eager or built, state)
+                tier = float(built.plan.compile and eager is None)
+            compile_s, start = compile_s + spent, start + spent
+            episodes = metrics["episodes"] if group is not None else \
+                tree_map(lambda x: x.movedim(0, 1).flatten(1), world.gather_tree(metrics["episodes"]))
+            finished = finished_by_run(episodes, runs)
+            elapsed = time.perf_counter() - start
+            records = [p.advanced(steps_per_update, ret, solved, elapsed) for p, (ret, _) in zip(records, finished)]
+            # (every rank reduces, or a rank without a callback would leave the others waiting)
+            wanted = world.distributed or on_update is not None or max_bad_steps
+            scalars = world.mean_tree(scalar_metrics(metrics)) if group is None else scalar_metrics(metrics)
+            host = to_host(scalars, group and runs) if wanted else []
+            for h, p, (_, lengths) in zip(host, records, finished):
+                h["episode_length"] = sum(lengths) / len(lengths) if lengths else float("nan")
+                h["compiled"] = tier  # 1.0: this update ran compiled; 0.0: eagerly
+                if group is not None:
+                    h["mean_return"] = p.mean_return
+            host, everyone = every(host), every(records)
+            streaks = optim.consecutive_skips(state.opt_state).reshape(-1)
+            if max_bad_steps and min((world.concat_tree(streaks) if group is not None else streaks).tolist()) \
+                    >= max_bad_steps:
+                last_good = checkpointer.last if checkpointer is not None else None
+                every_run = "every run had " if group is not None else ""
+                raise NonFiniteRun(f"stopped at update {records[0].update}: {every_run}{max_bad_steps} or more "
+                                   "consecutive steps had a non-finite loss or gradient (all skipped; params are "
+                                   "still finite)",
+                                   host[0] if group is None else host, last_good)
+            if checkpointer is not None:
+                checkpointer.maybe_save(job, state, records if group is not None else records[0], built.all_runs)
+            if on_update is not None:
+                log = update_log(cfg, everyone, host, start_steps, elapsed, group is not None)
+                if tiers is not None and (check is None or check["agreed"] is False):
+                    log = log._replace(tier=tiers.text() if check is None else
+                                       f"eager (the compiled update disagreed at update {switch})",
+                                       note=tiers.taken_note())
+                on_update(log)
+    finally:
+        if tiers is not None:
+            tiers.stop()
     run_s = time.perf_counter() - start
     skipped = optim.skipped_steps(state.opt_state).reshape(-1)
     summary = summarize(built, every(records), (world.concat_tree(skipped) if group is not None else skipped).tolist(),
-                        compile_s, run_s, start_steps, check)
+                        compile_s, run_s, start_steps, check, switch, tiers.summary() if tiers is not None else None)
     return Trained(state, records if group is not None else records[0], summary)
 
 
@@ -233,7 +278,7 @@ def update_log(cfg: Config, everyone: list, host: list, start_steps: int, elapse
     spread = ((min(means), max(means)) if means else (float("nan"), float("nan"))) if group else None
     return UpdateLog(everyone[0].update, cfg.num_updates, steps, elapsed, (steps - start_steps) / max(elapsed, 1e-9),
                      mean_over_runs(everyone), sum(len(p.returns) for p in everyone), host if group else host[0],
-                     spread)
+                     spread, unix_time=time.time())
 
 
 def mean_over_runs(progress: list) -> float:
@@ -243,11 +288,12 @@ def mean_over_runs(progress: list) -> float:
 
 
 def summarize(built: Built, progress: list, skipped: list, compile_s: float, run_s: float, start_steps: int,
-              check: dict | None = None) -> dict:
+              check: dict | None = None, switch: int | None = None, tiers: dict | None = None) -> dict:
     """``progress`` and ``skipped``: every run (all ranks' shares of a group); ``check``: the switch
-    update's (:func:`checked_update`)."""
+    update's (:func:`checked_update`); ``switch``: the update it switched at (None: not yet);
+    ``tiers``: a tiered run's helper seconds and failure (:meth:`kernel.tiers.Tiers.summary`)."""
     total = sum(p.env_steps for p in progress)
-    switch_update = built.config.compile_from_update if built.plan.compile else None
+    switch_update = switch if built.plan.compile else None
     if check is not None and check["agreed"] is False:
         switch_update = None  # the compiled update disagreed: the run stayed eager
     summary = {
@@ -257,6 +303,7 @@ def summarize(built: Built, progress: list, skipped: list, compile_s: float, run
         # the update at which the run compiled (None: eager throughout)
         "switch_update": switch_update,
         "switch_check": check,  # the compiled update against the eager one at the switch (None: no switch)
+        "tiers": tiers,  # a run that switched when compiled: the helper's seconds, or why it stayed eager
         "run_s": run_s,
         "env_steps": total,
         "sps": (total - start_steps) / max(run_s, 1e-9),

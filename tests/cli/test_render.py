@@ -78,6 +78,7 @@ def test_the_live_view_names_the_tier_and_the_switch_line_its_verdict():
     assert tier(True, 3, 3, None) == "compiling at update 3"
     assert tier(True, 3, 4, 4) == "compiled since update 4"
     assert tier(True, 3, 6, None) == "eager (the compiled update disagreed at update 3)"
+    assert tier(True, None, 6, None) == "eager; compiled code checked, it takes over at the next update"
     agreed = {"update": 3, "agreed": True, "problems": [], "largest_gap": {"update": [2e-6, "params.w"]},
               "allowed": {"update": 1e-5}}
     assert "agreed" in switch_line(agreed) and "2.0e-06" in switch_line(agreed)

@@ -1,4 +1,4 @@
-"""The plan: ``--compile auto``'s rule and records, and when an iteration fuses."""
+"""The plan: this machine's compile records, and when an iteration fuses."""
 from __future__ import annotations
 
 import pytest
@@ -23,29 +23,7 @@ class PythonEnv:
     compilable = False
 
 
-def test_without_a_record_the_written_rule_decides(cache):
-    config = Config()
-    # 200 updates x 50 ms = 10 s eagerly < 60 s: not worth a compile
-    on, why = plan.auto_compile(config, Env(), updates_left=200, eager_s=lambda: 0.05, fused=False)
-    assert not on
-    assert why == ("compile auto: off; no compile of this config recorded on this machine, so the rule is: compile "
-                   "unless the run takes under 60 s eagerly (200 updates x 50.0 ms = 10 s)")
-    on, why = plan.auto_compile(config, Env(), updates_left=2000, eager_s=lambda: 0.05, fused=False)
-    assert on and why.startswith("compile auto: on;") and "(2000 updates x 50.0 ms = 100 s)" in why
-    on, why = plan.auto_compile(config, PythonEnv(), updates_left=10**6, eager_s=lambda: 1.0, fused=False)
-    assert not on and "steps in Python" in why
-
-    class HostEnv:
-        compilable, host_state = False, True
-
-    def never():
-        raise AssertionError("a host env must not be stepped to time an eager iteration")
-
-    on, why = plan.auto_compile(config, HostEnv(), updates_left=10, eager_s=never, fused=False)
-    assert on and "without timing an eager iteration" in why
-
-
-def test_records_make_the_estimate_measured(cache):
+def test_records_keep_the_cold_and_the_warm_compile(cache):
     config = Config()
     assert plan.read_record(config, fused=False) is None
     plan.write_record(config, False, compile_s=50.0, iteration_s=0.004)
@@ -53,12 +31,6 @@ def test_records_make_the_estimate_measured(cache):
     plan.write_record(config, False, compile_s=6.0, iteration_s=0.005)
     assert plan.read_record(config, False) == {"cold_s": 50.0, "warm_s": 6.0, "iteration_s": 0.005}
     assert plan.read_record(config, True) is None  # the fused path has its own graphs
-    # 120 x (50 - 5) ms = 5.4 s < 6 s warm compile: off; the recorded numbers are the ones used
-    on, why = plan.auto_compile(config, Env(), updates_left=120, eager_s=lambda: 0.05, fused=False)
-    assert not on
-    assert why == ("compile auto: off; 120 updates x (50.0 ms eager - 5.0 ms compiled) = 5 s saved <= 6 s compile "
-                   "(recorded on this machine)")
-    assert plan.auto_compile(config, Env(), updates_left=1000, eager_s=lambda: 0.05, fused=False)[0]
 
 
 def test_signature_follows_the_graphs(monkeypatch):

@@ -115,7 +115,7 @@ def test_a_wrong_compiled_update_is_caught_at_the_switch_and_the_run_finishes_ea
     out, tiers = trained(None, built=built._replace(stages=built.stages._replace(grad_step=wrong)),
                          checkpointer=Checkpointer(tmp_path, every=1, keep=5))
     check = out.summary["switch_check"]
-    assert check["agreed"] is False and any(p.startswith("params.") for p in check["problems"])
+    assert check["agreed"] is False and any(": params." in p for p in check["problems"])
     assert out.summary["switch_update"] is None and tiers == [0.0] * 5
     assert identical(out.state, eager_after.state)
     compiles = {u: read_config(checkpoint.load(checkpoint_path(tmp_path, u))[1], u).compile for u in range(1, 6)}

@@ -1,0 +1,59 @@
+"""The compile helper of a tiered run (:mod:`kernel.tiers`): ``python -m kernel.precompile`` reads
+its request (JSON on stdin: the job's config, its runs, the fuse choice, the thread count and the
+run's process id), builds the same graphs and compiles them with one throwaway iteration, which
+leaves them in inductor's on-disk caches. Exit 0 once compiled; on failure, one line on stderr.
+It stops if the run that started it is gone."""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import sys
+import threading
+import time
+
+
+def die_with(parent: int) -> None:
+    """Exit when ``parent`` does: at once on Linux (the kernel's parent-death signal), else by
+    looking every second."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(3)
+
+    if os.getppid() != parent:  # it died before the signal was set
+        os._exit(3)
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def main() -> int:
+    request = json.loads(sys.stdin.read())
+    die_with(request["parent"])
+    import torch
+
+    from kernel.build import build, init_state
+    from kernel.config import from_dict
+    from kernel.group import Group
+    from kernel.plan import Plan
+    from kernel.train import iteration
+
+    torch.set_num_threads(request["threads"])
+    config = from_dict(request["config"])
+    runs = Group.from_dict(request["runs"]) if request["runs"] is not None else None
+    built = build(config, group=runs, plan=Plan(True, request["fuse"], request["why"]))
+    iteration(built, init_state(built))  # its own env copy: a host-stepped env may step here
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except Exception as e:  # the run reads the last line
+        print(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
+        sys.exit(1)

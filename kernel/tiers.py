@@ -1,0 +1,201 @@
+"""Tiered execution: a run starts eagerly at once while its compiled functions are built beside it,
+and switches to them at an update boundary (``compile_from_update=None``, what ``--compile auto``
+asks for).
+
+Two steps, because one thread cannot compile while another trains: the compile holds Python's
+lock for seconds at a time (``benchmarks/compile_in_thread.py`` measured gaps of 10-16 s).
+
+1. :class:`Helper`: a separate process builds the same config (same thread count, options and
+   plan) and compiles one throwaway iteration, which fills inductor's on-disk caches. The run
+   trains eagerly meanwhile, on its own core.
+2. :class:`StagedWarmup`: once the helper is done, the run's own compiled functions are traced
+   against the warm caches one stage per update boundary (a trace still costs seconds; one stage
+   at a time keeps each gap short). Then :func:`kernel.train.checked_update` switches at the next
+   boundary, as for a recorded ``compile_from_update``.
+
+If the helper fails, or compiling in the run fails, the run stays eager and says why in one line.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+
+import torch
+
+from kernel.loop import unaliased
+
+HELPER_MODULE = "kernel.precompile"
+
+
+def helper_request(built) -> dict:
+    """What the helper needs to build the very graphs this run will trace: the job's config, its
+    runs, the plan's fuse choice and the thread count."""
+    return {"config": built.job.to_dict(), "runs": built.all_runs.to_dict() if built.all_runs is not None else None,
+            "fuse": built.plan.fuse, "why": built.plan.why, "threads": torch.get_num_threads(), "parent": os.getpid()}
+
+
+def last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no message"
+
+
+class Helper:
+    """The compile helper process for ``built`` (started at once). It inherits the environment
+    (``TORCHINDUCTOR_CACHE_DIR`` included) and dies with the run (:meth:`stop`; on Linux also if
+    the run is killed)."""
+
+    def __init__(self, built, module: str | None = None):
+        self.started = time.perf_counter()
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen([sys.executable, "-m", module or HELPER_MODULE], stdin=subprocess.PIPE,
+                                        stdout=self.log, stderr=subprocess.STDOUT, text=True)
+        try:
+            self.process.stdin.write(json.dumps(helper_request(built)))
+            self.process.stdin.close()
+        except OSError:  # it died at once; poll() says so
+            pass
+        self.seconds: float | None = None
+
+    def poll(self) -> str | None:
+        """None while it compiles; "" once it has compiled; else why it failed (one line)."""
+        rc = self.process.poll()
+        if rc is None:
+            return None
+        if self.seconds is None:
+            self.seconds = time.perf_counter() - self.started
+        if rc == 0:
+            return ""
+        self.log.seek(0)
+        return f"the compile helper failed (exit {rc}): {last_line(self.log.read())}"
+
+    def elapsed(self) -> float:
+        return self.seconds if self.seconds is not None else time.perf_counter() - self.started
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+class StagedWarmup:
+    """One throwaway iteration of a compiled build on ``state``, run in a worker thread that stops
+    after each compiled stage's first call: each :meth:`advance` traces (compiles) one stage while
+    the caller waits, so nothing runs beside the compile. The iteration is pure: ``state`` is only
+    read. Its inputs are what the build's own first iteration would see, so the traced graphs are
+    the ones the run calls afterwards (no recompile)."""
+
+    def __init__(self, built, state, iterate: Callable):
+        self.go, self.paused = threading.Semaphore(0), threading.Semaphore(0)
+        self.done, self.error, self.stage = False, None, None
+        threads = torch.get_num_threads()
+        stages = built.stages
+        wrapped = stages._replace(**{name: self.pausing(name, getattr(stages, name))
+                                     for name in ("segment", "advantages", "grad_step")})
+        whole = self.pausing("iteration", built.whole) if built.whole is not None else None
+        staged = built._replace(stages=wrapped, whole=whole)
+
+        def run():
+            torch.set_num_threads(threads)  # (a thread's own OpenMP setting; generated code reads it)
+            self.go.acquire()
+            try:
+                iterate(staged, state)
+            except BaseException as e:  # reported by advance()
+                self.error = e
+            finally:
+                self.done = True
+                self.paused.release()
+
+        self.thread = threading.Thread(target=run, name="fkernel-staged-warmup", daemon=True)
+        self.thread.start()
+
+    def pausing(self, name: str, fn: Callable) -> Callable:
+        first = [True]
+
+        def call(*args):
+            if not first[0]:
+                return fn(*args)
+            first[0], self.stage = False, name
+            out = fn(*args)
+            self.paused.release()  # this stage is compiled: hand back until the next boundary
+            self.go.acquire()
+            return out
+
+        return call
+
+    def advance(self) -> bool:
+        """Run to the end of the next stage's first call (compiling it); True once the whole
+        iteration has run. A failure inside raises it here."""
+        if self.done:
+            return True
+        self.go.release()
+        self.paused.acquire()
+        if self.error is not None:
+            raise self.error
+        return self.done
+
+
+class Tiers:
+    """Where a tiered run stands before its switch: the helper compiling, then the staged warm-up,
+    then due (:meth:`ready` says so at an update boundary). ``helper_module``: the helper to start
+    (None: :data:`HELPER_MODULE`); a caller's own env object cannot be rebuilt by a helper, so its
+    run compiles in-process from the start, one stage per boundary."""
+
+    def __init__(self, built, own_env: bool = False, helper_module: str | None = None):
+        self.built, self.began = built, time.perf_counter()
+        self.helper = None if own_env else Helper(built, helper_module)
+        self.warm: StagedWarmup | None = None
+        self.failure: str | None = None
+        self.note: str | None = None  # a failure, once, for the caller to print
+
+    def ready(self, state, iterate: Callable) -> bool:
+        """Called at each boundary before the switch: True once the compiled functions are traced
+        here; may trace one stage first (the caller waits for it)."""
+        if self.failure is not None:
+            return False
+        if self.warm is None:
+            why = self.helper.poll() if self.helper is not None else ""
+            if why:
+                self.fail(why)
+            if why is None or why:
+                return False
+            if getattr(self.built.env, "host_state", False):
+                # Its throwaway iteration would step the env: the check at the switch traces the
+                # update stages, and the first compiled update the policy step.
+                return True
+            # (on the carry the switch will see: eager steps may leave one tensor in it twice)
+            self.warm = StagedWarmup(self.built, state._replace(carry=unaliased(state.carry)), iterate)
+        try:
+            return self.warm.advance()
+        except Exception as e:  # the run goes on eagerly
+            self.fail(f"compiling in the run failed: {type(e).__name__}: {last_line(str(e))}")
+            return False
+
+    def fail(self, why: str) -> None:
+        self.failure = self.note = f"{why}; the run stays eager"
+
+    def taken_note(self) -> str | None:
+        note, self.note = self.note, None
+        return note
+
+    def text(self) -> str:
+        """The live view's line: which code runs now and what is compiling."""
+        if self.failure is not None:
+            return f"eager ({self.failure.split('; ')[0]})"
+        if self.warm is None and self.helper is not None:
+            return f"eager; compiling in a helper process ({self.helper.elapsed():.0f} s)"
+        stage = f", {self.warm.stage} traced" if self.warm is not None and self.warm.stage else ""
+        return f"eager; compiled, tracing here one stage per update{stage} ({time.perf_counter() - self.began:.0f} s)"
+
+    def summary(self) -> dict:
+        return {"helper_s": self.helper.seconds if self.helper is not None else None, "failure": self.failure}
+
+    def stop(self) -> None:
+        if self.helper is not None:
+            self.helper.stop()

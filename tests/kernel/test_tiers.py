@@ -1,0 +1,145 @@
+"""Tiered execution (``compile_from_update=None``, what ``--compile auto`` runs): eager from the
+first update while a helper process compiles, one traced stage per boundary, then the checked
+switch, recorded so that a replay with that switch update is bit-identical. A helper that fails
+leaves the run eager with one line; a helper dies with its run. The tiered run is shared by the
+tests of this module (its helper compiles for tens of seconds)."""
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch._dynamo
+
+from kernel import checkpoint, runs, tiers
+from kernel import train as T
+from kernel.build import build, init_state
+from kernel.config import Config
+from kernel.curves import read_telemetry
+from kernel.plan import Plan
+from kernel.resume import checkpoint_path, read_config
+from kernel.tree import leaves
+
+TIERED = Config(num_envs=4, num_steps=16, total_steps=4 * 16 * 200, update_epochs=2, num_minibatches=2,
+                hidden=(16, 16), seed=7, fuse="off", compile_from_update=None)
+
+
+def waiting(logs: list, seconds: float):
+    """An update callback that keeps the eager updates slow while the helper compiles, so that a
+    short run lasts until its switch (a real run is long; these updates take milliseconds)."""
+    def on_update(log):
+        logs.append(log)
+        if log.tier and "helper process" in log.tier:
+            time.sleep(seconds)
+    return on_update
+
+
+def identical(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(leaves(a), leaves(b), strict=True))
+
+
+@pytest.fixture(scope="module")
+def tiered(tmp_path_factory):
+    """``(Finished, logs, run folder)``, trained with recompiles made errors (a stage traced at a
+    boundary must be the graph the run then calls)."""
+    out = tmp_path_factory.mktemp("tiered") / "run"
+    logs = []
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        prepared = runs.prepare(TIERED, out, options=runs.Options(checkpoint_every=1, keep=1000))
+        finished = runs.execute(prepared, waiting(logs, 1.0))
+    return finished, logs, out
+
+
+def test_the_run_starts_eagerly_and_switches_once_the_helper_has_compiled(tiered):
+    finished, logs, out = tiered
+    summary = finished.summary
+    switch = summary["switch_update"]
+    assert switch is not None and switch >= 1, summary
+    assert summary["tiers"]["failure"] is None and summary["tiers"]["helper_s"] > 0
+    check = summary["switch_check"]
+    assert check["update"] == switch and check["agreed"] is True and check["problems"] == []
+    compiled = [row["compiled"] for row in read_telemetry(out)]
+    assert compiled == [0.0] * (switch + 1) + [1.0] * (200 - switch - 1)
+    texts = [log.tier for log in logs]
+    assert texts[0].startswith("eager; compiling in a helper process (")
+    assert any(t and t.startswith("eager; compiled, tracing here one stage per update") for t in texts)
+    assert all(t is None for t in texts[switch:]) and not any(log.note for log in logs)
+
+
+def test_the_switch_is_recorded_in_every_checkpoint_after_it_and_the_final_files(tiered):
+    finished, _, out = tiered
+    switch = finished.summary["switch_update"]
+    recorded = {u: read_config(checkpoint.load(checkpoint_path(out, u))[1], u).compile_from_update
+                for u in (switch, switch + 1, 200)}
+    assert recorded == {switch: None, switch + 1: switch, 200: switch}
+    final = read_config(checkpoint.load(out / "params.safetensors")[1], out)
+    assert final.compile and final.compile_from_update == switch
+    assert json.loads((out / "config.json").read_text())["compile_from_update"] is None  # what was asked
+
+
+def test_a_replay_with_the_recorded_switch_update_is_bit_identical(tiered):
+    finished = tiered[0]
+    replay = T.make_train(TIERED.replace(compile_from_update=finished.summary["switch_update"])).train()
+    assert identical(replay.state, finished.state)
+
+
+def test_a_failed_helper_leaves_the_run_eager_with_one_line(monkeypatch):
+    monkeypatch.setattr(tiers, "HELPER_MODULE", "kernel.no_such_helper")
+    cfg = TIERED.replace(total_steps=4 * 16 * 12)
+    logs = []
+    out = T.make_train(cfg).train(on_update=waiting(logs, 1.0))
+    notes = [log.note for log in logs if log.note]
+    assert len(notes) == 1 and notes[0].startswith("the compile helper failed (exit 1): ")
+    assert "No module named kernel.no_such_helper" in notes[0] and notes[0].endswith("; the run stays eager")
+    assert out.summary["switch_update"] is None and out.summary["tiers"]["failure"] == notes[0]
+    assert [log.metrics["compiled"] for log in logs] == [0.0] * 12
+    assert logs[-1].tier.startswith("eager (the compile helper failed (exit 1)")
+    eager = T.make_train(cfg.replace(compile=False)).train()
+    assert identical(out.state, eager.state)
+
+
+def test_the_staged_warmup_traces_one_stage_per_advance_and_leaves_the_state_alone():
+    built = build(TIERED.replace(compile_from_update=0), plan=Plan(True, False, "staged"))
+    state = init_state(built)
+    before = [x.clone() for x in leaves(state)]
+    warm = tiers.StagedWarmup(built, state, T.iteration)
+    seen = []
+    while not warm.advance():
+        seen.append(warm.stage)
+    assert seen == ["segment", "advantages", "grad_step"]
+    assert identical(state, before)
+    with torch._dynamo.config.patch(error_on_recompile=True):  # the traced graphs are the ones the run calls
+        T.iteration(built, state)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_helper_dies_with_its_run():
+    """A run killed outright (no cleanup) takes its helper with it."""
+    script = (
+        "import os, sys\n"
+        "from kernel.build import build\nfrom kernel.config import Config\nfrom kernel import tiers\n"
+        "helper = tiers.Helper(build(Config(num_envs=4, num_steps=16, hidden=(8,))))\n"
+        "print(helper.process.pid, flush=True)\nimport time; time.sleep(3)\nos._exit(0)\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    pid = int(run.stdout.split()[0])
+    deadline = time.monotonic() + 30
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(pid)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_stopping_the_helper_ends_its_process():
+    helper = tiers.Helper(build(Config(num_envs=4, num_steps=16, hidden=(8,))))
+    assert helper.poll() is None
+    helper.stop()
+    assert helper.process.returncode is not None and not alive(helper.process.pid)
