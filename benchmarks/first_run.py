@@ -90,6 +90,7 @@ def main() -> None:
     p.add_argument("--only-default", default="start-on,start-off,off",
                    help="modes run for the default workload only (the others are long)")
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--extra", default="", help="more train flags for every run (a quick try: '--total-steps 5120')")
     p.add_argument("--limit-s", type=float, default=1800.0, help="a run past this is killed and reported")
     p.add_argument("--out", default=None, help="JSON file to write")
     args = p.parse_args()
@@ -114,7 +115,7 @@ def main() -> None:
                         out = scratch / f"run-{workload}-{mode}-{state}-{repeat}"
                         tree = start_tree if mode.startswith("start") else ROOT
                         command = [sys.executable, "-m", "cli.main", "train", *WORKLOADS[workload], *MODES[mode],
-                                   "--threads", "1", "--out", str(out)]
+                                   *args.extra.split(), "--threads", "1", "--out", str(out)]
                         env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache), PYTHONPATH=str(tree))
                         run = watched_run(command, tree, env, group_telemetry(out, workload), args.limit_s)
                         row = {"workload": workload, "mode": mode, "cache": state, "repeat": repeat, **figures(run)}
@@ -128,7 +129,8 @@ def main() -> None:
         subprocess.run(["git", "worktree", "remove", "--force", str(start_tree)], cwd=ROOT, capture_output=True)
         shutil.rmtree(scratch, ignore_errors=True)
     if args.out:
-        write_record(args.out, {"start_commit": args.start, "repeats": args.repeats, "runs": rows, "threads": 1,
+        write_record(args.out, {"start_commit": args.start, "repeats": args.repeats, "extra": args.extra, "runs": rows,
+                                "threads": 1,
                                 "ratios": ratios(rows)})
 
 
