@@ -17,11 +17,12 @@ import types
 from collections.abc import Callable
 
 import torch
-import torch._inductor.config as inductor_config
 
 
 def known_option(name: str) -> bool:
     """Whether the installed inductor has the (dotted) config option ``name``."""
+    import torch._inductor.config as inductor_config  # (imported when compiling: it takes seconds)
+
     node = inductor_config
     for part in name.split("."):
         if not hasattr(node, part):
