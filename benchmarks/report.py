@@ -684,6 +684,57 @@ def second_build() -> str:
             f" blocks of 10); measured at {measured_at(d)}.")
 
 
+def _s(x) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def first_run() -> str:
+    """Each fresh process of the first-run benchmark, and the ratios it asks for."""
+    d = load("first_run.json")
+    names = {"auto": "auto (tiered)", "on": "--compile on", "off": "--no-compile",
+             "start-on": f"{d['start_commit']} --compile on", "start-off": f"{d['start_commit']} --no-compile"}
+    rows = [[r["workload"], names[r["mode"]], r["cache"], _s(r["whole_s"]), _s(r["first_update_s"]),
+             _s(r["longest_gap_s"]), _s(r["longest_gap_after_first_s"]), k(r["steady_sps"]) if r["steady_sps"] else "-",
+             "-" if r["switch_update"] is None else str(r["switch_update"])] for r in d["runs"]]
+    lines = []
+    for workload, w in d["ratios"].items():
+        parts = []
+        for state in ("cold", "warm"):
+            c = w[state]
+            if c["auto_over_on"] is not None:
+                vs_start = (f", {c['auto_over_start_on']:.2f}x {d['start_commit']}'s --compile on"
+                            if c["auto_over_start_on"] is not None else "")
+                parts.append(f"{state} cache: auto's whole process {c['auto_over_on']:.2f}x --compile on's{vs_start}, "
+                             f"longest gap {_s(c['auto_longest_gap_s'])} s "
+                             f"(--compile on: {_s(c['on_longest_gap_s'])} s)")
+        e = w["eager_sps"]
+        if e["off_over_start_off"] is not None:
+            parts.append(f"eager steady speed {e['off_over_start_off']:.2f}x {d['start_commit']}'s --no-compile")
+        if parts:
+            lines.append(f"- {workload}: " + "; ".join(parts) + ".")
+    return (table(["workload", "mode", "cache", "whole s", "first update s", "longest gap s", "longest gap after "
+                   "the first s", "steady steps/s", "switch update"], rows)
+            + "\n\n" + "\n".join(lines)
+            + f"\n\n{d['repeats']} run(s) of each, one at a time, each a fresh process at --threads 1"
+            + (f" with {d['extra']}" if d.get("extra") else "") + f"; measured at {measured_at(d)}.")
+
+
+def switch_check() -> str:
+    """The switch check's gaps over a whole run, and what the wrong variants give."""
+    d = load("switch_check.json")
+    agreed = sum(c["agreed"] for c in d["checks"])
+    big = d["largest_right"]
+    rows = [[v["variant"], str(v["update"]), "caught" if v["agreed"] is False else "missed",
+             f"{v['largest_gap']['update'][0]:.1e}", f"{v['largest_gap']['state'][0]:.1e}",
+             f"{v['largest_gap']['output'][0]:.1e}"] for v in d["wrong"]]
+    return (f"The right compiled stages: {agreed} of {len(d['checks'])} checks agreed (every {d['every']}th update of "
+            f"{d['config']}); largest gaps: update {big['update'][0]:.1e} ({big['update'][1]}), state "
+            f"{big['state'][0]:.1e} ({big['state'][1]}), output {big['output'][0]:.1e} ({big['output'][1]}).\n\n"
+            + table(["wrong variant", "update", "verdict", "largest update gap", "largest state gap",
+                     "largest output gap"], rows)
+            + f"\n\nMeasured at {measured_at(d)}.")
+
+
 # ---------------------------------------------------------------- the registry, and rewriting the READMEs
 
 BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
@@ -719,6 +770,8 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "pendulum": (README, pendulum),
     "mujoco-returns": (README, mujoco_returns),
     "mujoco-speed": (README, mujoco_speed),
+    "first-run": (README, first_run),
+    "switch-check": (BENCH_README, switch_check),
 }
 
 

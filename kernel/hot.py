@@ -96,9 +96,17 @@ def fused_options(device="cpu") -> dict:
 
 
 def compile_hot(fn: Callable, device="cpu", options: dict | None = None) -> Callable:
-    """``fn`` compiled as one graph with static shapes. ``dynamic=False`` because dynamo's
-    automatic-dynamic record is kept per function name and source line, not per code object: a
-    second build with other shapes in the same process (a sweep over ``num_envs``, a notebook)
-    would otherwise get graphs with symbolic sizes, which run slower than the static ones it
-    gets when built alone."""
-    return torch.compile(own_code(fn), fullgraph=True, dynamic=False, options=options or hot_options(device))
+    """``fn`` compiled as one graph with static shapes, set up at its first call: a run that
+    trains eagerly first (``--compile auto``) does not import the compiler (seconds) before its
+    first update. ``dynamic=False`` because dynamo's automatic-dynamic record is kept per function
+    name and source line, not per code object: a second build with other shapes in the same
+    process (a sweep over ``num_envs``, a notebook) would otherwise get graphs with symbolic sizes,
+    which run slower than the static ones it gets when built alone."""
+    own, compiled = own_code(fn), []
+
+    def hot(*args):
+        if not compiled:
+            compiled.append(torch.compile(own, fullgraph=True, dynamic=False, options=options or hot_options(device)))
+        return compiled[0](*args)
+
+    return hot

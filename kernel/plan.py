@@ -9,9 +9,12 @@ from their first update) live next to inductor's cache. Whether to compile is th
 """
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import os
+import re
+import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import NamedTuple
@@ -51,13 +54,17 @@ def signature(config, fused: bool) -> str:
 
 
 def records_dir() -> Path:
-    """Next to inductor's cache (``TORCHINDUCTOR_CACHE_DIR`` or torch's default)."""
-    try:
-        from torch._inductor.runtime.cache_dir_utils import cache_dir
-        root = cache_dir()
-    except ImportError:  # older layouts: the documented variable, else torch's default place
-        root = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or f"/tmp/torchinductor_{os.environ.get('USER', 'user')}"
-    return Path(root) / "fkernel-plan"
+    """Next to inductor's cache: ``TORCHINDUCTOR_CACHE_DIR``, else ``<tmp>/torchinductor_<user>``
+    (inductor's rule, written out here: importing inductor to ask costs seconds before a run's
+    first update)."""
+    root = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if root is None:
+        try:
+            user = getpass.getuser()
+        except (KeyError, ModuleNotFoundError, OSError):
+            user = f"uid_{os.getuid()}" if hasattr(os, "getuid") else "unknown_user"
+        root = os.path.join(tempfile.gettempdir(), "torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", user))
+    return Path(os.path.abspath(root)) / "fkernel-plan"
 
 
 def read_record(config, fused: bool) -> dict | None:
@@ -77,6 +84,20 @@ def write_record(config, fused: bool, compile_s: float, iteration_s: float) -> N
         records_dir().mkdir(parents=True, exist_ok=True)
         (records_dir() / f"{signature(config, fused)}.json").write_text(json.dumps(record))
     except OSError:
+        pass
+
+
+def helper_mark(config, fused: bool, runs: int | None) -> Path:
+    """Where a compile helper (:mod:`kernel.precompile`) notes that this config's graphs (for
+    ``runs`` runs of a group, None for one run) are in this cache."""
+    return records_dir() / f"helped-{signature(config, fused)}-{runs or 1}.json"
+
+
+def mark_helped(config, fused: bool, runs: int | None, seconds: float) -> None:
+    try:
+        records_dir().mkdir(parents=True, exist_ok=True)
+        helper_mark(config, fused, runs).write_text(json.dumps({"helper_s": seconds}))
+    except OSError:  # an unwritable cache only loses the hint
         pass
 
 

@@ -13,6 +13,8 @@ import sys
 import threading
 import time
 
+COMPILED = "compiled "  # kernel.tiers.COMPILED (not imported before the parent check: it loads torch)
+
 
 def die_with(parent: int) -> None:
     """Exit when ``parent`` does: at once on Linux (the kernel's parent-death signal), else by
@@ -32,6 +34,21 @@ def die_with(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def reporting(name: str, fn):
+    """``fn``, saying ``compiled <name>`` once its first call (its compile) is done: the run can
+    trace that stage against the cache while this process compiles the next."""
+    first = [True]
+
+    def call(*args):
+        out = fn(*args)
+        if first[0]:
+            first[0] = False
+            print(f"{COMPILED}{name}", flush=True)
+        return out
+
+    return call
+
+
 def main() -> int:
     request = json.loads(sys.stdin.read())
     die_with(request["parent"])
@@ -40,14 +57,21 @@ def main() -> int:
     from kernel.build import build, init_state
     from kernel.config import from_dict
     from kernel.group import Group
-    from kernel.plan import Plan
+    from kernel.plan import Plan, mark_helped
+    from kernel.tiers import STAGE_ORDER
     from kernel.train import iteration
 
     torch.set_num_threads(request["threads"])
     config = from_dict(request["config"])
     runs = Group.from_dict(request["runs"]) if request["runs"] is not None else None
+    start = time.perf_counter()
     built = build(config, group=runs, plan=Plan(True, request["fuse"], request["why"]))
-    iteration(built, init_state(built))  # its own env copy: a host-stepped env may step here
+    stages = built.stages._replace(**{name: reporting(name, getattr(built.stages, name)) for name in STAGE_ORDER})
+    whole = reporting("iteration", built.whole) if built.whole is not None else None
+    # its own env copy: a host-stepped env may step here
+    iteration(built._replace(stages=stages, whole=whole), init_state(built))
+    # the next run of this config finds its graphs in the cache and needs no helper
+    mark_helped(config, request["fuse"], runs.count if runs is not None else None, time.perf_counter() - start)
     return 0
 
 

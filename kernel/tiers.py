@@ -6,12 +6,14 @@ Two steps, because one thread cannot compile while another trains: the compile h
 lock for seconds at a time (``benchmarks/compile_in_thread.py`` measured gaps of 10-16 s).
 
 1. :class:`Helper`: a separate process builds the same config (same thread count, options and
-   plan) and compiles one throwaway iteration, which fills inductor's on-disk caches. The run
-   trains eagerly meanwhile, on its own core.
-2. :class:`StagedWarmup`: once the helper is done, the run's own compiled functions are traced
-   against the warm caches one stage per update boundary (a trace still costs seconds; one stage
-   at a time keeps each gap short). Then :func:`kernel.train.checked_update` switches at the next
-   boundary, as for a recorded ``compile_from_update``.
+   plan) and compiles one throwaway iteration, which fills inductor's on-disk caches; it says
+   ``compiled <stage>`` as each stage is done. The run trains eagerly meanwhile, on its own core.
+2. :class:`StagedWarmup`: as the helper reports each stage, the run traces its own compiled
+   function for it against the warm cache, one stage per update boundary (a trace still costs
+   seconds; one at a time keeps each gap short), after a boundary for the compiler's one-time
+   costs. Then :func:`kernel.train.checked_update` switches at the next boundary, as for a
+   recorded ``compile_from_update``. The helper marks the cache when done, so the next run of the
+   same config starts no helper and traces at once.
 
 If the helper fails, or compiling in the run fails, the run stays eager and says why in one line.
 """
@@ -29,8 +31,11 @@ from collections.abc import Callable
 import torch
 
 from kernel.loop import unaliased
+from kernel.plan import helper_mark
 
 HELPER_MODULE = "kernel.precompile"
+STAGE_ORDER = ("segment", "advantages", "grad_step")  # the order of their first calls in an iteration
+COMPILED = "compiled "  # the helper's line after each stage: "compiled <stage>"
 
 
 def helper_request(built) -> dict:
@@ -74,6 +79,11 @@ class Helper:
         self.log.seek(0)
         return f"the compile helper failed (exit {rc}): {last_line(self.log.read())}"
 
+    def compiled(self) -> set:
+        """The stages the helper has compiled so far (its ``compiled <stage>`` lines)."""
+        self.log.seek(0)
+        return {line[len(COMPILED):].strip() for line in self.log.read().splitlines() if line.startswith(COMPILED)}
+
     def elapsed(self) -> float:
         return self.seconds if self.seconds is not None else time.perf_counter() - self.started
 
@@ -82,6 +92,22 @@ class Helper:
             self.process.kill()
             self.process.wait()
         self.log.close()
+
+
+def primed() -> bool:
+    """Pay what a process's first compile pays once, apart from any trace: importing dynamo and
+    inductor, and inductor's keys of this torch build and system (hashes of their files)."""
+    import torch._dynamo  # noqa: F401
+    import torch._inductor.config  # noqa: F401
+
+    try:  # private helpers; a torch without them pays the same inside the first trace instead
+        from torch._inductor.codecache import CacheBase, torch_key
+
+        torch_key()
+        CacheBase.get_system()
+    except (ImportError, AttributeError):
+        pass
+    return True
 
 
 class StagedWarmup:
@@ -93,11 +119,10 @@ class StagedWarmup:
 
     def __init__(self, built, state, iterate: Callable):
         self.go, self.paused = threading.Semaphore(0), threading.Semaphore(0)
-        self.done, self.error, self.stage = False, None, None
+        self.done, self.error, self.stage, self.traced = False, None, None, []
         threads = torch.get_num_threads()
         stages = built.stages
-        wrapped = stages._replace(**{name: self.pausing(name, getattr(stages, name))
-                                     for name in ("segment", "advantages", "grad_step")})
+        wrapped = stages._replace(**{name: self.pausing(name, getattr(stages, name)) for name in STAGE_ORDER})
         whole = self.pausing("iteration", built.whole) if built.whole is not None else None
         staged = built._replace(stages=wrapped, whole=whole)
 
@@ -123,6 +148,7 @@ class StagedWarmup:
                 return fn(*args)
             first[0], self.stage = False, name
             out = fn(*args)
+            self.traced.append(name)
             self.paused.release()  # this stage is compiled: hand back until the next boundary
             self.go.acquire()
             return out
@@ -149,33 +175,49 @@ class Tiers:
 
     def __init__(self, built, own_env: bool = False, helper_module: str | None = None):
         self.built, self.began = built, time.perf_counter()
-        self.helper = None if own_env else Helper(built, helper_module)
+        runs = built.all_runs.count if built.all_runs is not None else None
+        # A helper has compiled this config into this cache before: trace here at once.
+        self.cached = helper_mark(built.job.replace(compile=True), built.plan.fuse, runs).is_file()
+        self.helper = None if own_env or self.cached else Helper(built, helper_module)
         self.warm: StagedWarmup | None = None
+        self.primed = self.started = False
         self.failure: str | None = None
         self.note: str | None = None  # a failure, once, for the caller to print
 
     def ready(self, state, iterate: Callable) -> bool:
         """Called at each boundary before the switch: True once the compiled functions are traced
-        here; may trace one stage first (the caller waits for it)."""
-        if self.failure is not None:
+        here. May do one piece of compiling first (the caller waits for it): the compiler's
+        one-time costs, or the trace of the next stage once the helper has compiled it (or has
+        finished: a stage it never reached compiles here, cold)."""
+        if self.failure is not None or not self.started:
+            self.started = True  # (the first update runs before anything is compiled here)
             return False
-        if self.warm is None:
-            why = self.helper.poll() if self.helper is not None else ""
-            if why:
-                self.fail(why)
-            if why is None or why:
-                return False
-            if getattr(self.built.env, "host_state", False):
-                # Its throwaway iteration would step the env: the check at the switch traces the
-                # update stages, and the first compiled update the policy step.
-                return True
-            # (on the carry the switch will see: eager steps may leave one tensor in it twice)
+        why = self.helper.poll() if self.helper is not None else ""
+        if why:
+            self.fail(why)
+            return False
+        if not self.primed:  # a boundary of its own: the compiler's one-time costs
+            self.primed = primed()
+            return False
+        if getattr(self.built.env, "host_state", False):
+            # Its throwaway iteration would step the env: once the helper is done, the check at
+            # the switch traces the update stages, and the first compiled update the policy step.
+            return why is not None
+        if why is None and self.next_stage() not in self.helper.compiled():
+            return False
+        if self.warm is None:  # (on the carry the switch will see: eager steps may leave a tensor in it twice)
             self.warm = StagedWarmup(self.built, state._replace(carry=unaliased(state.carry)), iterate)
         try:
             return self.warm.advance()
         except Exception as e:  # the run goes on eagerly
             self.fail(f"compiling in the run failed: {type(e).__name__}: {last_line(str(e))}")
             return False
+
+    def next_stage(self) -> str:
+        """The stage the next :meth:`StagedWarmup.advance` traces."""
+        order = STAGE_ORDER if self.built.whole is None else ("iteration",)
+        done = len(self.warm.traced) if self.warm is not None else 0
+        return order[min(done, len(order) - 1)]
 
     def fail(self, why: str) -> None:
         self.failure = self.note = f"{why}; the run stays eager"
@@ -185,13 +227,13 @@ class Tiers:
         return note
 
     def text(self) -> str:
-        """The live view's line: which code runs now and what is compiling."""
+        """The live view's line: which code runs now and what is compiling, for how long."""
         if self.failure is not None:
             return f"eager ({self.failure.split('; ')[0]})"
-        if self.warm is None and self.helper is not None:
-            return f"eager; compiling in a helper process ({self.helper.elapsed():.0f} s)"
-        stage = f", {self.warm.stage} traced" if self.warm is not None and self.warm.stage else ""
-        return f"eager; compiled, tracing here one stage per update{stage} ({time.perf_counter() - self.began:.0f} s)"
+        where = ["in a helper process"] if self.helper is not None and self.helper.seconds is None else []
+        if self.warm is not None and self.warm.traced:
+            where.append(f"traced here: {', '.join(self.warm.traced)}")
+        return f"eager; compiling {', '.join(where or ['here'])} ({time.perf_counter() - self.began:.0f} s)"
 
     def summary(self) -> dict:
         return {"helper_s": self.helper.seconds if self.helper is not None else None, "failure": self.failure}

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch._dynamo
 
-from kernel import checkpoint, runs, tiers
+from kernel import checkpoint, plan, runs, tiers
 from kernel import train as T
 from kernel.build import build, init_state
 from kernel.config import Config
@@ -45,6 +45,7 @@ def tiered(tmp_path_factory):
     boundary must be the graph the run then calls)."""
     out = tmp_path_factory.mktemp("tiered") / "run"
     logs = []
+    plan.helper_mark(TIERED, False, None).unlink(missing_ok=True)  # (a helper ran for this config before)
     with torch._dynamo.config.patch(error_on_recompile=True):
         prepared = runs.prepare(TIERED, out, options=runs.Options(checkpoint_every=1, keep=1000))
         finished = runs.execute(prepared, waiting(logs, 1.0))
@@ -63,7 +64,7 @@ def test_the_run_starts_eagerly_and_switches_once_the_helper_has_compiled(tiered
     assert compiled == [0.0] * (switch + 1) + [1.0] * (200 - switch - 1)
     texts = [log.tier for log in logs]
     assert texts[0].startswith("eager; compiling in a helper process (")
-    assert any(t and t.startswith("eager; compiled, tracing here one stage per update") for t in texts)
+    assert any(t and t.startswith("eager; compiling ") and "traced here: segment" in t for t in texts)
     assert all(t is None for t in texts[switch:]) and not any(log.note for log in logs)
 
 
@@ -84,9 +85,22 @@ def test_a_replay_with_the_recorded_switch_update_is_bit_identical(tiered):
     assert identical(replay.state, finished.state)
 
 
+def test_once_a_helper_has_compiled_a_config_its_next_run_traces_at_once(tiered):
+    """The helper leaves a mark in the cache; the next run of the config starts no helper and
+    switches after its first update, one boundary for the compiler's one-time costs and one per
+    stage."""
+    assert plan.helper_mark(TIERED, False, None).is_file()
+    logs = []
+    out = T.make_train(TIERED.replace(total_steps=4 * 16 * 12)).train(on_update=logs.append)
+    assert out.summary["tiers"] == {"helper_s": None, "failure": None}
+    assert out.summary["switch_update"] == 5 and out.summary["switch_check"]["agreed"] is True
+    assert "traced here: segment, advantages, grad_step" in logs[4].tier
+
+
 def test_a_failed_helper_leaves_the_run_eager_with_one_line(monkeypatch):
     monkeypatch.setattr(tiers, "HELPER_MODULE", "kernel.no_such_helper")
-    cfg = TIERED.replace(total_steps=4 * 16 * 12)
+    cfg = TIERED.replace(total_steps=4 * 16 * 12, hidden=(16, 8))  # (no helper has compiled this one)
+    plan.helper_mark(cfg, False, None).unlink(missing_ok=True)
     logs = []
     out = T.make_train(cfg).train(on_update=waiting(logs, 1.0))
     notes = [log.note for log in logs if log.note]
