@@ -181,7 +181,7 @@ def build(config: Config, world: World = SINGLE, group: Group | None = None, pla
     own = all_runs.share(world.rank, world.size) if all_runs is not None else None
     config = rank_config(job, world) if own is None else job
     runs = own.count if own is not None else None
-    own_env = env is not None
+    callers = env is not None
     env = make_env(config, config.num_envs * (runs or 1)) if env is None else own_env(env, config, runs)
     if config.norm_obs and not getattr(env, "tensor_obs", True):
         raise ValueError(f"norm_obs needs plain observation vectors; {config.env} observes a dict with masks")
@@ -189,7 +189,7 @@ def build(config: Config, world: World = SINGLE, group: Group | None = None, pla
         raise ValueError(f"norm_obs needs real-valued observations; {config.env}'s are integers or one-hot codes")
     plan = plan or decide(config, env, world.distributed, own is not None)
     built = Built(config, job, env, policy_for(config, env), make_optimizer(config), None, None, None, plan, world,
-                  own, all_runs, own_env)
+                  own, all_runs, callers)
     return with_plan(built, plan)
 
 

@@ -105,6 +105,24 @@ class World(NamedTuple):
 SINGLE = World()
 
 
+class Rehearsal(World):
+    """Rank ``rank`` of ``size`` without its peers: the shapes, noise and graphs of that rank, every
+    collective an identity (each rank's "every rank" is itself). What a compile helper builds to
+    compile a data-parallel rank's graphs without joining its process group."""
+
+    def mean(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def sum(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([x] * self.size)
+
+    def concat_lists(self, items: list) -> list:
+        return list(items) * self.size
+
+
 def launched() -> bool:
     """Inside a process that torchrun (or an equivalent launcher) started."""
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE"))

@@ -87,16 +87,16 @@ def write_record(config, fused: bool, compile_s: float, iteration_s: float) -> N
         pass
 
 
-def helper_mark(config, fused: bool, runs: int | None) -> Path:
+def helper_mark(config, fused: bool, runs: int | None, ranks: int = 1) -> Path:
     """Where a compile helper (:mod:`kernel.precompile`) notes that this config's graphs (for
-    ``runs`` runs of a group, None for one run) are in this cache."""
-    return records_dir() / f"helped-{signature(config, fused)}-{runs or 1}.json"
+    ``runs`` runs of a group, None for one run; for a rank of ``ranks``) are in this cache."""
+    return records_dir() / f"helped-{signature(config, fused)}-{runs or 1}-{ranks}.json"
 
 
-def mark_helped(config, fused: bool, runs: int | None, seconds: float) -> None:
+def mark_helped(config, fused: bool, runs: int | None, ranks: int, seconds: float) -> None:
     try:
         records_dir().mkdir(parents=True, exist_ok=True)
-        helper_mark(config, fused, runs).write_text(json.dumps({"helper_s": seconds}))
+        helper_mark(config, fused, runs, ranks).write_text(json.dumps({"helper_s": seconds}))
     except OSError:  # an unwritable cache only loses the hint
         pass
 

@@ -1,8 +1,9 @@
 """The compile helper of a tiered run (:mod:`kernel.tiers`): ``python -m kernel.precompile`` reads
-its request (JSON on stdin: the job's config, its runs, the fuse choice, the thread count and the
-run's process id), builds the same graphs and compiles them with one throwaway iteration, which
-leaves them in inductor's on-disk caches. Exit 0 once compiled; on failure, one line on stderr.
-It stops if the run that started it is gone."""
+its request (JSON on stdin: the job's config, its runs, the rank and number of data-parallel
+ranks, the fuse choice, the thread count and the run's process id), builds the same graphs and
+compiles them with one throwaway iteration, which leaves them in inductor's on-disk caches. It
+prints ``compiled <stage>`` as each stage is done, and marks the cache at the end. Exit 0 once
+compiled; on failure, one line on stderr. It stops if the run that started it is gone."""
 from __future__ import annotations
 
 import ctypes
@@ -56,6 +57,7 @@ def main() -> int:
 
     from kernel.build import build, init_state
     from kernel.config import from_dict
+    from kernel.distributed import SINGLE, Rehearsal
     from kernel.group import Group
     from kernel.plan import Plan, mark_helped
     from kernel.tiers import STAGE_ORDER
@@ -64,14 +66,16 @@ def main() -> int:
     torch.set_num_threads(request["threads"])
     config = from_dict(request["config"])
     runs = Group.from_dict(request["runs"]) if request["runs"] is not None else None
+    rank, ranks = request["rank"], request["ranks"]
     start = time.perf_counter()
-    built = build(config, group=runs, plan=Plan(True, request["fuse"], request["why"]))
+    world = Rehearsal(rank, ranks) if ranks > 1 else SINGLE  # a data-parallel rank's graphs, alone
+    built = build(config, world, group=runs, plan=Plan(True, request["fuse"], request["why"]))
     stages = built.stages._replace(**{name: reporting(name, getattr(built.stages, name)) for name in STAGE_ORDER})
     whole = reporting("iteration", built.whole) if built.whole is not None else None
     # its own env copy: a host-stepped env may step here
     iteration(built._replace(stages=stages, whole=whole), init_state(built))
     # the next run of this config finds its graphs in the cache and needs no helper
-    mark_helped(config, request["fuse"], runs.count if runs is not None else None, time.perf_counter() - start)
+    mark_helped(config, request["fuse"], runs.count if runs is not None else None, ranks, time.perf_counter() - start)
     return 0
 
 

@@ -228,14 +228,11 @@ def prepare(config: Config | dict | None = None, out=None, *, resume: str | Path
             raise RunError(str(e)) from None
     auto_note = None
     fixed = config_mod.read_json_object(config_json) if config_json else {}
-    if auto_compile and not resume and "compile" not in fixed:  # (a resumed run keeps its record)
-        if world.distributed:
-            cfg = cfg.replace(compile=True)
-            auto_note = "compile auto: compiled first (data-parallel ranks switch together)"
-        elif "compile_from_update" not in fixed:
-            cfg = cfg.replace(compile=True, compile_from_update=None)
-            auto_note = ("compile auto: training starts eagerly while a helper process compiles, and switches to the "
-                         "compiled code once it is ready (checked against the eager update there)")
+    # (a resumed run keeps its record)
+    if auto_compile and not resume and "compile" not in fixed and "compile_from_update" not in fixed:
+        cfg = cfg.replace(compile=True, compile_from_update=None)
+        auto_note = ("compile auto: training starts eagerly while a helper process compiles, and switches to the "
+                     "compiled code once it is ready (checked against the eager update there)")
     try:  # building reads the env's data (a CIFAR-10 folder, say) and checks the plan: one line each
         train = trainer(build(cfg, world, group))
     except ValueError as e:  # EnvOptionError, a group that does not split over the ranks, fuse='on' where impossible

@@ -42,7 +42,8 @@ def helper_request(built) -> dict:
     """What the helper needs to build the very graphs this run will trace: the job's config, its
     runs, the plan's fuse choice and the thread count."""
     return {"config": built.job.to_dict(), "runs": built.all_runs.to_dict() if built.all_runs is not None else None,
-            "fuse": built.plan.fuse, "why": built.plan.why, "threads": torch.get_num_threads(), "parent": os.getpid()}
+            "rank": built.world.rank, "ranks": built.world.size, "fuse": built.plan.fuse, "why": built.plan.why,
+            "threads": torch.get_num_threads(), "parent": os.getpid()}
 
 
 def last_line(text: str) -> str:
@@ -167,6 +168,14 @@ class StagedWarmup:
         return self.done
 
 
+def agreed(world, failed: bool, waiting: bool, device) -> tuple[bool, bool]:
+    """Over data-parallel ranks: whether any rank's helper failed, and whether any rank must wait."""
+    if not world.distributed:
+        return failed, waiting
+    flags = world.sum(torch.tensor([float(failed), float(waiting)], device=device))
+    return bool(flags[0] > 0), bool(flags[1] > 0)
+
+
 class Tiers:
     """Where a tiered run stands before its switch: the helper compiling, then the staged warm-up,
     then due (:meth:`ready` says so at an update boundary). ``helper_module``: the helper to start
@@ -176,9 +185,11 @@ class Tiers:
     def __init__(self, built, own_env: bool = False, helper_module: str | None = None):
         self.built, self.began = built, time.perf_counter()
         runs = built.all_runs.count if built.all_runs is not None else None
-        # A helper has compiled this config into this cache before: trace here at once.
-        self.cached = helper_mark(built.job.replace(compile=True), built.plan.fuse, runs).is_file()
-        self.helper = None if own_env or self.cached else Helper(built, helper_module)
+        world = built.world
+        # A helper has compiled this config into this cache before: trace here at once. Of the
+        # data-parallel ranks on one machine (one cache), the first compiles for all.
+        self.cached = helper_mark(built.job, built.plan.fuse, runs, world.size).is_file()
+        self.helper = None if own_env or self.cached or world.local_rank else Helper(built, helper_module)
         self.warm: StagedWarmup | None = None
         self.primed = self.started = False
         self.failure: str | None = None
@@ -188,28 +199,32 @@ class Tiers:
         """Called at each boundary before the switch: True once the compiled functions are traced
         here. May do one piece of compiling first (the caller waits for it): the compiler's
         one-time costs, or the trace of the next stage once the helper has compiled it (or has
-        finished: a stage it never reached compiles here, cold)."""
+        finished: a stage it never reached compiles here, cold). Data-parallel ranks agree on each
+        step (one all-reduce of two flags), so all of them trace and switch at the same updates."""
         if self.failure is not None or not self.started:
             self.started = True  # (the first update runs before anything is compiled here)
             return False
         why = self.helper.poll() if self.helper is not None else ""
-        if why:
-            self.fail(why)
+        host = getattr(self.built.env, "host_state", False)
+        waiting = why is None and (host or self.next_stage() not in self.helper.compiled())
+        failed, waiting = agreed(self.built.world, bool(why), waiting, self.built.device)
+        if failed:
+            self.fail(why or "the compile helper of another rank failed")
             return False
         if not self.primed:  # a boundary of its own: the compiler's one-time costs
             self.primed = primed()
             return False
-        if getattr(self.built.env, "host_state", False):
-            # Its throwaway iteration would step the env: once the helper is done, the check at
-            # the switch traces the update stages, and the first compiled update the policy step.
-            return why is not None
-        if why is None and self.next_stage() not in self.helper.compiled():
+        if waiting:
             return False
+        if host:  # its throwaway iteration would step the env: the check at the switch traces the
+            return True  # update stages, and the first compiled update the policy step
         if self.warm is None:  # (on the carry the switch will see: eager steps may leave a tensor in it twice)
             self.warm = StagedWarmup(self.built, state._replace(carry=unaliased(state.carry)), iterate)
         try:
             return self.warm.advance()
-        except Exception as e:  # the run goes on eagerly
+        except Exception as e:  # the run goes on eagerly (ranks out of step cannot: they stop)
+            if self.built.world.distributed:
+                raise
             self.fail(f"compiling in the run failed: {type(e).__name__}: {last_line(str(e))}")
             return False
 

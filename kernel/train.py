@@ -71,14 +71,15 @@ def checked_update(eager: Built, compiled: Built, state: TrainState, update: int
     float rounding in one step cannot carry into the next (nor flip a sample across PPO's clip
     threshold), and any gap is the compiled function's own. Each output is compared leaf by leaf
     at :data:`kernel.agree.AT_SWITCH` (parameters by their update). The rollout is not replayed
-    (a host-stepped env steps once). Returns the eager result, its metrics and the check:
-    ``agreed`` (None where it cannot be made: a fused build compiles rollout and update as one
-    graph, and data-parallel ranks would each judge alone), each output that differed beyond the
-    tolerance, and the largest gaps next to what is allowed."""
-    if compiled.whole is not None or compiled.world.distributed:
-        why = "the fused iteration is one graph" if compiled.whole is not None else "data-parallel ranks"
+    (a host-stepped env steps once). Data-parallel ranks call every stage in step (a minibatch
+    step all-reduces) and agree: if any rank's check failed, every rank stays eager. Returns the
+    eager result, its metrics and the check: ``agreed`` (None where it cannot be made: a fused
+    build compiles rollout and update as one graph), each output that differed beyond the
+    tolerance (this rank's), and the largest gaps next to what is allowed."""
+    if compiled.whole is not None:
         after, metrics = iteration(compiled, state)
-        return after, metrics, {"update": update, "agreed": None, "why": f"not checked: {why}"}
+        why = "not checked: the fused iteration is one graph"
+        return after, metrics, {"update": update, "agreed": None, "why": why}
     calls = {"advantages": [], "grad_step": []}
 
     def recording(name: str, fn: Callable) -> Callable:
@@ -109,7 +110,12 @@ def checked_update(eager: Built, compiled: Built, state: TrainState, update: int
         for kind, (gap, path) in agree.largest_gaps(want_step, got_step, start, step_lr=lr).items():
             if gap > largest[kind][0]:
                 largest[kind] = [gap, f"{path} (minibatch step {i})"]
-    return after, metrics, {"update": update, "agreed": not problems, "problems": problems, "largest_gap": largest,
+    world = compiled.world
+    everywhere = not problems if not world.distributed else \
+        bool(world.sum(torch.tensor(float(bool(problems)), device=compiled.device)) == 0)
+    if everywhere != (not problems):
+        problems = ["the check failed on another rank"]
+    return after, metrics, {"update": update, "agreed": everywhere, "problems": problems, "largest_gap": largest,
                             "allowed": {"update": tol.update, "state": tol.state, "output": tol.output}}
 
 
@@ -188,10 +194,8 @@ def train(built: Built, state: TrainState | None = None, progress: Progress | li
     # The switch update runs eagerly and checks the compiled update against the eager one
     # (:func:`checked_update`); the compiled functions take over after it if they agree. The switch
     # is recorded (compile_from_update), or, with None, the first boundary at which the compiled
-    # functions are ready (kernel.tiers); data-parallel ranks, which must switch together, compile first.
+    # functions are ready (kernel.tiers; data-parallel ranks agree on it).
     from_update = cfg.compile_from_update
-    if built.plan.compile and from_update is None and world.distributed:
-        from_update = records[0].update
     tiers = Tiers(built, built.own_env) if built.plan.compile and from_update is None else None
     switch = from_update if built.plan.compile else None
     eager = with_plan(built, Plan(False, False, "eager before the switch update")) \

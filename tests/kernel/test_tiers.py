@@ -7,10 +7,12 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 import torch._dynamo
+from safetensors.torch import load_file
 
 from kernel import checkpoint, plan, runs, tiers
 from kernel import train as T
@@ -23,6 +25,7 @@ from kernel.tree import leaves
 
 TIERED = Config(num_envs=4, num_steps=16, total_steps=4 * 16 * 200, update_epochs=2, num_minibatches=2,
                 hidden=(16, 16), seed=7, fuse="off", compile_from_update=None)
+RANKED = TIERED.replace(num_envs=8, total_steps=8 * 16 * 200)  # over two data-parallel ranks: 4 envs each
 
 
 def waiting(logs: list, seconds: float):
@@ -157,3 +160,20 @@ def test_stopping_the_helper_ends_its_process():
     assert helper.poll() is None
     helper.stop()
     assert helper.process.returncode is not None and not alive(helper.process.pid)
+
+
+def test_data_parallel_ranks_switch_at_the_same_update_and_a_replay_is_bit_identical(tmp_path):
+    """Rank 0 runs the helper for both; the ranks agree at every boundary, so they trace, check
+    and switch at the same updates, stay bit-identical, and replay bit for bit."""
+    from test_distributed import torchrun
+
+    result = torchrun(Path(__file__).with_name("tiers_worker.py"), tmp_path, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    s0, s1 = (json.loads((tmp_path / f"summary-{r}.json").read_text()) for r in range(2))
+    assert s0["switch_update"] == s1["switch_update"] and s0["switch_update"] >= 1
+    assert s0["switch_check"]["agreed"] is True and s1["switch_check"]["agreed"] is True
+    assert s0["tiers"]["helper_s"] > 0 and s1["tiers"] == {"helper_s": None, "failure": None}
+    r0, r1 = (load_file(tmp_path / f"rank-{r}.st") for r in range(2))
+    assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0)
+    tiered = {k[len("tiered."):]: v for k, v in r0.items() if k.startswith("tiered.")}
+    assert tiered and all(torch.equal(v, r0["replay." + k]) for k, v in tiered.items())
