@@ -712,9 +712,13 @@ def first_run() -> str:
             parts.append(f"eager steady speed {e['off_over_start_off']:.2f}x {d['start_commit']}'s --no-compile")
         if parts:
             lines.append(f"- {workload}: " + "; ".join(parts) + ".")
+    on = [r["steady_sps"] for r in d["runs"] if (r["workload"], r["mode"]) == ("default", "on") and r["steady_sps"]]
+    spread = (f" Steady speed is over the last quarter of the updates (a group: one run's steps); two runs of the "
+              f"same compiled code (default, --compile on) gave {k(min(on))} and {k(max(on))}, so single runs' "
+              f"steady speeds and the whole-process times that include them differ by that much.") if on else ""
     return (table(["workload", "mode", "cache", "whole s", "first update s", "longest gap s", "longest gap after "
                    "the first s", "steady steps/s", "switch update"], rows)
-            + "\n\n" + "\n".join(lines)
+            + "\n\n" + "\n".join(lines) + "\n\n" + spread.strip()
             + f"\n\n{d['repeats']} run(s) of each, one at a time, each a fresh process at --threads 1"
             + (f" with {d['extra']}" if d.get("extra") else "") + f"; measured at {measured_at(d)}.")
 
@@ -732,6 +736,9 @@ def switch_check() -> str:
             f"{big['state'][0]:.1e} ({big['state'][1]}), output {big['output'][0]:.1e} ({big['output'][1]}).\n\n"
             + table(["wrong variant", "update", "verdict", "largest update gap", "largest state gap",
                      "largest output gap"], rows)
+            + (f"\n\nAllowed (kernel.agree.AT_SWITCH, float32): update {d['allowed']['update']:.0e}, state "
+               f"{d['allowed']['state']:.0e}, output {d['allowed']['output']:.0e}; the verdicts are against these."
+               if "allowed" in d else "")
             + f"\n\nMeasured at {measured_at(d)}.")
 
 

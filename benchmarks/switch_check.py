@@ -73,8 +73,9 @@ def main() -> None:
     largest = {kind: max((r["largest_gap"][kind] for r in right), key=lambda g: g[0]) for kind in kinds}
     print(f"right: {sum(r['agreed'] for r in right)} of {len(right)} checks agreed; largest gaps {largest}")
     if args.out:
+        allowed = checked_update(eager, built, init_state(built), 0)[2]["allowed"]
         write_record(args.out, {"config": "default cartpole", "every": args.every, "checks": right,
-                                "largest_right": largest, "wrong": variants, "threads": 1})
+                                "largest_right": largest, "allowed": allowed, "wrong": variants, "threads": 1})
 
 
 if __name__ == "__main__":
