@@ -3,7 +3,7 @@ and switches to them at an update boundary (``compile_from_update=None``, what `
 asks for).
 
 Two steps, because one thread cannot compile while another trains: the compile holds Python's
-lock for seconds at a time (``benchmarks/compile_in_thread.py`` measured gaps of 10-16 s).
+lock for seconds at a time (``benchmarks/compile_in_thread.py`` measures the gaps it leaves).
 
 1. :class:`Helper`: a separate process builds the same config (same thread count, options and
    plan) and compiles one throwaway iteration, which fills inductor's on-disk caches; it says
@@ -40,7 +40,7 @@ COMPILED = "compiled "  # the helper's line after each stage: "compiled <stage>"
 
 def helper_request(built) -> dict:
     """What the helper needs to build the very graphs this run will trace: the job's config, its
-    runs, the plan's fuse choice and the thread count."""
+    runs, this rank and the number of ranks, the plan's fuse choice and the thread count."""
     return {"config": built.job.to_dict(), "runs": built.all_runs.to_dict() if built.all_runs is not None else None,
             "rank": built.world.rank, "ranks": built.world.size, "fuse": built.plan.fuse, "why": built.plan.why,
             "threads": torch.get_num_threads(), "parent": os.getpid()}
