@@ -14,8 +14,6 @@ import sys
 import threading
 import time
 
-COMPILED = "compiled "  # kernel.tiers.COMPILED (not imported before the parent check: it loads torch)
-
 
 def die_with(parent: int) -> None:
     """Exit when ``parent`` does: at once on Linux (the kernel's parent-death signal), else by
@@ -38,6 +36,8 @@ def die_with(parent: int) -> None:
 def reporting(name: str, fn):
     """``fn``, saying ``compiled <name>`` once its first call (its compile) is done: the run can
     trace that stage against the cache while this process compiles the next."""
+    from kernel.tiers import COMPILED  # (imported once the parent is known: it loads torch)
+
     first = [True]
 
     def call(*args):

@@ -188,8 +188,8 @@ class Tiers:
         world = built.world
         # A helper has compiled this config into this cache before: trace here at once. Of the
         # data-parallel ranks on one machine (one cache), the first compiles for all.
-        self.cached = helper_mark(built.job, built.plan.fuse, runs, world.size).is_file()
-        self.helper = None if own_env or self.cached or world.local_rank else Helper(built, helper_module)
+        cached = helper_mark(built.job, built.plan.fuse, runs, world.size).is_file()
+        self.helper = None if own_env or cached or world.local_rank else Helper(built, helper_module)
         self.warm: StagedWarmup | None = None
         self.primed = self.started = False
         self.failure: str | None = None
