@@ -56,14 +56,14 @@ class CartPole:
         if isinstance(action, dict):
             action = action["action"]
         physics = dynamics(state["physics"], action)
-        x, theta = physics[:, 0], physics[:, 2]
-        terminated = (x < -X_THRESHOLD) | (x > X_THRESHOLD) | (theta < -THETA_THRESHOLD) | (theta > THETA_THRESHOLD)
+        # |x| > bound is x < -bound or x > bound (negation is exact): fewer ops per eager step.
+        terminated = (physics[:, 0].abs() > X_THRESHOLD) | (physics[:, 2].abs() > THETA_THRESHOLD)
         t = state["t"] + 1
         truncated = t >= self.max_steps
         done = terminated | truncated
         fresh = self._initial_physics(noise)
         next_physics = torch.where(done.unsqueeze(-1), fresh, physics)
-        next_t = torch.where(done, torch.zeros_like(t), t)
+        next_t = t.masked_fill(done, 0)
         reward = torch.ones(self.num_envs, dtype=self.dtype, device=self.device)
         return Step({"physics": next_physics, "t": next_t}, next_physics, reward, terminated, truncated, physics)
 
@@ -79,6 +79,5 @@ def dynamics(physics: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         LENGTH * (4.0 / 3.0 - MASS_POLE * torch.square(costheta) / TOTAL_MASS)
     )
     xacc = temp - POLEMASS_LENGTH * thetaacc * costheta / TOTAL_MASS
-    return torch.stack(
-        (x + TAU * x_dot, x_dot + TAU * xacc, theta + TAU * theta_dot, theta_dot + TAU * thetaacc), dim=-1
-    )
+    # Elementwise the same as x + TAU * x_dot and so on, in three ops instead of nine.
+    return physics + TAU * torch.stack((x_dot, xacc, theta_dot, thetaacc), dim=-1)

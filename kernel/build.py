@@ -126,7 +126,7 @@ def stages(config: Config, policy: Policy, rollout: Rollout, world: World, runs:
     # list arguments there); compiled, both forms give the same kernels.
     foreach = runs is None and not fused
     step = make_grad_step(policy, make_optimizer(config, foreach), config.clip_vloss, config.norm_adv, None,
-                          config.norm_entropy, config.head_average, foreach=foreach)
+                          config.norm_entropy, config.head_average, foreach=foreach, tape=not compiled and runs is None)
     on_its_own = compiled and not fused
 
     def staged(fn: Callable) -> Callable:

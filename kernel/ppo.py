@@ -17,7 +17,7 @@ from kernel.loop import loop
 from kernel.loss_scale import all_finite
 from kernel.optim import GradientTransformation, apply_updates, linear_schedule
 from kernel.policy import Policy, masks
-from kernel.tree import tree_map
+from kernel.tree import flatten, tree_map, unflatten
 
 # ---------------------------------------------------------------------------------------------
 # Advantages
@@ -184,13 +184,16 @@ OPTIMIZER_HYPER = ("lr", "max_grad_norm")
 
 def make_grad_step(policy: Policy, optimizer: GradientTransformation, clip_vloss: bool, norm_adv: bool,
                    groups=None, norm_entropy: bool = False, head_average: str = "decisions",
-                   foreach: bool = True) -> Callable:
+                   foreach: bool = True, tape: bool = False) -> Callable:
     """``grad_step(params, opt_state, scale, batch, idx, hyper) -> (params, opt_state, scale,
     metrics)``: gather rows ``idx`` of the batch, take the gradient of the loss scaled by ``scale``
     (a :mod:`kernel.loss_scale` value), unscale it and hand it to ``optimizer``. Wrapped in
     :func:`kernel.optim.apply_if_finite`, the optimizer skips a step whose loss or gradient is
     not finite; the loss scale adjusts to the same verdict. ``foreach=False`` (needed under
-    ``torch.func.vmap``) applies the updates leaf by leaf."""
+    ``torch.func.vmap``) applies the updates leaf by leaf. ``tape=True`` (eager, outside any
+    ``torch.func`` transform) takes the same gradients with ``torch.autograd.grad`` on leaf copies of
+    the params: ``grad_and_value`` wraps every tensor of every op, which at RL sizes costs about as
+    much as the maths; compiled, the transform is traced away and costs nothing."""
 
     head_names = tuple(h.name for h in policy.spec.heads)  # read here: older dynamo cannot trace the property
 
@@ -201,7 +204,8 @@ def make_grad_step(policy: Policy, optimizer: GradientTransformation, clip_vloss
     def gradients(params, scale, batch, idx, hyper):
         """``(grads, loss, metrics)`` of minibatch ``idx``, grads unscaled."""
         mb = minibatch(batch, idx, policy.recurrent)
-        grads, (_, (loss, metrics)) = grad_and_value(scaled_loss, has_aux=True)(params, mb, hyper, scale)
+        take = taped_grad_and_value if tape else grad_and_value
+        grads, (_, (loss, metrics)) = take(scaled_loss, has_aux=True)(params, mb, hyper, scale)
         return scale.unscale(grads), loss, metrics
 
     def apply(params, opt_state, scale, grads, loss, metrics, hyper):
@@ -224,6 +228,7 @@ def make_grad_step(policy: Policy, optimizer: GradientTransformation, clip_vloss
 
     # Separately, for data parallelism: gradients on each rank, all-reduce, then the same apply.
     grad_step.gradients, grad_step.apply = gradients, apply
+    grad_step.taped = tape
     return grad_step
 
 
@@ -239,6 +244,25 @@ def global_advantage_stats(advantages: torch.Tensor, perms: torch.Tensor, recurr
     mean = total / n
     var = (total_sq - n * mean * mean) / (n - 1)
     return {"adv_mean": mean, "adv_std": var.clamp(min=0).sqrt()}
+
+
+def taped_grad_and_value(fn: Callable, has_aux: bool = True) -> Callable:
+    """``torch.func.grad_and_value(fn, has_aux=True)`` by autograd's tape, for eager calls: the
+    gradient of ``fn(params, ...)[0]`` with respect to ``params``' floating leaves (zeros where the
+    value does not depend on one, as ``torch.func`` gives), and the value and aux, detached. The
+    gradients keep ``params``' structure and key order."""
+    if not has_aux:
+        raise ValueError("taped_grad_and_value takes functions that return (value, aux)")
+
+    def wrapped(params, *args):
+        with torch.enable_grad():
+            found, spec = flatten(tree_map(lambda x: x.detach().requires_grad_(True), params))
+            value, aux = fn(unflatten(spec, found), *args)
+            grads = torch.autograd.grad(value, found, allow_unused=True, materialize_grads=True)
+        detached = lambda x: x.detach() if isinstance(x, torch.Tensor) else x
+        return unflatten(spec, list(grads)), (value.detach(), tree_map(detached, aux))
+
+    return wrapped
 
 
 HYPER = ("clip_coef", "ent_coef", "vf_coef", "max_grad_norm", "gamma", "gae_lambda")

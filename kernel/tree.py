@@ -13,7 +13,7 @@ use these names.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -70,21 +70,57 @@ def map_with_path(fn: Callable, tree: Tree, *rest: Tree, path: tuple = ()) -> Tr
     return fn(path, tree, *rest)
 
 
+class _Mismatch(Exception):
+    """Raised inside :func:`_mapped` on a structure mismatch; the caller then finds its path."""
+
+
+def _mapped(fn: Callable, tree: Tree, rest: tuple) -> Tree:
+    """:func:`tree_map`'s walk without paths (it runs on every eager op's params): the same
+    structure checks as :func:`map_with_path`, but a mismatch is only reported, not named."""
+    if isinstance(tree, dict):
+        for other in rest:
+            if not isinstance(other, dict) or other.keys() != tree.keys():
+                raise _Mismatch
+        return {k: _mapped(fn, v, tuple(o[k] for o in rest)) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        for other in rest:
+            if not isinstance(other, (list, tuple)) or len(other) != len(tree):
+                raise _Mismatch
+        return _rebuild(tree, [_mapped(fn, v, tuple(o[i] for o in rest)) for i, v in enumerate(tree)])
+    for other in rest:
+        if (tree is None) != (other is None) or isinstance(other, (dict, list, tuple)):
+            raise _Mismatch
+    return None if tree is None else fn(tree, *rest)
+
+
 def tree_map(fn: Callable, tree: Tree, *rest: Tree) -> Tree:
     """Apply ``fn`` leaf-wise over one or more trees, pairing leaves by path (not by dict order)."""
-    return map_with_path(lambda _, *xs: fn(*xs), tree, *rest)
+    try:
+        return _mapped(fn, tree, rest)
+    except _Mismatch:
+        map_with_path(lambda *_: None, tree, *rest)  # raises the StructureError that names the path
+        raise
 
 
-def _items(tree: Tree, path: tuple = ()) -> Iterator[tuple]:
+def _items(tree: Tree, path: tuple = ()) -> list[tuple]:
     """``(path, leaf)`` in canonical order: dict keys sorted, sequences in index order."""
+    out: list = []
+    _skeleton(tree, path, out)
+    return out
+
+
+def _skeleton(tree: Tree, path: tuple, out: list) -> Tree:
+    """``tree`` with each leaf replaced by its index in the canonical order (dicts keep their own
+    key order), appending ``(path, leaf)`` to ``out`` in that order."""
     if isinstance(tree, dict):
-        for k in sorted(tree):
-            yield from _items(tree[k], path + (k,))
-    elif isinstance(tree, (list, tuple)):
-        for i, v in enumerate(tree):
-            yield from _items(v, path + (i,))
-    elif tree is not None:
-        yield path, tree
+        indexed = {k: _skeleton(tree[k], path + (k,), out) for k in sorted(tree)}
+        return {k: indexed[k] for k in tree}
+    if isinstance(tree, (list, tuple)):
+        return _rebuild(tree, [_skeleton(v, path + (i,), out) for i, v in enumerate(tree)])
+    if tree is None:
+        return None
+    out.append((path, tree))
+    return len(out) - 1
 
 
 def leaves(tree: Tree) -> list:
@@ -102,16 +138,15 @@ class Treedef(NamedTuple):
 
 def flatten(tree: Tree) -> tuple[list, Treedef]:
     """``(leaves, treedef)`` with leaves in canonical order; :func:`unflatten` inverts it."""
-    items = list(_items(tree))
-    index = {p: i for i, (p, _) in enumerate(items)}
-    skeleton = map_with_path(lambda p, _: index[p], tree)
-    return [x for _, x in items], Treedef(skeleton, tuple(index))
+    items: list = []
+    skeleton = _skeleton(tree, (), items)
+    return [x for _, x in items], Treedef(skeleton, tuple(p for p, _ in items))
 
 
 def leaves_like(tree: Tree, treedef: Treedef) -> list:
     """Leaves of ``tree`` in ``treedef``'s canonical order, so they pair by path with the leaves
     ``treedef`` came from; :class:`StructureError` if the two trees have different leaf paths."""
-    items = list(_items(tree))
+    items = _items(tree)
     paths = tuple(p for p, _ in items)
     if paths != treedef.paths:
         missing = sorted(map(_path_name, set(treedef.paths) - set(paths)))
@@ -122,7 +157,7 @@ def leaves_like(tree: Tree, treedef: Treedef) -> list:
 
 
 def unflatten(treedef: Treedef, leaves: list) -> Tree:
-    return map_with_path(lambda _, i: leaves[i], treedef.skeleton)
+    return _mapped(leaves.__getitem__, treedef.skeleton, ())
 
 
 def flatten_with_paths(tree: Tree, prefix: str = "") -> dict[str, Any]:
