@@ -1,5 +1,5 @@
-"""How the training loop compiles its hot functions (rollout segment, advantages, grad step, or the
-whole iteration).
+"""How the training loop compiles its hot functions (rollout segment, grad step, or the whole
+iteration).
 
 Every function is compiled with dynamo's guards, so a graph traced for one configuration (closure
 constants such as the activation or precision), one dict structure or one grad mode never runs
@@ -7,9 +7,10 @@ for another; it recompiles instead. One kind is skipped: guards on module global
 (:func:`skip_module_global_guards`). :func:`compile_hot` gives every function a code object of
 its own (:func:`own_code`), so each build owns its cache of graphs, and asks for static shapes.
 Options (what each is for is in ``benchmarks/README.md``): ``cpp_wrapper`` on CPU where it
-compiles a ``scan``; ``scan`` marked cacheable by inductor's FX graph cache; ``tanh`` through
-``exp`` in generated CPU code; no loop reordering after fusion on CUDA; the fused graph adds its
-own (:func:`fused_options`). An option the installed torch does not know is left out.
+compiles a ``scan``, its wrapper and kernels built as two C++ units; ``scan`` marked cacheable by
+inductor's FX graph cache; ``tanh`` through ``exp`` in generated CPU code; no loop reordering
+after fusion on CUDA; the fused graph adds its own (:func:`fused_options`). An option the
+installed torch does not know is left out.
 """
 from __future__ import annotations
 
@@ -53,6 +54,8 @@ def hot_options(device="cpu") -> dict:
         wanted["cpp.use_decompose_tanh"] = True
         if cpp_wrapper_compiles_scan():
             wanted["cpp_wrapper"] = True
+            # Two C++ units compile faster than one (g++'s time grows faster than the unit's size).
+            wanted["cpp_wrapper_build_separate"] = True
     else:
         # Some CUDA inductors assert in their loop-reordering pass on the grad step (seen on
         # an H200); the pass only reorders loops for speed, so it is off for every version.
@@ -81,15 +84,13 @@ def fused_options(device="cpu") -> dict:
     """:func:`hot_options` for a graph holding two scans (the fused iteration).
 
     On CPU the C++ wrapper's in-place reuse of a loop's output after the loop emits a second C++
-    declaration of that buffer, so in-place reuse is off; the wrapper and the kernels are built as
-    two C++ units, which cuts the fused graph's cold compile at the same step cost (the figures are
-    in ``benchmarks/README.md``). On CUDA
+    declaration of that buffer, so in-place reuse is off. On CUDA
     the graph is captured as a CUDA graph (what ``mode="reduce-overhead"`` does): one launch per
     iteration instead of one per kernel.
     """
     options = hot_options(device)
     if torch.device(device).type == "cpu":
-        wanted = {"inplace_buffers": False, "cpp_wrapper_build_separate": True}
+        wanted = {"inplace_buffers": False}
     else:
         wanted = {"triton.cudagraphs": True}
     return dict(options, **{name: value for name, value in wanted.items() if known_option(name)})

@@ -41,12 +41,22 @@ def deltas_and_decay(rewards, values, next_values, terminated, truncated, gamma:
 # length. benchmarks/README.md has the measured costs.
 UNROLL_MAX_STEPS = 256
 
+# Segments up to this many elements in their [N, T, T] recursion matrix solve it as one triangular
+# system instead of a T-step loop (16 MiB in float32).
+SOLVE_MAX_ELEMENTS = 1 << 22
+
 
 def gae(rewards, values, next_values, terminated, truncated, gamma, lam, scanned: bool = False):
     """Generalised advantage estimates and returns over ``[T, N]`` trajectories: the recursion
-    backwards in time, a Python loop (eager, or unrolled in a graph) or (``scanned``) a scan.
-    ``gamma`` and ``lam`` are floats or 0-d tensors."""
+    backwards in time. Solved as one upper-bidiagonal triangular system per sub-environment where
+    its ``[N, T, T]`` matrix is small (:data:`SOLVE_MAX_ELEMENTS`), otherwise a Python loop (eager,
+    or unrolled in a graph) or (``scanned``) a scan. ``gamma`` and ``lam`` are floats or 0-d
+    tensors."""
     deltas, decay = deltas_and_decay(rewards, values, next_values, terminated, truncated, gamma, lam)
+    steps, envs = deltas.shape[0], deltas[0].numel()
+    if steps * steps * envs <= SOLVE_MAX_ELEMENTS:
+        advantages = solved_recursion(deltas, decay)
+        return advantages, advantages + values
 
     def body(next_adv, x):
         adv = torch.addcmul(x[0], x[1], next_adv)
@@ -55,6 +65,18 @@ def gae(rewards, values, next_values, terminated, truncated, gamma, lam, scanned
     _, advantages = loop(body, torch.zeros_like(deltas[0]), (deltas.flip(0), decay.flip(0)), scanned)
     advantages = advantages.flip(0)
     return advantages, advantages + values
+
+
+def solved_recursion(deltas: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
+    """``A`` with ``A[t] = deltas[t] + decay[t] * A[t+1]`` (``A[T] = 0``) for ``[T, ...]`` inputs: the
+    recursion is the system ``(I - diag(decay[:-1], +1)) A = deltas``, whose back substitution is
+    the recursion itself. One library call, where a loop is T small ops (eager) or a long unrolled
+    graph (compiled: most of a cold compile's seconds)."""
+    shape = deltas.shape
+    d = decay.reshape(shape[0], -1).T  # [N, T]
+    system = torch.diag_embed(torch.ones_like(d)) - torch.diag_embed(d[:, :-1], offset=1)
+    solved = torch.linalg.solve_triangular(system, deltas.reshape(shape[0], -1).T.unsqueeze(-1), upper=True)
+    return solved.squeeze(-1).T.reshape(shape)
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ from kernel.loop import unaliased
 from kernel.plan import helper_mark
 
 HELPER_MODULE = "kernel.precompile"
-STAGE_ORDER = ("segment", "advantages", "grad_step")  # the order of their first calls in an iteration
+STAGE_ORDER = ("segment", "grad_step")  # the stages compiled on their own, in the order of their first calls
 COMPILED = "compiled "  # the helper's line after each stage: "compiled <stage>"
 
 

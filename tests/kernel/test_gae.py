@@ -22,7 +22,9 @@ def reference_gae(rewards, values, next_values, terminated, truncated, gamma, la
     return adv
 
 
-def test_gae_matches_python_loop_with_terminations_and_truncations(gen):
+@pytest.mark.parametrize("solve_max", [ppo.SOLVE_MAX_ELEMENTS, 0])  # the triangular solve, then the loop
+def test_gae_matches_python_loop_with_terminations_and_truncations(gen, monkeypatch, solve_max):
+    monkeypatch.setattr(ppo, "SOLVE_MAX_ELEMENTS", solve_max)
     T, N = 37, 5
     rewards = torch.randn(T, N, generator=gen, dtype=torch.float64)
     values = torch.randn(T, N, generator=gen, dtype=torch.float64)
@@ -58,9 +60,11 @@ def test_episode_end_stops_the_recursion():
     assert adv[0].item() == 1.0  # would be 2.0 if the second step leaked across the boundary
 
 
-@pytest.mark.parametrize("unroll_max", [256, 8])  # the unrolled recursion, then the reverse scan
-def test_compiled_gae_matches_python_loop(gen, monkeypatch, unroll_max):
+# the unrolled recursion, the reverse scan, the triangular solve
+@pytest.mark.parametrize("unroll_max, solve_max", [(256, 0), (8, 0), (256, ppo.SOLVE_MAX_ELEMENTS)])
+def test_compiled_gae_matches_python_loop(gen, monkeypatch, unroll_max, solve_max):
     monkeypatch.setattr(ppo, "UNROLL_MAX_STEPS", unroll_max)
+    monkeypatch.setattr(ppo, "SOLVE_MAX_ELEMENTS", solve_max)
     T, N = 37, 3
     rewards, values, next_values = (torch.randn(T, N, generator=gen) for _ in range(3))
     terminated = torch.rand(T, N, generator=gen) < 0.1
@@ -71,3 +75,26 @@ def test_compiled_gae_matches_python_loop(gen, monkeypatch, unroll_max):
                                           terminated.tolist(), truncated.tolist(), 0.99, 0.95))
     torch.testing.assert_close(adv, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ret, expected + values, rtol=1e-5, atol=1e-5)
+
+
+def test_a_solve_with_the_decay_one_step_off_fails_the_reference(gen, monkeypatch):
+    """The float64 comparison above has teeth: pairing each step with the next step's decay (the
+    superdiagonal shifted by one) is caught at its tolerance."""
+    def shifted(deltas, decay):
+        d = decay.T
+        system = torch.diag_embed(torch.ones_like(d)) - torch.diag_embed(d[:, 1:], offset=1)
+        return torch.linalg.solve_triangular(system, deltas.T.unsqueeze(-1), upper=True).squeeze(-1).T
+
+    monkeypatch.setattr(ppo, "solved_recursion", shifted)
+    with pytest.raises(AssertionError):
+        test_gae_matches_python_loop_with_terminations_and_truncations(gen, monkeypatch, ppo.SOLVE_MAX_ELEMENTS)
+
+
+def test_the_solve_is_used_up_to_its_size_limit(monkeypatch):
+    calls = []
+    monkeypatch.setattr(ppo, "solved_recursion", lambda d, k: calls.append(d.shape) or torch.zeros_like(d))
+    monkeypatch.setattr(ppo, "SOLVE_MAX_ELEMENTS", 128 * 128 * 4)
+    for steps, envs in ((128, 4), (128, 5)):
+        x = torch.zeros(steps, envs)
+        gae(x, x, x, x.bool(), x.bool(), 0.99, 0.95)
+    assert calls == [torch.Size([128, 4])]  # the larger segment ran the loop

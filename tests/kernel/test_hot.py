@@ -65,7 +65,7 @@ def test_grad_mode_is_guarded():
 def test_options_unknown_to_the_installed_torch_are_left_out():
     assert known_option("cpp_wrapper") and known_option("cpp.use_decompose_tanh")
     assert not known_option("cpp.no_such_option") and not known_option("no_such_option")
-    wrapper = {"cpp_wrapper"} if cpp_wrapper_compiles_scan() else set()
+    wrapper = {"cpp_wrapper", "cpp_wrapper_build_separate"} if cpp_wrapper_compiles_scan() else set()
     assert set(hot_options("cpu")) == {"cpp.use_decompose_tanh", "unsafe_marked_cacheable_functions",
                                        "guard_filter_fn"} | wrapper
     assert "cpp_wrapper" not in hot_options("cuda") and "cpp.use_decompose_tanh" not in hot_options("cuda")
