@@ -688,9 +688,9 @@ def _s(x) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
-def first_run() -> str:
+def first_run(name: str = "first_run.json") -> str:
     """Each fresh process of the first-run benchmark, and the ratios it asks for."""
-    d = load("first_run.json")
+    d = load(name)
     names = {"auto": "auto (tiered)", "on": "--compile on", "off": "--no-compile",
              "start-on": f"{d['start_commit']} --compile on", "start-off": f"{d['start_commit']} --no-compile"}
     rows = [[r["workload"], names[r["mode"]], r["cache"], _s(r["whole_s"]), _s(r["first_update_s"]),
@@ -728,18 +728,47 @@ def switch_check() -> str:
     d = load("switch_check.json")
     agreed = sum(c["agreed"] for c in d["checks"])
     big = d["largest_right"]
+    kinds = [kind for kind in ("rollout", "update", "state", "output") if kind in big]
     rows = [[v["variant"], str(v["update"]), "caught" if v["agreed"] is False else "missed",
-             f"{v['largest_gap']['update'][0]:.1e}", f"{v['largest_gap']['state'][0]:.1e}",
-             f"{v['largest_gap']['output'][0]:.1e}"] for v in d["wrong"]]
+             *(f"{v['largest_gap'][kind][0]:.1e}" for kind in kinds)] for v in d["wrong"]]
+    gaps = ", ".join(f"{kind} {big[kind][0]:.1e} ({big[kind][1]})" for kind in kinds)
+    allowed = d.get("allowed", {})
     return (f"The right compiled stages: {agreed} of {len(d['checks'])} checks agreed (every {d['every']}th update of "
-            f"{d['config']}); largest gaps: update {big['update'][0]:.1e} ({big['update'][1]}), state "
-            f"{big['state'][0]:.1e} ({big['state'][1]}), output {big['output'][0]:.1e} ({big['output'][1]}).\n\n"
-            + table(["wrong variant", "update", "verdict", "largest update gap", "largest state gap",
-                     "largest output gap"], rows)
-            + (f"\n\nAllowed (kernel.agree.AT_SWITCH, float32): update {d['allowed']['update']:.0e}, state "
-               f"{d['allowed']['state']:.0e}, output {d['allowed']['output']:.0e}; the verdicts are against these."
-               if "allowed" in d else "")
+            f"{d['config']}); largest gaps: {gaps}.\n\n"
+            + table(["wrong variant", "update", "verdict", *(f"largest {kind} gap" for kind in kinds)], rows)
+            + (f"\n\nAllowed (kernel.agree.AT_SWITCH, float32): update {allowed['update']:.0e}, state "
+               f"{allowed['state']:.0e}, output {allowed['output']:.0e}"
+               + (" (the rollout's floating leaves as outputs; its integer and boolean leaves exactly)"
+                  if "rollout" in big else "") + "; the verdicts are against these." if allowed else "")
             + f"\n\nMeasured at {measured_at(d)}.")
+
+
+def compile_seconds() -> str:
+    """Each env's cold and warm compile seconds, this tree against the revision, side by side."""
+    d = load("compile_seconds.json")
+    rev, ratios = d["rev"], d["compile_ratio_this_over_rev"]
+    rows = []
+    for env, by in d["runs"].items():
+        for state in ("cold", "warm"):
+            old, new = by[rev][state], by["this tree"][state]
+            rows.append([env, state, _s(old["compile_s"]), _s(new["compile_s"]), f"{ratios[env][state]:.2f}x",
+                         _s(old["wall_s"]), _s(new["wall_s"]), f"{new['wall_s'] / old['wall_s']:.2f}x"])
+    return (table(["env (default config)", "cache", f"compile s: {rev}", "compile s: this tree", "ratio",
+                   f"process s: {rev}", "process s: this tree", "ratio"], rows)
+            + "\n\nCompile seconds: the first, compiled iteration (`compile_s` in the summary): dynamo's trace,"
+            " inductor's code generation and the C++ compiler, and in this tree also importing them, which"
+            f" {rev} did before its timer started; the whole process's seconds count both the same way. One run"
+            " of each, a fresh process at --threads 1 over two batches, the two trees alternating env by env;"
+            f" measured at {measured_at(d)}.")
+
+
+def eager_speed() -> str:
+    d, this, rev, ratio = _sps_vs_rev("eager_against_start.json")
+    every = {name: ", ".join(k(r["sps"]) for r in runs) for name, runs in d["runs"].items()}
+    return (f"`python -m benchmarks.sps_against_revision --rev {d['rev']} --reps {len(d['runs']['this tree'])} --"
+            " --no-compile --total-steps 51200` (`results/eager_against_start.json`): median "
+            f"{this} env steps/s against {rev} for {d['rev']}'s `--no-compile` ({ratio}x). Each run: "
+            f"{every['this tree']} (this tree); {every[d['rev']]} ({d['rev']}). Measured at {measured_at(d)}.")
 
 
 # ---------------------------------------------------------------- the registry, and rewriting the READMEs
@@ -778,6 +807,9 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "mujoco-returns": (README, mujoco_returns),
     "mujoco-speed": (README, mujoco_speed),
     "first-run": (README, first_run),
+    "first-run-default": (README, lambda: first_run("first_run_default.json")),
+    "compile-seconds": (BENCH_README, compile_seconds),
+    "eager-speed": (BENCH_README, eager_speed),
     "switch-check": (BENCH_README, switch_check),
 }
 

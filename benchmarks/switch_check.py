@@ -5,10 +5,10 @@ deliberately wrong ones (what :data:`kernel.agree.AT_SWITCH` is set from).
 
 Default CartPole trains eagerly for its whole run (976 updates); at every ``--every``-th update
 :func:`kernel.train.checked_update` checks the compiled stages on that update's inputs, and at the
-``--wrong-at`` updates it also checks wrong variants of them: the learning rate doubled, the
-entropy term dropped, the clip coefficient at 0.1, the value coefficient halved, GAE's lambda at
-0.9, and the grad step of a build without advantage normalization. Not a timing: the JSON holds
-each check's largest gaps and verdict.
+``--wrong-at`` updates it also checks wrong variants of them: a rollout whose policy uses relu
+instead of tanh, the learning rate doubled, the entropy term dropped, the clip coefficient at 0.1,
+the value coefficient halved, GAE's lambda at 0.9, and the grad step of a build without advantage
+normalization. Not a timing: the JSON holds each check's largest gaps and verdict.
 """
 from __future__ import annotations
 
@@ -33,8 +33,10 @@ def with_hyper(grad_step, **changes):
 
 def wrong_variants(config: Config, stages) -> dict:
     other = build(config.replace(norm_adv=False), plan=Plan(True, False, "wrong")).stages.grad_step
+    relu = build(config.replace(activation="relu"), plan=Plan(True, False, "wrong")).stages.segment
     step = stages.grad_step
     return {
+        "rollout of a relu policy": stages._replace(segment=relu),
         "lr doubled": stages._replace(grad_step=with_hyper(step, lr=lambda x: 2 * x)),
         "ent_coef 0": stages._replace(grad_step=with_hyper(step, ent_coef=lambda x: 0 * x)),
         "clip_coef 0.1": stages._replace(grad_step=with_hyper(step, clip_coef=lambda x: 0 * x + 0.1)),

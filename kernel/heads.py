@@ -42,6 +42,25 @@ def sample(spec, logits: dict, noise: dict, masks: dict | None = None) -> dict:
     return actions
 
 
+def forcing_noise(spec, actions: dict, noise: dict) -> dict:
+    """Action noise under which :func:`sample` takes ``actions`` again, whatever rounding moved the
+    logits: for a categorical head the largest uniform below 1 at the taken action and the smallest
+    positive one elsewhere (a Gumbel margin of about 20 logits, which only an action sampled with
+    probability below e^-20 could fail to cover), for a Gaussian head ``noise`` as it is (its sample
+    moves with the mean by rounding only)."""
+    forced = {}
+    for h in spec.heads:
+        u = noise[h.name]
+        if gaussian(h):
+            forced[h.name] = u
+            continue
+        info = torch.finfo(u.dtype)
+        taken = torch.nn.functional.one_hot(actions[h.name], h.size).bool()
+        forced[h.name] = torch.where(taken, torch.tensor(1.0 - info.eps, dtype=u.dtype, device=u.device),
+                                     torch.tensor(info.tiny, dtype=u.dtype, device=u.device))
+    return forced
+
+
 def greedy(spec, logits: dict, masks: dict | None = None) -> dict:
     actions = {}
     for h in spec.heads:

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import torch
 
-from kernel import agree, optim, rng
+from kernel import agree, heads, optim, rng
 from kernel.build import Built, build, init_state, rank_key, with_plan
 from kernel.config import Config
 from kernel.distributed import SINGLE, World
@@ -23,7 +23,7 @@ from kernel.ppo import hyper_tensors, shuffle_units
 from kernel.precision import SHORT_NAMES
 from kernel.state import Progress, TrainState
 from kernel.tiers import Tiers
-from kernel.tree import tree_map
+from kernel.tree import flatten, tree_map
 
 
 def draws(built: Built, key: torch.Tensor) -> tuple:
@@ -66,12 +66,16 @@ def collect(built: Built, params, carry, generator: torch.Generator):
 
 def checked_update(eager: Built, compiled: Built, state: TrainState, update: int) -> tuple[TrainState, dict, dict]:
     """The switch update, checked: the eager update, then every compiled stage it would run called
-    on the very inputs the eager stage had, teacher-forced call by call: the advantages on the eager
-    rollout, and each minibatch step on the eager step's params, optimizer state and minibatch. So
-    float rounding in one step cannot carry into the next (nor flip a sample across PPO's clip
-    threshold), and any gap is the compiled function's own. Each output is compared leaf by leaf
-    at :data:`kernel.agree.AT_SWITCH` (parameters by their update). The rollout is not replayed
-    (a host-stepped env steps once). Data-parallel ranks call every stage in step (a minibatch
+    on the very inputs the eager stage had, teacher-forced call by call: the rollout from the eager
+    rollout's params and carry with its env noise and action noise that makes it take the eager
+    actions (:func:`kernel.heads.forcing_noise`), compared at its first acting step
+    (:func:`first_step`), the advantages on the eager rollout, and each
+    minibatch step on the eager step's params, optimizer state and minibatch. So float rounding
+    in one step cannot carry into the next (nor flip a sampled action, or a sample across PPO's
+    clip threshold), and any gap is the compiled function's own. Each output is compared leaf by
+    leaf at :data:`kernel.agree.AT_SWITCH` (parameters by their update; integer and boolean leaves
+    such as actions and episode ends exactly). A host-stepped env's rollout is not replayed (the
+    env steps once). Data-parallel ranks call every stage in step (a minibatch
     step all-reduces) and agree: if any rank's check failed, every rank stays eager. Returns the
     eager result, its metrics and the check: ``agreed`` (None where it cannot be made: a fused
     build compiles rollout and update as one graph), each output that differed beyond the
@@ -80,7 +84,7 @@ def checked_update(eager: Built, compiled: Built, state: TrainState, update: int
         after, metrics = iteration(compiled, state)
         why = "not checked: the fused iteration is one graph"
         return after, metrics, {"update": update, "agreed": None, "why": why}
-    calls = {"advantages": [], "grad_step": []}
+    calls = {"segment": [], "advantages": [], "grad_step": []}
 
     def recording(name: str, fn: Callable) -> Callable:
         def call(*args):
@@ -93,6 +97,15 @@ def checked_update(eager: Built, compiled: Built, state: TrainState, update: int
     after, metrics = iteration(eager._replace(stages=stages), state)
     tol = agree.AT_SWITCH[SHORT_NAMES[compiled.config.precision.compute_dtype]]
     problems, largest = [], {"update": [0.0, None], "state": [0.0, None], "output": [0.0, None]}
+    if not getattr(compiled.env, "host_state", False):  # (a host env cannot be stepped again)
+        (params, carry, action_noise, env_noise), want = calls["segment"][0]
+        forced = heads.forcing_noise(compiled.policy.spec, want[1]["actions"], action_noise)
+        with torch.no_grad():  # as the iteration calls it (grad mode is one of its guards)
+            got = compiled.stages.segment(params, carry, forced, env_noise)
+        want, got = (first_step(out[1], compiled.config.num_steps) for out in (want, got))
+        problems += [f"rollout: {p}" for p in agree.output_disagreements(want, got, tol)]
+        largest["rollout"] = max(([agree.relative_gap(got[n], want[n]), n] for n in want if not agree.exact(want[n])),
+                                 key=lambda x: x[0], default=[0.0, None])
     named = lambda out: {"advantages": out[0], "returns": out[1]}  # noqa: E731
     for args, want in calls["advantages"]:
         want, got = named(want), named(compiled.stages.advantages(*args))
@@ -117,6 +130,16 @@ def checked_update(eager: Built, compiled: Built, state: TrainState, update: int
         problems = ["the check failed on another rank"]
     return after, metrics, {"update": update, "agreed": everywhere, "problems": problems, "largest_gap": largest,
                             "allowed": {"update": tol.update, "state": tol.state, "output": tol.output}}
+
+
+def first_step(traj: dict, num_steps: int) -> dict:
+    """``{"traj.obs": leaf, ...}``: the first acting step of a segment's trajectory, each time-major
+    leaf at step 0 under its dotted path. Only that step is teacher-forced in full: the later steps
+    start from states that rounding has moved, and a chaotic env (CartPole's pole) grows a
+    difference of one rounding into one of 1e-3 within a segment."""
+    leaves, spec = flatten({"traj": traj})
+    return {".".join(map(str, path)): leaf[0] for path, leaf in zip(spec.paths, leaves)
+            if leaf.dim() and leaf.shape[0] == num_steps}
 
 
 def warmup(built: Built, state: TrainState) -> float:

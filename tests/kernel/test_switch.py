@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch._dynamo
 
-from kernel import agree, checkpoint
+from envs.base import ActionSpec, Head
+from kernel import agree, checkpoint, heads
 from kernel import train as T
 from kernel.config import Config
 from kernel.resume import Checkpointer, checkpoint_path, read_config
@@ -120,6 +121,37 @@ def test_a_wrong_compiled_update_is_caught_at_the_switch_and_the_run_finishes_ea
     assert identical(out.state, eager_after.state)
     compiles = {u: read_config(checkpoint.load(checkpoint_path(tmp_path, u))[1], u).compile for u in range(1, 6)}
     assert compiles == {1: True, 2: True, 3: False, 4: False, 5: False}
+
+
+def test_a_wrong_compiled_rollout_is_caught_at_the_switch_and_the_run_finishes_eagerly(eager_after):
+    """The compiled segment of a relu policy (the same params) spliced into a switched run: replayed
+    on the eager rollout's inputs with its actions forced, its values and log-probs differ."""
+    built = T.build(SMALL.replace(compile_from_update=SWITCH))
+    wrong = T.build(SMALL.replace(activation="relu")).stages.segment
+    out, tiers = trained(None, built=built._replace(stages=built.stages._replace(segment=wrong)))
+    check = out.summary["switch_check"]
+    assert check["agreed"] is False and any(p.startswith("rollout: traj.values") for p in check["problems"])
+    assert not any(p.startswith("minibatch step") for p in check["problems"])  # the update stages were right
+    assert out.summary["switch_update"] is None and tiers == [0.0] * 5
+    assert identical(out.state, eager_after.state)
+
+
+def test_the_right_rollout_agrees_on_every_leaf_with_the_actions_equal(switched):
+    check = switched[0].summary["switch_check"]
+    assert check["agreed"] is True
+    gap, leaf = check["largest_gap"]["rollout"]
+    assert leaf is not None and gap <= agree.AT_SWITCH["fp32"].output
+
+
+def test_forcing_noise_makes_sampling_take_the_given_actions(gen):
+    spec = ActionSpec((Head("a", 3), Head("u", 2, kind="gaussian")))
+    logits = {"a": torch.tensor([[0.0, 15.0, -3.0], [2.0, 0.0, 0.0]]), "u": torch.zeros(2, 2, 2)}
+    actions = {"a": torch.tensor([0, 2]), "u": torch.zeros(2, 2)}
+    noise = {"a": torch.rand(2, 3, generator=gen), "u": torch.randn(2, 2, generator=gen)}
+    forced = heads.forcing_noise(spec, actions, noise)
+    assert torch.equal(heads.sample(spec, logits, forced)["a"], actions["a"])  # 15 logits behind, still taken
+    assert not torch.equal(heads.sample(spec, logits, noise)["a"], actions["a"])  # the drawn noise would not
+    assert forced["u"] is noise["u"]
 
 
 def test_a_negative_switch_update_is_refused():
