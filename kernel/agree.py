@@ -55,13 +55,13 @@ TOLERANCE = {
 # after 2 iterations: fp32 update 1.05e-5.
 AFTER_ITERATIONS = dict(TOLERANCE, fp32=Tolerance(update=3e-5, state=5e-5, output=3e-5))
 # The run-time check at a switch (kernel.train.checked_update: each compiled stage call on the eager
-# call's very inputs, a single Adam step measured as agree.leaf_gap's step_lr says). Over default
-# CartPole's whole run (every 20th update, float32; benchmarks/switch_check.py, results/switch_check.json)
-# the largest gaps were update 3.7e-7 of a step, output 1.9e-7, and state 2.1e-5: the value head's
-# first moment in the last updates, whose gradient sums value errors against returns near 100 that
-# cancel (grown from 6e-6 at update 700). The wrong variants there fail by 1.7e-4 (value
-# coefficient halved, late, seen only in the value head's moments) and more. Low precisions keep
-# the one-segment bounds.
+# call's very inputs, a single Adam step measured as agree.leaf_gap's step_lr says, the rollout at
+# its first acting step). Over default CartPole's whole run (every 20th update, float32;
+# benchmarks/switch_check.py, results/switch_check.json) the largest gaps were update 8.7e-7 of a
+# step, the rollout's 3.4e-6 (a log-prob near 0, measured against its own size), and state 2.9e-5:
+# the value head's first moment, whose gradient sums value errors against returns near 100 that
+# cancel. The wrong variants there fail by 3.3e-4 (value coefficient halved, late, seen only in the
+# value head's moments) and more. Low precisions keep the one-segment bounds.
 AT_SWITCH = dict(TOLERANCE, fp32=Tolerance(update=1e-5, state=1e-4, output=1e-5))
 # How far a loss may sit from the sum of its terms: each is float32 whatever the compute dtype.
 
