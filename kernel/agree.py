@@ -58,7 +58,7 @@ AFTER_ITERATIONS = dict(TOLERANCE, fp32=Tolerance(update=3e-5, state=5e-5, outpu
 # call's very inputs, a single Adam step measured as agree.leaf_gap's step_lr says, the rollout at
 # its first acting step). Over default CartPole's whole run (every 20th update, float32;
 # benchmarks/switch_check.py, results/switch_check.json) the largest gaps were update 8.7e-7 of a
-# step, the rollout's 3.4e-6 (a log-prob near 0, measured against its own size), and state 2.9e-5:
+# step, the rollout's 4.5e-7 (log-probs in nats, the rest against their own size), and state 2.9e-5:
 # the value head's first moment, whose gradient sums value errors against returns near 100 that
 # cancel. The wrong variants there fail by 3.3e-4 (value coefficient halved, late, seen only in the
 # value head's moments) and more. Low precisions keep the one-segment bounds.

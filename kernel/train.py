@@ -103,9 +103,11 @@ def checked_update(eager: Built, compiled: Built, state: TrainState, update: int
         with torch.no_grad():  # as the iteration calls it (grad mode is one of its guards)
             got = compiled.stages.segment(params, carry, forced, env_noise)
         want, got = (first_step(out[1], compiled.config.num_steps) for out in (want, got))
-        problems += [f"rollout: {p}" for p in agree.output_disagreements(want, got, tol)]
-        largest["rollout"] = max(([agree.relative_gap(got[n], want[n]), n] for n in want if not agree.exact(want[n])),
-                                 key=lambda x: x[0], default=[0.0, None])
+        # Log-probs in nats: a confident policy's sit near 0, where a gap of its own size means little.
+        nats = {n: torch.ones_like(w) for n, w in want.items() if n.startswith(("traj.logp", "traj.head_logp"))}
+        problems += [f"rollout: {p}" for p in agree.output_disagreements(want, got, tol, nats)]
+        largest["rollout"] = max(([agree.relative_gap(got[n], want[n], nats.get(n)), n] for n in want
+                                  if not agree.exact(want[n])), key=lambda x: x[0], default=[0.0, None])
     named = lambda out: {"advantages": out[0], "returns": out[1]}  # noqa: E731
     for args, want in calls["advantages"]:
         want, got = named(want), named(compiled.stages.advantages(*args))
