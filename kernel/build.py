@@ -140,7 +140,7 @@ def stages(config: Config, policy: Policy, rollout: Rollout, world: World, runs:
 
     # Not a compiled stage of its own: one triangular solve (kernel.ppo.gae) runs about as fast
     # eagerly as compiled, and its graph cost seconds of every cold compile. A fused graph holds it.
-    advantages = partial(gae, scanned=compiled and config.num_steps > UNROLL_MAX_STEPS)
+    advantages = partial(gae, scanned=scanned and config.num_steps > UNROLL_MAX_STEPS)
     if on_its_own and policy.recurrent and not python_env:
         # The recurrent bootstrap runs eagerly after the compiled segment: inductor's C++ wrapper
         # emits a duplicate declaration for a scan and an LSTM step in one graph with the default
