@@ -2,18 +2,19 @@
 and switches to them at an update boundary (``compile_from_update=None``, what ``--compile auto``
 asks for).
 
-Two steps, because one thread cannot compile while another trains: the compile holds Python's
-lock for seconds at a time (``benchmarks/compile_in_thread.py`` measures the gaps it leaves).
+Two steps, because a cold compile in a thread of the run stalls its training for many seconds at
+a time (it holds Python's lock in long stretches), while a trace against a warm cache, with a
+short GIL switch interval, slows the eager updates beside it without stopping them for long
+(``benchmarks/compile_in_thread.py`` measures both).
 
 1. :class:`Helper`: a separate process builds the same config (same thread count, options and
    plan) and compiles one throwaway iteration, which fills inductor's on-disk caches; it says
    ``compiled <stage>`` as each stage is done. The run trains eagerly meanwhile, on its own core.
-2. :class:`StagedWarmup`: as the helper reports each stage, the run traces its own compiled
-   function for it against the warm cache, one stage per update boundary (a trace still costs
-   seconds; one at a time keeps each gap short), after a boundary for the compiler's one-time
-   costs. Then :func:`kernel.train.checked_update` switches at the next boundary, as for a
-   recorded ``compile_from_update``. The helper marks the cache when done, so the next run of the
-   same config starts no helper and traces at once.
+2. :class:`StagedWarmup`: a thread of the run traces its own compiled function for each stage
+   against the warm cache as the helper reports it, while the run goes on training eagerly.
+   Once every stage is traced, :func:`kernel.train.checked_update` switches at the next
+   boundary, as for a recorded ``compile_from_update``. The helper marks the cache when done, so
+   the next run of the same config starts no helper and traces at once.
 
 If the helper fails, or compiling in the run fails, the run stays eager and says why in one line.
 """
@@ -30,8 +31,8 @@ from collections.abc import Callable
 
 import torch
 
-from kernel.loop import unaliased
 from kernel.plan import helper_mark
+from kernel.tree import tree_map
 
 HELPER_MODULE = "kernel.precompile"
 STAGE_ORDER = ("segment", "grad_step")  # the stages compiled on their own, in the order of their first calls
@@ -111,76 +112,142 @@ def primed() -> bool:
     return True
 
 
+# Python's GIL switch interval while a trace runs beside the run. An eager step gives up the GIL
+# in each of its thousands of ops and, at the default 5 ms, waits that long to get it back from
+# the tracing thread; at 10 us an eager update stays within a few seconds of its own time
+# (``benchmarks/README.md``, "Compiling in a thread").
+TRACE_SWITCH_INTERVAL = 1e-5
+_interval_lock = threading.Lock()
+_tracing_threads = [0, None]  # [threads tracing now, the interval before the first began]
+
+
+def traced_interval(entering: bool) -> None:
+    """Set the short switch interval while any trace runs; restore the caller's after the last."""
+    with _interval_lock:
+        if entering:
+            if _tracing_threads[0] == 0:
+                _tracing_threads[1] = sys.getswitchinterval()
+                sys.setswitchinterval(TRACE_SWITCH_INTERVAL)
+            _tracing_threads[0] += 1
+        else:
+            _tracing_threads[0] -= 1
+            if _tracing_threads[0] == 0:
+                sys.setswitchinterval(_tracing_threads[1])
+
+
+class Stopped(Exception):
+    """The run ended before the warm-up traced everything."""
+
+
 class StagedWarmup:
-    """One throwaway iteration of a compiled build on ``state``, run in a worker thread that stops
-    after each compiled stage's first call: each :meth:`advance` traces (compiles) one stage while
-    the caller waits, so nothing runs beside the compile. The iteration is pure: ``state`` is only
-    read. Its inputs are what the build's own first iteration would see, so the traced graphs are
-    the ones the run calls afterwards (no recompile)."""
+    """One throwaway iteration of a compiled build on a copy of ``state``, run in a worker thread
+    beside the eager run: it pays the compiler's one-time costs (:func:`primed`), then traces each
+    stage at its first call once :meth:`allow` names it (the helper has compiled it into the
+    on-disk cache, so the trace loads graphs instead of compiling them). The run's own thread goes
+    on training meanwhile, slower while a trace holds the GIL but never stopped for a whole trace.
+    The copy's inputs are what the build's own first compiled iteration would see (same shapes,
+    dtypes and structure, no aliased carry), so the traced graphs are the ones the run calls
+    afterwards (no recompile). A data-parallel rank's iteration all-reduces, and two threads'
+    collectives would interleave: its caller waits (:meth:`settle`) while the thread runs."""
 
     def __init__(self, built, state, iterate: Callable):
-        self.go, self.paused = threading.Semaphore(0), threading.Semaphore(0)
-        self.done, self.error, self.stage, self.traced = False, None, None, []
+        self.events: dict[str, threading.Event] = {}
+        self.done, self.stopping, self.error = False, False, None
+        self.tracing: str | None = None
+        self.parked: str | None = None  # the stage whose first call waits to be allowed
+        self.moved = threading.Condition()
+        self.traced: list[str] = []
         threads = torch.get_num_threads()
         stages = built.stages
-        wrapped = stages._replace(**{name: self.pausing(name, getattr(stages, name)) for name in STAGE_ORDER})
-        whole = self.pausing("iteration", built.whole) if built.whole is not None else None
+        wrapped = stages._replace(**{name: self.waiting(name, getattr(stages, name)) for name in STAGE_ORDER})
+        whole = self.waiting("iteration", built.whole) if built.whole is not None else None
         staged = built._replace(stages=wrapped, whole=whole)
+        # Its own tensors, leaf by leaf (no leaf twice): the run updates its state meanwhile.
+        copy = state._replace(**{f: tree_map(torch.clone, getattr(state, f)) for f in state._fields})
 
         def run():
             torch.set_num_threads(threads)  # (a thread's own OpenMP setting; generated code reads it)
-            self.go.acquire()
+            traced_interval(True)
             try:
-                iterate(staged, state)
-            except BaseException as e:  # reported by advance()
+                primed()
+                iterate(staged, copy)
+            except Stopped:
+                pass
+            except BaseException as e:  # reported by finished()
                 self.error = e
             finally:
-                self.done = True
-                self.paused.release()
+                traced_interval(False)
+                with self.moved:
+                    self.done = True
+                    self.moved.notify_all()
 
         self.thread = threading.Thread(target=run, name="fkernel-staged-warmup", daemon=True)
         self.thread.start()
 
-    def pausing(self, name: str, fn: Callable) -> Callable:
+    def event(self, name: str) -> threading.Event:
+        return self.events.setdefault(name, threading.Event())
+
+    def waiting(self, name: str, fn: Callable) -> Callable:
         first = [True]
 
         def call(*args):
             if not first[0]:
                 return fn(*args)
-            first[0], self.stage = False, name
+            first[0] = False
+            with self.moved:
+                self.parked = name
+                self.moved.notify_all()
+            self.event(name).wait()
+            self.parked = None
+            if self.stopping:
+                raise Stopped
+            self.tracing = name
             out = fn(*args)
             self.traced.append(name)
-            self.paused.release()  # this stage is compiled: hand back until the next boundary
-            self.go.acquire()
+            self.tracing = None
             return out
 
         return call
 
-    def advance(self) -> bool:
-        """Run to the end of the next stage's first call (compiling it); True once the whole
-        iteration has run. A failure inside raises it here."""
-        if self.done:
-            return True
-        self.go.release()
-        self.paused.acquire()
+    def allow(self, names) -> None:
+        """Let the stages ``names`` trace (each at its first call, in the iteration's order)."""
+        for name in names:
+            self.event(name).set()
+
+    def settle(self) -> None:
+        """Wait until the thread has run as far as it is allowed: done, or parked at a stage's first
+        call that is not allowed yet."""
+        with self.moved:
+            self.moved.wait_for(lambda: self.done or (self.parked is not None and not self.event(self.parked).is_set()))
+
+    def finished(self) -> bool:
+        """True once the whole iteration has run (every stage traced). A failure inside raises here."""
         if self.error is not None:
             raise self.error
         return self.done
 
+    def stop(self) -> None:
+        """End the thread at its next stage; a trace under way finishes first (it cannot be cut)."""
+        self.stopping = True
+        for name in (*STAGE_ORDER, "iteration"):
+            self.event(name).set()
 
-def agreed(world, failed: bool, waiting: bool, device) -> tuple[bool, bool]:
-    """Over data-parallel ranks: whether any rank's helper failed, and whether any rank must wait."""
+
+def agreed(world, failed: bool, waiting: bool, short: int, device) -> tuple[bool, bool, int]:
+    """Over data-parallel ranks: whether any rank failed, whether any rank must wait, and the
+    stages not yet compiled (the sum over ranks: at least the most any one rank lacks)."""
     if not world.distributed:
-        return failed, waiting
-    flags = world.sum(torch.tensor([float(failed), float(waiting)], device=device))
-    return bool(flags[0] > 0), bool(flags[1] > 0)
+        return failed, waiting, short
+    flags = world.sum(torch.tensor([float(failed), float(waiting), float(short)], device=device))
+    return bool(flags[0] > 0), bool(flags[1] > 0), int(flags[2])
 
 
 class Tiers:
     """Where a tiered run stands before its switch: the helper compiling, then the staged warm-up,
     then due (:meth:`ready` says so at an update boundary). ``helper_module``: the helper to start
     (None: :data:`HELPER_MODULE`); a caller's own env object cannot be rebuilt by a helper, so its
-    run compiles in-process from the start, one stage per boundary."""
+    run compiles in its warm-up thread from the start (cold: the eager updates beside it stall
+    longer)."""
 
     def __init__(self, built, own_env: bool = False, helper_module: str | None = None):
         self.built, self.began = built, time.perf_counter()
@@ -191,51 +258,55 @@ class Tiers:
         cached = helper_mark(built.job, built.plan.fuse, runs, world.size).is_file()
         self.helper = None if own_env or cached or world.local_rank else Helper(built, helper_module)
         self.warm: StagedWarmup | None = None
-        self.primed = self.started = False
+        self.started = False
         self.failure: str | None = None
         self.note: str | None = None  # a failure, once, for the caller to print
 
     def ready(self, state, iterate: Callable) -> bool:
         """Called at each boundary before the switch: True once the compiled functions are traced
-        here. May do one piece of compiling first (the caller waits for it): the compiler's
-        one-time costs, or the trace of the next stage once the helper has compiled it (or has
-        finished: a stage it never reached compiles here, cold). Data-parallel ranks agree on each
-        step (one all-reduce of two flags), so all of them trace and switch at the same updates."""
+        here. Never waits for a compile: after the first update the warm-up thread starts
+        (:class:`StagedWarmup`), and each boundary lets it trace the stages the helper has compiled
+        so far, in order (all of them once the helper has finished; with no helper, at once).
+        Data-parallel ranks agree at each boundary (one all-reduce of three numbers): no rank
+        traces a stage before the helper has compiled it, and all of them switch at the same
+        update."""
         if self.failure is not None or not self.started:
             self.started = True  # (the first update runs before anything is compiled here)
             return False
         why = self.helper.poll() if self.helper is not None else ""
         host = getattr(self.built.env, "host_state", False)
-        waiting = why is None and (host or self.next_stage() not in self.helper.compiled())
-        failed, waiting = agreed(self.built.world, bool(why), waiting, self.built.device)
-        if failed:
-            self.fail(why or "the compile helper of another rank failed")
-            return False
-        if not self.primed:  # a boundary of its own: the compiler's one-time costs
-            self.primed = primed()
-            return False
-        if waiting:
-            return False
-        if host:  # its throwaway iteration would step the env: the check at the switch traces the
-            return True  # update stages, and the first compiled update the policy step
-        if self.warm is None:  # (on the carry the switch will see: eager steps may leave a tensor in it twice)
-            self.warm = StagedWarmup(self.built, state._replace(carry=unaliased(state.carry)), iterate)
-        try:
-            return self.warm.advance()
-        except Exception as e:  # the run goes on eagerly (ranks out of step cannot: they stop)
-            if self.built.world.distributed:
-                raise
-            self.fail(f"compiling in the run failed: {type(e).__name__}: {last_line(str(e))}")
-            return False
-
-    def next_stage(self) -> str:
-        """The stage the next :meth:`StagedWarmup.advance` traces."""
         order = STAGE_ORDER if self.built.whole is None else ("iteration",)
-        done = len(self.warm.traced) if self.warm is not None else 0
-        return order[min(done, len(order) - 1)]
+        compiled = self.helper.compiled() if why is None else set(order)
+        have = next((i for i, name in enumerate(order) if name not in compiled), len(order))
+        error, traced = None, False
+        try:
+            traced = self.warm is not None and self.warm.finished()
+        except Exception as e:
+            if self.built.world.distributed:  # ranks out of step cannot go on
+                raise
+            error = f"compiling in the run failed: {type(e).__name__}: {last_line(str(e))}"
+        # A host-stepped env's throwaway iteration would step the env: it waits for the helper
+        # alone, then the check at the switch traces the update stages and the first compiled
+        # update the policy step.
+        waiting = why is None if host else not traced
+        failed, waiting, short = agreed(self.built.world, bool(why) or error is not None, waiting,
+                                        len(order) - have, self.built.device)
+        if failed:
+            self.fail(why or error or "the compile helper of another rank failed")
+            return False
+        if host:
+            return not waiting
+        if self.warm is None:
+            self.warm = StagedWarmup(self.built, state, iterate)
+        self.warm.allow(order[:max(0, len(order) - short)])
+        if self.built.world.distributed:  # (its collectives must not meet the run's)
+            self.warm.settle()
+        return not waiting
 
     def fail(self, why: str) -> None:
         self.failure = self.note = f"{why}; the run stays eager"
+        if self.warm is not None:
+            self.warm.stop()
 
     def taken_note(self) -> str | None:
         note, self.note = self.note, None
@@ -248,6 +319,8 @@ class Tiers:
         where = ["in a helper process"] if self.helper is not None and self.helper.seconds is None else []
         if self.warm is not None and self.warm.traced:
             where.append(f"traced here: {', '.join(self.warm.traced)}")
+        if self.warm is not None and self.warm.tracing:
+            where.append(f"tracing here: {self.warm.tracing}")
         return f"eager; compiling {', '.join(where or ['here'])} ({time.perf_counter() - self.began:.0f} s)"
 
     def summary(self) -> dict:
@@ -256,3 +329,5 @@ class Tiers:
     def stop(self) -> None:
         if self.helper is not None:
             self.helper.stop()
+        if self.warm is not None:
+            self.warm.stop()
