@@ -117,6 +117,10 @@ def primed() -> bool:
 # the tracing thread; at 10 us an eager update stays within a few seconds of its own time
 # (``benchmarks/README.md``, "Compiling in a thread").
 TRACE_SWITCH_INTERVAL = 1e-5
+# How long the run, at an update boundary, lets a trace under way have the GIL to itself. An
+# eager update is worth a tenth of its time once compiled, so the sooner the trace ends the
+# sooner the run is done; waiting longer would stall the live view for longer.
+TRACE_PACE_S = 1.0
 _interval_lock = threading.Lock()
 _tracing_threads = [0, None]  # [threads tracing now, the interval before the first began]
 
@@ -214,6 +218,15 @@ class StagedWarmup:
         for name in names:
             self.event(name).set()
 
+    def busy(self) -> bool:
+        """Whether the thread is tracing (or paying the one-time costs), not done and not parked."""
+        return not self.done and (self.parked is None or self.event(self.parked).is_set())
+
+    def pace(self, seconds: float) -> None:
+        """Wait up to ``seconds`` while the thread is busy (it has the GIL meanwhile)."""
+        with self.moved:
+            self.moved.wait_for(lambda: not self.busy(), timeout=seconds)
+
     def settle(self) -> None:
         """Wait until the thread has run as far as it is allowed: done, or parked at a stage's first
         call that is not allowed yet."""
@@ -273,6 +286,8 @@ class Tiers:
         if self.failure is not None or not self.started:
             self.started = True  # (the first update runs before anything is compiled here)
             return False
+        if self.warm is not None and not self.built.world.distributed:
+            self.warm.pace(TRACE_PACE_S)
         why = self.helper.poll() if self.helper is not None else ""
         host = getattr(self.built.env, "host_state", False)
         order = STAGE_ORDER if self.built.whole is None else ("iteration",)
