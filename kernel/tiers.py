@@ -237,7 +237,7 @@ class StagedWarmup:
         """True once the whole iteration has run (every stage traced). A failure inside raises here."""
         if self.error is not None:
             raise self.error
-        return self.done
+        return self.done and not self.stopping
 
     def stop(self) -> None:
         """End the thread at its next stage; a trace under way finishes first (it cannot be cut)."""
@@ -331,12 +331,11 @@ class Tiers:
         """The live view's line: which code runs now and what is compiling, for how long."""
         if self.failure is not None:
             return f"eager ({self.failure.split('; ')[0]})"
-        where = ["in a helper process"] if self.helper is not None and self.helper.seconds is None else []
-        if self.warm is not None and self.warm.traced:
-            where.append(f"traced here: {', '.join(self.warm.traced)}")
-        if self.warm is not None and self.warm.tracing:
-            where.append(f"tracing here: {self.warm.tracing}")
-        return f"eager; compiling {', '.join(where or ['here'])} ({time.perf_counter() - self.began:.0f} s)"
+        where = ["in a helper process" if self.helper is not None and self.helper.seconds is None else "here"]
+        if self.warm is not None:  # (this run's own traces, in its thread)
+            where += [f"{name} traced" for name in self.warm.traced]
+            where += [f"tracing {self.warm.tracing}"] if self.warm.tracing else []
+        return f"eager; compiling {', '.join(where)} ({time.perf_counter() - self.began:.0f} s)"
 
     def summary(self) -> dict:
         return {"helper_s": self.helper.seconds if self.helper is not None else None, "failure": self.failure}

@@ -1,8 +1,8 @@
 """Tiered execution (``compile_from_update=None``, what ``--compile auto`` runs): eager from the
-first update while a helper process compiles, one traced stage per boundary, then the checked
-switch, recorded so that a replay with that switch update is bit-identical. A helper that fails
-leaves the run eager with one line; a helper dies with its run. The tiered run is shared by the
-tests of this module (its helper compiles for tens of seconds)."""
+first update while a helper process compiles and a thread of the run traces each stage the helper
+has compiled, then the checked switch, recorded so that a replay with that switch update is
+bit-identical. A helper that fails leaves the run eager with one line; a helper dies with its run.
+The tiered run is shared by the tests of this module (its helper compiles for tens of seconds)."""
 import json
 import subprocess
 import sys
@@ -68,7 +68,7 @@ def test_the_run_starts_eagerly_and_switches_once_the_helper_has_compiled(tiered
     assert compiled == [0.0] * (switch + 1) + [1.0] * (200 - switch - 1)
     texts = [log.tier for log in logs]
     assert texts[0].startswith("eager; compiling in a helper process (")
-    assert any(t and t.startswith("eager; compiling ") and "traced here: segment" in t for t in texts)
+    assert any(t and t.startswith("eager; compiling ") and "segment traced" in t for t in texts)
     assert all(t is None for t in texts[switch:]) and not any(log.note for log in logs)
 
 
@@ -100,7 +100,7 @@ def test_once_a_helper_has_compiled_a_config_its_next_run_traces_at_once(tiered)
     assert out.summary["tiers"] == {"helper_s": None, "failure": None}
     assert switch is not None and switch >= 2 and out.summary["switch_check"]["agreed"] is True
     assert logs[0].tier.startswith("eager; compiling here (")
-    assert any("traced here: segment" in log.tier for log in logs[:switch])
+    assert any("segment traced" in log.tier for log in logs[:switch])
 
 
 def test_a_failed_helper_leaves_the_run_eager_with_one_line(monkeypatch):
@@ -124,20 +124,38 @@ def test_the_staged_warmup_traces_each_stage_once_allowed_and_leaves_the_state_a
     state = init_state(built)
     before = [x.clone() for x in leaves(state)]
     warm = tiers.StagedWarmup(built, state, T.iteration)
-    time.sleep(1.0)
-    assert warm.traced == [] and not warm.finished()  # nothing traces before it is allowed
+    warm.settle()  # primed, then parked: nothing traces before it is allowed
+    assert warm.parked == "segment" and warm.traced == [] and not warm.finished()
+    began = time.monotonic()
+    warm.pace(60.0)  # nothing is tracing: the boundary does not wait
+    assert time.monotonic() - began < 10.0
     warm.allow(["segment"])
-    deadline = time.monotonic() + 300
-    while warm.traced != ["segment"] and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(0.5)
-    assert warm.traced == ["segment"] and not warm.finished()  # the grad step waits for its turn
+    warm.pace(600.0)  # waits while the segment traces, until the thread parks at the grad step
+    assert warm.traced == ["segment"] and warm.parked == "grad_step" and not warm.finished()
     warm.allow(["grad_step"])
-    warm.thread.join(300)
+    warm.settle()
     assert warm.finished() and warm.traced == ["segment", "grad_step"]
     assert identical(state, before)
     with torch._dynamo.config.patch(error_on_recompile=True):  # the traced graphs are the ones the run calls
         T.iteration(built, state)
+
+
+def test_a_stopped_warmup_ends_at_its_next_stage_and_a_failed_trace_is_reported():
+    built = build(TIERED.replace(compile_from_update=0, hidden=(16, 4)), plan=Plan(True, False, "staged"))
+    warm = tiers.StagedWarmup(built, init_state(built), T.iteration)
+    warm.stop()
+    warm.thread.join(120)
+    assert not warm.thread.is_alive() and warm.done and not warm.finished() and warm.traced == []
+
+    def broken(*args):
+        raise RuntimeError("no graph\nsecond line")
+
+    failing = built._replace(stages=built.stages._replace(segment=broken))
+    warm = tiers.StagedWarmup(failing, init_state(built), T.iteration)
+    warm.allow(["segment"])
+    warm.thread.join(120)
+    with pytest.raises(RuntimeError, match="no graph"):
+        warm.finished()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
