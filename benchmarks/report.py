@@ -723,6 +723,22 @@ def first_run(name: str = "first_run.json") -> str:
             + (f" with {d['extra']}" if d.get("extra") else "") + f"; measured at {measured_at(d)}.")
 
 
+def compile_in_thread() -> str:
+    """Eager updates beside a compile in a thread: on an empty cache and on the cache it filled."""
+    runs = [("empty", "compile_in_thread.json"), ("empty", "compile_in_thread_switch2e-4.json"),
+            ("filled by one empty-cache run", "compile_in_thread_warm.json"),
+            ("filled by one empty-cache run", "compile_in_thread_warm_switch1e-5.json")]
+    rows, dates = [], []
+    for where, name in runs:
+        d = load(name)
+        rows.append([where, f"{d['switch_interval_s']:g}", _s(d["compile_ended_s"]), str(d["eager_updates"]),
+                     _s(d["longest_gap_s"])])
+        dates.append(f"`{name}`: {measured_at(d)}")
+    return (table(["inductor cache", "GIL switch interval s", "compile in the thread s", "eager updates meanwhile",
+                   "longest gap between two updates s"], rows)
+            + "\n\nOne run of each; measured at " + "; ".join(dates) + ".")
+
+
 def switch_check() -> str:
     """The switch check's gaps over a whole run, and what the wrong variants give."""
     d = load("switch_check.json")
@@ -811,6 +827,7 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "compile-seconds": (BENCH_README, compile_seconds),
     "eager-speed": (BENCH_README, eager_speed),
     "switch-check": (BENCH_README, switch_check),
+    "compile-in-thread": (BENCH_README, compile_in_thread),
 }
 
 

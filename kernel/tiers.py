@@ -117,8 +117,8 @@ def primed() -> bool:
 # the tracing thread; at 10 us an eager update stays within a few seconds of its own time
 # (``benchmarks/README.md``, "Compiling in a thread").
 TRACE_SWITCH_INTERVAL = 1e-5
-# How long the run, at an update boundary, lets a trace under way have the GIL to itself. An
-# eager update is worth a tenth of its time once compiled, so the sooner the trace ends the
+# How long the run, at an update boundary, lets a trace under way have the GIL to itself. A
+# compiled update takes a fraction of an eager one's time, so the sooner the trace ends the
 # sooner the run is done; waiting longer would stall the live view for longer.
 TRACE_PACE_S = 1.0
 _interval_lock = threading.Lock()
