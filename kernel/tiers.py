@@ -167,7 +167,8 @@ class StagedWarmup:
         whole = self.waiting("iteration", built.whole) if built.whole is not None else None
         staged = built._replace(stages=wrapped, whole=whole)
         # Its own tensors, leaf by leaf (no leaf twice): the run updates its state meanwhile.
-        copy = state._replace(**{f: tree_map(torch.clone, getattr(state, f)) for f in state._fields})
+        fresh = lambda x: x.clone() if isinstance(x, torch.Tensor) else x
+        copy = state._replace(**{f: tree_map(fresh, getattr(state, f)) for f in state._fields})
 
         def run():
             torch.set_num_threads(threads)  # (a thread's own OpenMP setting; generated code reads it)
