@@ -11,7 +11,8 @@ short GIL switch interval, slows the eager updates beside it without stopping th
    plan) and compiles one throwaway iteration, which fills inductor's on-disk caches; it says
    ``compiled <stage>`` as each stage is done. The run trains eagerly meanwhile, on its own core.
 2. :class:`StagedWarmup`: a thread of the run traces its own compiled function for each stage
-   against the warm cache as the helper reports it, while the run goes on training eagerly.
+   against the warm cache as the helper reports it, while the run goes on training eagerly; the
+   two take turns (:meth:`StagedWarmup.pace`, :func:`gated_tracing`).
    Once every stage is traced, :func:`kernel.train.checked_update` switches at the next
    boundary, as for a recorded ``compile_from_update``. The helper marks the cache when done, so
    the next run of the same config starts no helper and traces at once.
@@ -117,12 +118,70 @@ def primed() -> bool:
 # the tracing thread; at 10 us an eager update stays within a few seconds of its own time
 # (``benchmarks/README.md``, "Compiling in a thread").
 TRACE_SWITCH_INTERVAL = 1e-5
-# How long the run, at an update boundary, lets a trace under way have the GIL to itself. A
-# compiled update takes a fraction of an eager one's time, so the sooner the trace ends the
-# sooner the run is done; waiting longer would stall the live view for longer.
+# How long the run, at an update boundary, lets a trace under way have the GIL to itself (its
+# turn; the run's eager update is the other). A compiled update takes a fraction of an eager
+# one's time, so the sooner the trace ends the sooner the run is done; a longer turn would stall
+# the live view for longer.
 TRACE_PACE_S = 1.0
 _interval_lock = threading.Lock()
 _tracing_threads = [0, None]  # [threads tracing now, the interval before the first began]
+# The longest a gate, each time it closes, holds its tracing thread (a bound, should the run's
+# thread ever need something the held trace has, such as a module it is importing).
+GATE_MAX_WAIT_S = 5.0
+
+
+class Gate:
+    """Where a tracing thread waits while the run's thread runs an eager update."""
+
+    def __init__(self):
+        self.opened = threading.Event()
+        self.opened.set()
+        self.closings = 0
+        self.outwaited = -1  # the closing whose bound the thread has waited out
+
+    def close(self) -> None:
+        self.closings += 1
+        self.opened.clear()
+
+    def open(self) -> None:
+        self.opened.set()
+
+    def wait(self) -> None:
+        if self.opened.is_set() or self.outwaited == self.closings:
+            return
+        closing = self.closings
+        if not self.opened.wait(GATE_MAX_WAIT_S):
+            self.outwaited = closing
+
+
+_gates: dict[int, Gate] = {}  # a tracing thread's id -> its gate
+
+
+def gated_tracing() -> bool:
+    """Make dynamo's bytecode tracer, before each instruction, wait at its thread's gate if it has
+    one that is closed (other threads trace as before). The tracer's instruction loop is most of a
+    warm trace; held there, the trace gives the GIL back to the run's eager update instead of
+    taking it after each of the update's ops. Returns False, changing nothing, where the installed
+    dynamo has no such loop (a private API)."""
+    try:
+        from torch._dynamo.symbolic_convert import InstructionTranslatorBase
+    except ImportError:
+        return False
+    step = getattr(InstructionTranslatorBase, "step", None)
+    if not callable(step):
+        return False
+    if getattr(step, "gated", False):
+        return True
+
+    def gated(self, *args, **kwargs):
+        gate = _gates.get(threading.get_ident())
+        if gate is not None:
+            gate.wait()
+        return step(self, *args, **kwargs)
+
+    gated.gated = True
+    InstructionTranslatorBase.step = gated
+    return True
 
 
 def traced_interval(entering: bool) -> None:
@@ -160,6 +219,7 @@ class StagedWarmup:
         self.tracing: str | None = None
         self.parked: str | None = None  # the stage whose first call waits to be allowed
         self.moved = threading.Condition()
+        self.gate = Gate()  # closed by pace() while the caller runs an update (gated_tracing)
         self.traced: list[str] = []
         threads = torch.get_num_threads()
         stages = built.stages
@@ -173,14 +233,17 @@ class StagedWarmup:
         def run():
             torch.set_num_threads(threads)  # (a thread's own OpenMP setting; generated code reads it)
             traced_interval(True)
+            _gates[threading.get_ident()] = self.gate
             try:
                 primed()
+                gated_tracing()
                 iterate(staged, copy)
             except Stopped:
                 pass
             except BaseException as e:  # reported by finished()
                 self.error = e
             finally:
+                _gates.pop(threading.get_ident(), None)
                 traced_interval(False)
                 with self.moved:
                     self.done = True
@@ -224,13 +287,18 @@ class StagedWarmup:
         return not self.done and (self.parked is None or self.event(self.parked).is_set())
 
     def pace(self, seconds: float) -> None:
-        """Wait up to ``seconds`` while the thread is busy (it has the GIL meanwhile)."""
+        """Open the gate and wait up to ``seconds`` while the thread is busy (it has the GIL
+        meanwhile), then close the gate: the caller's next eager update runs while the trace
+        waits at its next instruction (:func:`gated_tracing`)."""
+        self.gate.open()
         with self.moved:
             self.moved.wait_for(lambda: not self.busy(), timeout=seconds)
+        self.gate.close()
 
     def settle(self) -> None:
         """Wait until the thread has run as far as it is allowed: done, or parked at a stage's first
         call that is not allowed yet."""
+        self.gate.open()
         with self.moved:
             self.moved.wait_for(lambda: self.done or (self.parked is not None and not self.event(self.parked).is_set()))
 
@@ -243,6 +311,7 @@ class StagedWarmup:
     def stop(self) -> None:
         """End the thread at its next stage; a trace under way finishes first (it cannot be cut)."""
         self.stopping = True
+        self.gate.open()
         for name in (*STAGE_ORDER, "iteration"):
             self.event(name).set()
 
@@ -287,13 +356,14 @@ class Tiers:
         if self.failure is not None or not self.started:
             self.started = True  # (the first update runs before anything is compiled here)
             return False
-        if self.warm is not None and not self.built.world.distributed:
-            self.warm.pace(TRACE_PACE_S)
         why = self.helper.poll() if self.helper is not None else ""
         host = getattr(self.built.env, "host_state", False)
         order = STAGE_ORDER if self.built.whole is None else ("iteration",)
         compiled = self.helper.compiled() if why is None else set(order)
         have = next((i for i, name in enumerate(order) if name not in compiled), len(order))
+        if self.warm is not None and not why and not self.built.world.distributed:
+            self.warm.allow(order[:have])
+            self.warm.pace(TRACE_PACE_S)
         error, traced = None, False
         try:
             traced = self.warm is not None and self.warm.finished()

@@ -6,6 +6,7 @@ The tiered run is shared by the tests of this module (its helper compiles for te
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from kernel import train as T
 from kernel.build import build, init_state
 from kernel.config import Config
 from kernel.curves import read_telemetry
+from kernel.hot import own_code
 from kernel.plan import Plan
 from kernel.resume import checkpoint_path, read_config
 from kernel.tree import leaves
@@ -138,6 +140,40 @@ def test_the_staged_warmup_traces_each_stage_once_allowed_and_leaves_the_state_a
     assert identical(state, before)
     with torch._dynamo.config.patch(error_on_recompile=True):  # the traced graphs are the ones the run calls
         T.iteration(built, state)
+
+
+def traced_in_a_thread(gate) -> threading.Event:
+    """Starts tracing a small function in a thread held by ``gate``; the event is set when done."""
+    done = threading.Event()
+
+    def trace():
+        tiers._gates[threading.get_ident()] = gate
+        try:
+            fn = own_code(lambda x: torch.sin(x) * 2 + 1)  # a code object of its own: traced, not found cached
+            torch.compile(fn, backend="eager", fullgraph=True)(torch.ones(3))
+        finally:
+            tiers._gates.pop(threading.get_ident(), None)
+            done.set()
+
+    threading.Thread(target=trace, daemon=True).start()
+    return done
+
+
+def test_a_closed_gate_holds_its_threads_trace_until_it_opens_and_for_a_bounded_time(monkeypatch):
+    assert tiers.gated_tracing() and tiers.gated_tracing()  # (installed once)
+    # no gate in this thread: traced as before (and dynamo's imports are paid before the clock below)
+    torch.compile(lambda x: x.cos() - 1, backend="eager", fullgraph=True)(torch.ones(2))
+    assert traced_in_a_thread(tiers.Gate()).wait(120)  # an open gate: traced as before
+    gate = tiers.Gate()
+    gate.close()
+    done = traced_in_a_thread(gate)
+    assert not done.wait(1.5)  # held before its first instruction (unheld, it takes a fraction of that)
+    gate.open()
+    assert done.wait(120)
+    monkeypatch.setattr(tiers, "GATE_MAX_WAIT_S", 0.2)
+    gate = tiers.Gate()
+    gate.close()
+    assert traced_in_a_thread(gate).wait(120)  # never opened: held 0.2 s, then it goes on
 
 
 def test_a_stopped_warmup_ends_at_its_next_stage_and_a_failed_trace_is_reported():
