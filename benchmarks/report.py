@@ -824,6 +824,7 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "mujoco-speed": (README, mujoco_speed),
     "first-run": (README, first_run),
     "first-run-default": (README, lambda: first_run("first_run_default.json")),
+    "first-run-turns": (README, lambda: first_run("first_run_turns.json")),
     "compile-seconds": (BENCH_README, compile_seconds),
     "eager-speed": (BENCH_README, eager_speed),
     "switch-check": (BENCH_README, switch_check),
