@@ -300,7 +300,7 @@ class StagedWarmup:
         call that is not allowed yet."""
         self.gate.open()
         with self.moved:
-            self.moved.wait_for(lambda: self.done or (self.parked is not None and not self.event(self.parked).is_set()))
+            self.moved.wait_for(lambda: not self.busy())
 
     def finished(self) -> bool:
         """True once the whole iteration has run (every stage traced). A failure inside raises here."""
