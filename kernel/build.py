@@ -65,9 +65,9 @@ def make_optimizer(config: Config, foreach: bool = True) -> optim.GradientTransf
     """Adam with global-norm clipping that skips non-finite steps. The learning rate and the norm
     limit arrive as tensors each step (:func:`kernel.ppo.hyper_tensors`). ``foreach=False``: leaf by
     leaf (the same maths; what ``vmap`` and a ``scan`` body need)."""
-    return optim.apply_if_finite(optim.chain(optim.clip_by_global_norm(None),
+    return optim.apply_if_finite(optim.chain(optim.clip_by_global_norm(None, foreach),
                                              optim.scale_by_adam(eps=config.adam_eps, foreach=foreach),
-                                             optim.scale_by_learning_rate(None)))
+                                             optim.scale_by_learning_rate(None, foreach)))
 
 
 def policy_for(config: Config, env, precision=None) -> Policy:

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import torch
 
+from kernel.eager import plain
 from kernel.tree import Tree, leaves, tree_map
 
 INITIAL_SCALE = 2.0 ** 16
@@ -79,8 +80,12 @@ def for_precision(needs_loss_scale: bool, initial_scale: float = INITIAL_SCALE, 
 
 def all_finite(tree: Tree) -> torch.Tensor:
     """0-d bool: every element of every leaf is finite (no host sync)."""
-    flags = [torch.isfinite(x).all() for x in leaves(tree)]
-    return torch.stack(flags).all()
+    xs = leaves(tree)
+    if xs and plain(xs[0]) and all(x.numel() and x.dtype == xs[0].dtype for x in xs):
+        # Eagerly one foreach op instead of two per leaf: a leaf's largest |x| is finite exactly
+        # when all of it is (a NaN anywhere makes it NaN). Traced, there is no native kernel for it.
+        return torch.isfinite(torch.stack(torch._foreach_norm(xs, float("inf")))).all()
+    return torch.stack([torch.isfinite(x).all() for x in xs]).all()
 
 
 def select(finite: torch.Tensor, new: Tree, old: Tree) -> Tree:

@@ -28,9 +28,10 @@ class GradientTransformation(NamedTuple):
     name: str
 
 
-def clip_by_global_norm(max_norm: float | None) -> GradientTransformation:
+def clip_by_global_norm(max_norm: float | None, foreach: bool = True) -> GradientTransformation:
     """Scale updates so their global L2 norm is at most ``max_norm`` (``clip_grad_norm_`` maths);
-    ``None`` reads a tensor ``max_grad_norm`` passed to ``update`` (a value that differs per run)."""
+    ``None`` reads a tensor ``max_grad_norm`` passed to ``update`` (a value that differs per run).
+    ``foreach=False``: leaf by leaf (see :func:`scale_by_adam`)."""
 
     def init(params):
         return {}
@@ -40,9 +41,18 @@ def clip_by_global_norm(max_norm: float | None) -> GradientTransformation:
         norm = global_norm(updates)
         # Same formula as torch.nn.utils.clip_grad_norm_, so runs compare one to one.
         scale = torch.clamp(max_norm_now / (norm + 1e-6), max=1.0)
-        return tree_map(lambda g: g * scale.to(g.dtype), updates), state
+        return scaled(updates, scale, foreach), state
 
     return GradientTransformation(init, update, "clip")
+
+
+def scaled(tree: Tree, factor: torch.Tensor, foreach: bool = True) -> Tree:
+    """Every leaf times the 0-d ``factor`` (cast to the leaf's dtype): one foreach op when the leaves
+    share a dtype (eagerly a per-leaf multiply costs more in dispatch than in maths)."""
+    g, spec = flatten(tree)
+    if foreach and g and all(x.dtype == g[0].dtype for x in g):
+        return unflatten(spec, torch._foreach_mul(g, factor.to(g[0].dtype)))
+    return unflatten(spec, [x * factor.to(x.dtype) for x in g])
 
 
 def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
@@ -90,10 +100,11 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
     return GradientTransformation(init, update, "adam")
 
 
-def scale_by_learning_rate(learning_rate: ScalarOrSchedule | None) -> GradientTransformation:
+def scale_by_learning_rate(learning_rate: ScalarOrSchedule | None, foreach: bool = True) -> GradientTransformation:
     """Multiply by ``-learning_rate``: a float, a schedule evaluated on this transform's step
     count, or ``None`` to read a tensor ``lr`` passed to ``update`` (the driver computes it, so a
-    compiled step does not bake the schedule's constants into its graph)."""
+    compiled step does not bake the schedule's constants into its graph). ``foreach=False``: leaf
+    by leaf (see :func:`scale_by_adam`)."""
 
     def init(params):
         return {"count": torch.zeros((), dtype=torch.int64)} if callable(learning_rate) else {}
@@ -106,7 +117,7 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule | None) -> GradientTr
             state = {"count": state["count"] + 1}
         else:
             lr = torch.tensor(learning_rate)
-        return tree_map(lambda u: u * (-lr).to(u.dtype), updates), state
+        return scaled(updates, -lr, foreach), state
 
     return GradientTransformation(init, update, "lr")
 
@@ -131,8 +142,8 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
 def adam(learning_rate: ScalarOrSchedule | None, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
          max_grad_norm: float | None = None, foreach: bool = True) -> GradientTransformation:
     """Adam with optional global-norm clipping first, as CleanRL and PureJaxRL configure PPO."""
-    parts = [clip_by_global_norm(max_grad_norm)] if max_grad_norm is not None else []
-    return chain(*parts, scale_by_adam(b1, b2, eps, foreach), scale_by_learning_rate(learning_rate))
+    parts = [clip_by_global_norm(max_grad_norm, foreach)] if max_grad_norm is not None else []
+    return chain(*parts, scale_by_adam(b1, b2, eps, foreach), scale_by_learning_rate(learning_rate, foreach))
 
 
 def apply_if_finite(inner: GradientTransformation) -> GradientTransformation:
@@ -154,8 +165,8 @@ def apply_if_finite(inner: GradientTransformation) -> GradientTransformation:
         if finite is None:
             finite = torch.stack([torch.isfinite(x).all() for x in leaves(updates)]).all()
         new_updates, new_inner = inner.update(updates, state["inner"], params, **hyper)
-        kept = tree_map(lambda n, o: torch.where(finite, n, o), new_inner, state["inner"])
-        zeros = tree_map(lambda u: torch.where(finite, u, torch.zeros_like(u)), new_updates)
+        kept = where_flag(finite, new_inner, state["inner"])
+        zeros = where_flag(finite, new_updates, None)
         bad = (~finite).long()
         return zeros, {
             "inner": kept,
@@ -165,6 +176,22 @@ def apply_if_finite(inner: GradientTransformation) -> GradientTransformation:
         }
 
     return GradientTransformation(init, update, "apply_if_finite")
+
+
+def where_flag(flag: torch.Tensor, new: Tree, old: Tree | None) -> Tree:
+    """``new`` where the 0-d bool ``flag`` holds, else ``old`` (zeros like ``new`` for ``None``),
+    leaf by leaf. An eager CPU flag outside any ``torch.func`` transform is read on the host (free
+    there) and picks a whole tree: eagerly two ``torch.where`` per leaf would cost more than the
+    step's maths. Compiled, batched by ``vmap``, or on an accelerator, it is a ``torch.where``
+    per leaf, with no host sync."""
+    if flag.device.type == "cpu" and not torch.compiler.is_compiling() \
+            and not torch._C._functorch.is_functorch_wrapped_tensor(flag):
+        if bool(flag):
+            return new
+        return tree_map(torch.zeros_like, new) if old is None else old
+    if old is None:
+        return tree_map(lambda n: torch.where(flag, n, torch.zeros_like(n)), new)
+    return tree_map(lambda n, o: torch.where(flag, n, o), new, old)
 
 
 def skipped_steps(opt_state: Tree) -> torch.Tensor:

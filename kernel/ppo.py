@@ -281,7 +281,8 @@ def taped_grad_and_value(fn: Callable, has_aux: bool = True) -> Callable:
             found, spec = flatten(tree_map(lambda x: x.detach().requires_grad_(True), params))
             value, aux = fn(unflatten(spec, found), *args)
             grads = torch.autograd.grad(value, found, allow_unused=True, materialize_grads=True)
-        detached = lambda x: x.detach() if isinstance(x, torch.Tensor) else x
+        # The loss's metrics come detached already: a second detach per metric is a second op each.
+        detached = lambda x: x.detach() if isinstance(x, torch.Tensor) and x.requires_grad else x
         return unflatten(spec, list(grads)), (value.detach(), tree_map(detached, aux))
 
     return wrapped

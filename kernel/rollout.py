@@ -14,6 +14,7 @@ segment stores its initial hidden state so the update can replay it exactly.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -21,9 +22,12 @@ import torch
 
 from kernel import heads
 from kernel import normalize as N
+from kernel.eager import constants
 from kernel.loop import loop, rows, stacked, unaliased
 from kernel.policy import Policy, masks
 from kernel.tree import tree_map
+
+COUNTS = {"one": 1}
 
 
 class Rollout(NamedTuple):
@@ -130,14 +134,14 @@ def make_rollout(env, policy: Policy, num_steps: int, greedy: bool = False, runs
             acc = N.accumulated_return(carry["ret_acc"], step.reward, step.terminated, gamma)
             norm = dict(norm, ret=N.running_update(norm["ret"], by_run(acc), axis))
             reward = all_envs(N.scaled_reward(by_run(step.reward.float()), over_envs(norm["ret"])))
-        ep_length = carry["ep_length"] + 1
+        ep_length = carry["ep_length"] + constants(COUNTS, carry["ep_length"])["one"]
         head_logp = decided["head_logp"]
         record = {
             "obs": carry["obs"],
             "starts": carry["start"],
             "actions": decided["actions"],
             "head_logp": head_logp,
-            "logp": sum(head_logp.values()),
+            "logp": functools.reduce(torch.add, head_logp.values()),
             "values": decided["value"],
             "rewards": reward,
             "terminated": step.terminated,
@@ -150,15 +154,15 @@ def make_rollout(env, policy: Policy, num_steps: int, greedy: bool = False, runs
         carry = {
             "env": step.state,
             "obs": obs,
-            "ep_return": torch.where(done, torch.zeros_like(ep_return), ep_return),
-            "ep_length": torch.where(done, torch.zeros_like(ep_length), ep_length),
+            "ep_return": ep_return.masked_fill(done, 0),
+            "ep_length": ep_length.masked_fill(done, 0),
             "hidden": decided["hidden"],
             "start": done,
         }
         if norm is not None:
             carry["norm"] = norm
         if norm_reward:
-            carry["ret_acc"] = torch.where(done, torch.zeros_like(acc), acc)
+            carry["ret_acc"] = acc.masked_fill(done, 0)
         return carry, record
 
     def advance_then_decide(params, carry, decided, step, action_noise):

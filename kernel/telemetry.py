@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from kernel.jsonsafe import dumps, finite_or_none
-from kernel.tree import flatten_with_paths
+from kernel.tree import flatten_with_paths, norm_of
 
 STATS = ("norm", "max_abs", "nan", "inf", "zero_frac", "update_ratio")  # plus "relevant" for factored heads
 # How per-minibatch values combine into one per update.
@@ -54,15 +54,14 @@ def grad_stats(grads: dict, params: dict, updates: dict, groups) -> dict:
         if not paths:
             continue
         g = torch.cat([g_flat[p].reshape(-1).float() for p in paths])
-        p = torch.cat([p_flat[q].reshape(-1).float() for q in paths])
-        u = torch.cat([u_flat[q].reshape(-1).float() for q in paths])
         prefix = f"grad/{group}/"
         out[prefix + "norm"] = torch.linalg.vector_norm(g)
         out[prefix + "max_abs"] = g.abs().max()
         out[prefix + "nan"] = torch.isnan(g).sum().float()
         out[prefix + "inf"] = torch.isinf(g).sum().float()
         out[prefix + "zero_frac"] = (g == 0).float().mean()
-        out[prefix + "update_ratio"] = torch.linalg.vector_norm(u) / (torch.linalg.vector_norm(p) + 1e-12)
+        update_norm, param_norm = norm_of([u_flat[q] for q in paths]), norm_of([p_flat[q] for q in paths])
+        out[prefix + "update_ratio"] = update_norm / (param_norm + 1e-12)
     return out
 
 

@@ -18,6 +18,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from kernel.eager import plain
+
 Tree = Any
 
 
@@ -93,8 +95,22 @@ def _mapped(fn: Callable, tree: Tree, rest: tuple) -> Tree:
     return None if tree is None else fn(tree, *rest)
 
 
+def _mapped_one(fn: Callable, tree: Tree) -> Tree:
+    """:func:`_mapped` of a single tree (nothing to pair or check): the leaf case first, as most
+    nodes are leaves and eager code walks params several times a step."""
+    if isinstance(tree, torch.Tensor):
+        return fn(tree)
+    if isinstance(tree, dict):
+        return {k: _mapped_one(fn, v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return _rebuild(tree, [_mapped_one(fn, v) for v in tree])
+    return None if tree is None else fn(tree)
+
+
 def tree_map(fn: Callable, tree: Tree, *rest: Tree) -> Tree:
     """Apply ``fn`` leaf-wise over one or more trees, pairing leaves by path (not by dict order)."""
+    if not rest:
+        return _mapped_one(fn, tree)
     try:
         return _mapped(fn, tree, rest)
     except _Mismatch:
@@ -102,62 +118,105 @@ def tree_map(fn: Callable, tree: Tree, *rest: Tree) -> Tree:
         raise
 
 
-def _items(tree: Tree, path: tuple = ()) -> list[tuple]:
+def _items(tree: Tree) -> list[tuple]:
     """``(path, leaf)`` in canonical order: dict keys sorted, sequences in index order."""
     out: list = []
-    _skeleton(tree, path, out)
-    return out
+    skeleton = _skeleton(tree, out)
+    return list(zip(_paths(skeleton), out))
 
 
-def _skeleton(tree: Tree, path: tuple, out: list) -> Tree:
+def _skeleton(tree: Tree, out: list) -> Tree:
     """``tree`` with each leaf replaced by its index in the canonical order (dicts keep their own
-    key order), appending ``(path, leaf)`` to ``out`` in that order."""
+    key order), appending the leaf to ``out`` in that order. No paths are built: this walk runs
+    several times per eager optimizer step, and paths are read off the skeleton when needed."""
+    if isinstance(tree, torch.Tensor):
+        out.append(tree)
+        return len(out) - 1
     if isinstance(tree, dict):
-        indexed = {k: _skeleton(tree[k], path + (k,), out) for k in sorted(tree)}
-        return {k: indexed[k] for k in tree}
+        own, canonical = list(tree), sorted(tree)
+        indexed = {k: _skeleton(tree[k], out) for k in canonical}
+        return indexed if own == canonical else {k: indexed[k] for k in own}
     if isinstance(tree, (list, tuple)):
-        return _rebuild(tree, [_skeleton(v, path + (i,), out) for i, v in enumerate(tree)])
+        return _rebuild(tree, [_skeleton(v, out) for v in tree])
     if tree is None:
         return None
-    out.append((path, tree))
+    out.append(tree)
     return len(out) - 1
+
+
+def _paths(skeleton: Tree) -> tuple:
+    """The leaf paths of a skeleton, in its canonical (index) order."""
+    found = map_with_path(lambda path, index: (index, path), skeleton)
+    return tuple(path for _, path in sorted(_collected(found, [], pairs=True)))
+
+
+def _collected(tree: Tree, out: list, pairs: bool = False) -> list:
+    """Leaves appended to ``out`` in canonical order (``pairs``: the ``(index, path)`` tuples that
+    :func:`_paths` maps a skeleton to count as leaves)."""
+    if isinstance(tree, torch.Tensor) or (pairs and isinstance(tree, tuple)):
+        out.append(tree)
+    elif isinstance(tree, dict):
+        for k in sorted(tree):
+            _collected(tree[k], out, pairs)
+    elif isinstance(tree, (list, tuple)):
+        for v in tree:
+            _collected(v, out, pairs)
+    elif tree is not None:
+        out.append(tree)
+    return out
 
 
 def leaves(tree: Tree) -> list:
     """Leaves in canonical (sorted-key) order: the same list whatever the dicts' insertion order."""
-    return [x for _, x in _items(tree)]
+    return _collected(tree, [])
 
 
 class Treedef(NamedTuple):
     """What :func:`unflatten` needs: the tree's skeleton (leaves replaced by their index in the
-    canonical order, dicts in their own key order) and the canonical list of leaf paths."""
+    canonical order, dicts in their own key order)."""
 
     skeleton: Tree
-    paths: tuple
+
+    @property
+    def paths(self) -> tuple:
+        """The canonical list of leaf paths."""
+        return _paths(self.skeleton)
 
 
 def flatten(tree: Tree) -> tuple[list, Treedef]:
     """``(leaves, treedef)`` with leaves in canonical order; :func:`unflatten` inverts it."""
-    items: list = []
-    skeleton = _skeleton(tree, (), items)
-    return [x for _, x in items], Treedef(skeleton, tuple(p for p, _ in items))
+    out: list = []
+    skeleton = _skeleton(tree, out)
+    return out, Treedef(skeleton)
 
 
 def leaves_like(tree: Tree, treedef: Treedef) -> list:
     """Leaves of ``tree`` in ``treedef``'s canonical order, so they pair by path with the leaves
     ``treedef`` came from; :class:`StructureError` if the two trees have different leaf paths."""
-    items = _items(tree)
-    paths = tuple(p for p, _ in items)
-    if paths != treedef.paths:
-        missing = sorted(map(_path_name, set(treedef.paths) - set(paths)))
-        extra = sorted(map(_path_name, set(paths) - set(treedef.paths)))
-        raise StructureError(f"tree structures differ: missing {missing or 'nothing'}, "
-                             f"unexpected {extra or 'nothing'}")
-    return [x for _, x in items]
+    out: list = []
+    skeleton = _skeleton(tree, out)
+    # Equal skeletons (dicts compare by key set) mean equal paths; unequal ones may still have
+    # them (a list where the other has a tuple), so only the paths decide a mismatch.
+    if skeleton != treedef.skeleton:
+        paths, wanted = _paths(skeleton), treedef.paths
+        if paths != wanted:
+            missing = sorted(map(_path_name, set(wanted) - set(paths)))
+            extra = sorted(map(_path_name, set(paths) - set(wanted)))
+            raise StructureError(f"tree structures differ: missing {missing or 'nothing'}, "
+                                 f"unexpected {extra or 'nothing'}")
+    return out
 
 
 def unflatten(treedef: Treedef, leaves: list) -> Tree:
-    return _mapped(leaves.__getitem__, treedef.skeleton, ())
+    return _filled(treedef.skeleton, leaves)
+
+
+def _filled(skeleton: Tree, leaves: list) -> Tree:
+    if isinstance(skeleton, dict):
+        return {k: _filled(v, leaves) for k, v in skeleton.items()}
+    if isinstance(skeleton, (list, tuple)):
+        return _rebuild(skeleton, [_filled(v, leaves) for v in skeleton])
+    return None if skeleton is None else leaves[skeleton]
 
 
 def flatten_with_paths(tree: Tree, prefix: str = "") -> dict[str, Any]:
@@ -206,10 +265,18 @@ def unflatten_paths(flat: dict[str, Any]) -> dict:
 
 def global_norm(tree: Tree) -> torch.Tensor:
     """L2 norm over every leaf, in float32, as a 0-d tensor (no host sync)."""
-    # Per-leaf norms, not torch._foreach_norm: inductor's C++ wrapper has no native shim for
-    # _foreach_norm and calls back into Python for it (a cost per compiled grad step).
-    norms = [torch.linalg.vector_norm(x.float()) for x in leaves(tree)]
-    return torch.linalg.vector_norm(torch.stack(norms))
+    return norm_of(leaves(tree))
+
+
+def norm_of(xs: list) -> torch.Tensor:
+    """L2 norm over the tensors ``xs`` together, in float32: the norm of their per-tensor norms."""
+    xs = [x.float() for x in xs]
+    if xs and plain(xs[0]):
+        # Eagerly one foreach op (on CPU it computes each norm as vector_norm does). Traced,
+        # per-tensor norms: inductor's C++ wrapper has no native shim for _foreach_norm and calls
+        # back into Python for it (a cost per compiled grad step).
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(xs)))
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x) for x in xs]))
 
 
 def is_floating(x: Any) -> bool:
@@ -217,5 +284,18 @@ def is_floating(x: Any) -> bool:
 
 
 def cast_floating(tree: Tree, dtype: torch.dtype) -> Tree:
-    """Cast floating-point leaves to ``dtype``; ints, bools and non-tensors pass through untouched."""
+    """Cast floating-point leaves to ``dtype``; ints, bools and non-tensors pass through untouched.
+    ``tree`` itself when no leaf needs it (a float32 policy casts nothing on every eager step)."""
+    if not _needs_cast(tree, dtype):
+        return tree
     return tree_map(lambda x: x.to(dtype) if is_floating(x) and x.dtype != dtype else x, tree)
+
+
+def _needs_cast(tree: Tree, dtype: torch.dtype) -> bool:
+    if isinstance(tree, torch.Tensor):
+        return tree.dtype != dtype and tree.is_floating_point()
+    nodes = tree.values() if isinstance(tree, dict) else tree if isinstance(tree, (list, tuple)) else ()
+    for node in nodes:
+        if _needs_cast(node, dtype):
+            return True
+    return False

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from kernel import optim
@@ -16,15 +17,16 @@ def loss_of(params, x, y):
     return ((h.sum(-1) * params["c"].sum() - y) ** 2).mean() * 50.0  # big gradients so clipping bites
 
 
-def test_adam_with_global_norm_clip_matches_torch_optim_over_20_steps(gen):
+def gap_to_torch_adam(gen, tx) -> tuple[float, bool, float]:
+    """Largest gap between ``tx``'s params and ``torch.optim.Adam`` + ``clip_grad_norm_`` (lr 3e-3,
+    eps 1e-5, max norm 0.5) after 20 steps from the same start, whether clipping engaged, and the
+    largest relative gap between the two global gradient norms."""
     params, data = make_problem(gen)
-    # Reference: nn-style params, torch.optim.Adam + clip_grad_norm_.
     ref = {"w": params["a"]["w"].clone().requires_grad_(), "b": params["a"]["b"].clone().requires_grad_(),
            "c": params["c"].clone().requires_grad_()}
     opt = torch.optim.Adam(ref.values(), lr=3e-3, eps=1e-5, foreach=False)
-    tx = optim.adam(3e-3, eps=1e-5, max_grad_norm=0.5)
     state = tx.init(params)
-    clipped_somewhere = False
+    clipped_somewhere, norm_gap = False, 0.0
     for x, y in data:
         opt.zero_grad()
         loss_of({"a": {"w": ref["w"], "b": ref["b"]}, "c": ref["c"]}, x, y).backward()
@@ -33,14 +35,35 @@ def test_adam_with_global_norm_clip_matches_torch_optim_over_20_steps(gen):
         opt.step()
 
         grads = torch.func.grad(loss_of)(params, x, y)
-        torch.testing.assert_close(global_norm(grads), total, rtol=1e-4, atol=0)
+        norm_gap = max(norm_gap, float((global_norm(grads) - total).abs() / total))
         updates, state = tx.update(grads, state, params)
         params = optim.apply_updates(params, updates)
-    assert clipped_somewhere
-    torch.testing.assert_close(params["a"]["w"], ref["w"].detach(), rtol=0, atol=1e-6)
-    torch.testing.assert_close(params["a"]["b"], ref["b"].detach(), rtol=0, atol=1e-6)
-    torch.testing.assert_close(params["c"], ref["c"].detach(), rtol=0, atol=1e-6)
-    assert state["adam"]["count"].item() == 20
+    ours = [params["a"]["w"], params["a"]["b"], params["c"]]
+    gap = max(float((a - b.detach()).abs().max()) for a, b in zip(ours, ref.values()))
+    return gap, clipped_somewhere, norm_gap
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_adam_with_global_norm_clip_matches_torch_optim_over_20_steps(gen, foreach):
+    tx = optim.adam(3e-3, eps=1e-5, max_grad_norm=0.5, foreach=foreach)
+    gap, clipped, norm_gap = gap_to_torch_adam(gen, tx)
+    assert clipped and gap <= 1e-6 and norm_gap <= 1e-4
+
+
+WRONG_ADAM = {
+    "lr x1.01": dict(learning_rate=3.03e-3),
+    "max_grad_norm x1.1": dict(max_grad_norm=0.55),
+    "no clip": dict(max_grad_norm=None),
+    "b1 0.91": dict(b1=0.91),
+    "b2 0.99": dict(b2=0.99),
+}
+
+
+@pytest.mark.parametrize("variant", WRONG_ADAM)
+def test_a_wrong_optimizer_fails_the_comparison_with_torch_adam(gen, variant):
+    kwargs = dict(dict(learning_rate=3e-3, eps=1e-5, max_grad_norm=0.5), **WRONG_ADAM[variant])
+    gap, _, _ = gap_to_torch_adam(gen, optim.adam(**kwargs))
+    assert gap > 1e-6, variant
 
 
 def test_linear_schedule_anneals_once_per_update():

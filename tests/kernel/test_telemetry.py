@@ -1,0 +1,73 @@
+"""Per-group gradient statistics against a plain reference: each group's leaves concatenated, the
+statistics computed on the one vector. Wrong references (a leaf left out, a ratio upside down, a
+NaN counted as an Inf) must fail the same comparison."""
+import pytest
+import torch
+
+from kernel import telemetry
+from kernel.tree import flatten_with_paths
+
+
+def problem():
+    gen = torch.Generator().manual_seed(7)
+    params = {"trunk": {"l0": {"w": torch.randn(8, 4, generator=gen), "b": torch.randn(8, generator=gen)},
+                        "l1": {"w": torch.randn(8, 8, generator=gen), "b": torch.zeros(8)}},
+              "heads": {"op": {"w": torch.randn(3, 8, generator=gen), "b": torch.randn(3, generator=gen)},
+                        "slot": {"w": torch.randn(2, 8, generator=gen), "b": torch.randn(2, generator=gen)}},
+              "value": {"w": torch.randn(1, 8, generator=gen), "b": torch.randn(1, generator=gen)}}
+    grads = {"trunk": {"l0": {"w": torch.randn(8, 4, generator=gen), "b": torch.zeros(8)},
+                       "l1": {"w": torch.randn(8, 8, generator=gen) * 1e3, "b": torch.randn(8, generator=gen)}},
+             "heads": {"op": {"w": torch.zeros(3, 8), "b": torch.zeros(3)},  # a dead head
+                       "slot": {"w": torch.randn(2, 8, generator=gen), "b": torch.tensor([float("nan"), 1.0])}},
+             "value": {"w": torch.tensor([[float("inf")] + [0.5] * 7]), "b": torch.randn(1, generator=gen)}}
+    updates = {"trunk": {"l0": {"w": torch.randn(8, 4, generator=gen) * 1e-3, "b": torch.zeros(8)},
+                         "l1": {"w": torch.randn(8, 8, generator=gen) * 1e-3,
+                                "b": torch.randn(8, generator=gen) * 1e-3}},
+               "heads": {"op": {"w": torch.zeros(3, 8), "b": torch.zeros(3)},
+                         "slot": {"w": torch.randn(2, 8, generator=gen) * 1e-2, "b": torch.randn(2, generator=gen)}},
+               "value": {"w": torch.randn(1, 8, generator=gen), "b": torch.randn(1, generator=gen)}}
+    return params, grads, updates
+
+
+def reference(grads, params, updates, groups, leave_out=None, ratio_upside_down=False, nan_as_inf=False) -> dict:
+    g_flat, p_flat, u_flat = (flatten_with_paths(t) for t in (grads, params, updates))
+    out = {}
+    for group in groups:
+        paths = [p for p in g_flat if (p == group or p.startswith(group + ".")) and p != leave_out]
+        vec = lambda flat, paths=paths: torch.cat([flat[p].reshape(-1) for p in paths]).double()
+        g, p, u = vec(g_flat), vec(p_flat), vec(u_flat)
+        ratio = (u.norm() / (p.norm() + 1e-12)) if not ratio_upside_down else p.norm() / (u.norm() + 1e-12)
+        nan, inf = float(g.isnan().sum()), float(g.isinf().sum())
+        out[group] = {"norm": float(g.norm()), "max_abs": float(g.abs().max()), "nan": inf if nan_as_inf else nan,
+                      "inf": nan if nan_as_inf else inf, "zero_frac": float((g == 0).double().mean()),
+                      "update_ratio": float(ratio)}
+    return out
+
+
+def mismatches(table: dict, ref: dict) -> list:
+    found = []
+    for group, stats in ref.items():
+        for stat, want in stats.items():
+            got = table[group][stat]
+            same = got == want or (got != got and want != want) or abs(got - want) <= 1e-5 * abs(want)
+            if not same:
+                found.append(f"{group}/{stat}: {got} vs {want}")
+    return found
+
+
+def test_grad_stats_match_the_concatenated_reference():
+    params, grads, updates = problem()
+    groups = telemetry.default_groups(params)
+    assert groups == ("trunk", "heads.op", "heads.slot", "value")
+    table = telemetry.group_table(telemetry.grad_stats(grads, params, updates, groups))
+    assert mismatches(table, reference(grads, params, updates, groups)) == []
+    assert table["heads.op"]["zero_frac"] == 1.0 and table["heads.slot"]["nan"] == 1.0 and table["value"]["inf"] == 1.0
+
+
+@pytest.mark.parametrize("wrong", [dict(leave_out="trunk.l1.w"), dict(leave_out="value.b"),
+                                   dict(ratio_upside_down=True), dict(nan_as_inf=True)], ids=str)
+def test_a_wrong_reference_fails_the_comparison(wrong):
+    params, grads, updates = problem()
+    groups = telemetry.default_groups(params)
+    table = telemetry.group_table(telemetry.grad_stats(grads, params, updates, groups))
+    assert mismatches(table, reference(grads, params, updates, groups, **wrong)) != []
