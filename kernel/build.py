@@ -19,6 +19,7 @@ import envs
 from kernel import loss_scale, optim, rng
 from kernel.config import Config, validated
 from kernel.distributed import SINGLE, World
+from kernel.eager import inference
 from kernel.group import Group, policy_over_runs
 from kernel.group import validated as validated_group
 from kernel.hot import compile_hot, fused_options
@@ -154,6 +155,8 @@ def stages(config: Config, policy: Policy, rollout: Rollout, world: World, runs:
         segment = staged(lambda params, carry, a, e: rollout.segment(params, carry, a, e, True))
     else:
         segment = partial(rollout.segment, scanned=scanned)
+        if not compiled and not python_env:  # (an env that trains networks as it steps needs autograd)
+            segment = inference(segment)
     if world.distributed and runs is None:
         # The data-parallel hook: this rank's gradients, their mean over every rank, then the step.
         gradients, apply = staged(step.gradients), staged(step.apply)

@@ -10,6 +10,7 @@ traced graph, or a ``torch.func`` transform, gets the plain forms: the same valu
 from __future__ import annotations
 
 import torch
+import torch.utils._pytree as pytree
 
 
 def in_transform(x: torch.Tensor) -> bool:
@@ -43,3 +44,17 @@ def constants(values: dict, like: torch.Tensor) -> dict:
         made = {k: torch.tensor(v, dtype=like.dtype, device=like.device) for k, v in values.items()}
         found = _CONSTANTS[key] = (values, made)
     return found[1]
+
+
+def inference(fn):
+    """``fn`` run under ``torch.inference_mode`` (no version counters or autograd bookkeeping: about
+    a sixth off an eager acting step), its tensor outputs copied out as ordinary tensors, so later
+    code may differentiate through them or change them in place. For eager code only: a compiled
+    function guards on the mode it was traced in."""
+
+    def run(*args):
+        with torch.inference_mode():
+            out = fn(*args)
+        return pytree.tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) and x.is_inference() else x, out)
+
+    return run

@@ -99,3 +99,24 @@ def test_cast_floating_returns_the_tree_itself_only_when_nothing_changes():
     cast = cast_floating(tree, torch.float32)
     assert cast is not tree and cast["s"][0].dtype == torch.float32 and cast["n"].dtype == torch.int64
     assert cast_floating(cast, torch.float32) is cast
+
+
+def test_an_eager_segment_runs_in_inference_mode_and_hands_back_ordinary_tensors():
+    from kernel.build import build, init_state
+    from kernel.config import Config
+
+    run = build(Config(num_envs=4, num_steps=8, hidden=(16, 16), seed=3, compile=False))
+    state = init_state(run)
+    noise = run.rollout.noise(torch.Generator().manual_seed(0))
+    seen, step = [], run.env.step
+    run.env.step = lambda *args: seen.append(torch.is_inference_mode_enabled()) or step(*args)
+    carry, traj = run.stages.segment(state.params, state.carry, *noise)
+    assert seen == [True] * 8
+    run.env.step = step
+    with torch.no_grad():
+        plain_carry, plain_traj = run.rollout.segment(state.params, state.carry, *noise, scanned=False)
+    assert all(torch.equal(a, b) for a, b in zip(leaves((carry, traj)), leaves((plain_carry, plain_traj))))
+    assert not any(x.is_inference() for x in leaves((carry, traj)))
+    obs = traj["obs"].requires_grad_(True)  # the update differentiates through what the segment made
+    (obs * 2).sum().backward()
+    traj["rewards"].add_(1.0)  # and may change it in place
