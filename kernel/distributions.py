@@ -14,6 +14,8 @@ import math
 
 import torch
 
+from kernel.eager import plain
+
 MASKED_LOGIT = -1e9
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -26,18 +28,13 @@ def check_float32(logits: torch.Tensor) -> None:
         )
 
 
-def in_transform(x: torch.Tensor) -> bool:
-    """``x`` is wrapped by a ``torch.func`` transform (vmap, grad)."""
-    return torch._C._functorch.is_functorch_wrapped_tensor(x)
-
-
 def masked_logits(logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     check_float32(logits)
     if mask is None:
         return logits
     # Only checked eagerly and outside torch.func transforms: a data-dependent check would force a
     # host sync in a compiled step, and vmap cannot branch on data. Acting checks every mask first.
-    if not torch.compiler.is_compiling() and not in_transform(mask) and not bool(mask.any(-1).all()):
+    if plain(mask) and not bool(mask.any(-1).all()):
         raise ValueError("action mask has a row with no valid action")
     return torch.where(mask, logits, torch.full_like(logits, MASKED_LOGIT))
 

@@ -1,11 +1,12 @@
-"""What eager code may do that a traced graph may not, and what makes small eager ops cheap.
+"""What eager code may do that a traced graph may not, to make small eager ops cheap.
 
 At RL sizes an eager op costs its dispatch, not its maths, so the eager tier (what runs while the
-compiled functions are built, and what users debug with) counts ops. Two things help and are
-only sound on plain eager tensors: reading a 0-d flag on the host to pick a whole result instead
-of a ``torch.where`` per leaf, and multiplying by a ready-made 0-d tensor instead of a Python
-float (which torch wraps into a fresh tensor on every call, about twice the cost of the op). A
-traced graph, or a ``torch.func`` transform, gets the plain forms: the same values, bit for bit.
+compiled functions are built, and what users debug with) counts ops. What helps is only sound on
+plain eager tensors: reading a 0-d flag on the host to pick a whole result instead of a
+``torch.where`` per leaf; multiplying by a ready-made 0-d tensor instead of a Python float (which
+torch wraps into a fresh tensor on every call, about twice the cost of the op); foreach ops that
+a traced graph has no native kernel for; acting under ``torch.inference_mode``. A traced graph,
+or a ``torch.func`` transform, gets the plain forms: the same values.
 """
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ from typing import NamedTuple, Union
 
 import torch
 
+from kernel.eager import on_host
 from kernel.tree import Tree, flatten, global_norm, leaves, leaves_like, tree_map, unflatten
 
 Schedule = Callable[[torch.Tensor], torch.Tensor]
@@ -184,8 +185,7 @@ def where_flag(flag: torch.Tensor, new: Tree, old: Tree | None) -> Tree:
     there) and picks a whole tree: eagerly two ``torch.where`` per leaf would cost more than the
     step's maths. Compiled, batched by ``vmap``, or on an accelerator, it is a ``torch.where``
     per leaf, with no host sync."""
-    if flag.device.type == "cpu" and not torch.compiler.is_compiling() \
-            and not torch._C._functorch.is_functorch_wrapped_tensor(flag):
+    if on_host(flag):
         if bool(flag):
             return new
         return tree_map(torch.zeros_like, new) if old is None else old
