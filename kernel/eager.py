@@ -3,8 +3,8 @@
 At RL sizes an eager op costs its dispatch, not its maths, so the eager tier (what runs while the
 compiled functions are built, and what users debug with) counts ops. What helps is only sound on
 plain eager tensors: reading a 0-d flag on the host to pick a whole result instead of a
-``torch.where`` per leaf; multiplying by a ready-made 0-d tensor instead of a Python float (which
-torch wraps into a fresh tensor on every call, about twice the cost of the op); foreach ops that
+``torch.where`` per leaf; multiplying by a ready-made 0-d tensor instead of a Python float (torch
+wraps one into a fresh tensor on every call, which can cost more than the op); foreach ops that
 a traced graph has no native kernel for; acting under ``torch.inference_mode``. A traced graph,
 or a ``torch.func`` transform, gets the plain forms: the same values.
 """
@@ -48,8 +48,8 @@ def constants(values: dict, like: torch.Tensor) -> dict:
 
 
 def inference(fn):
-    """``fn`` run under ``torch.inference_mode`` (no version counters or autograd bookkeeping: about
-    a sixth off an eager acting step), its tensor outputs copied out as ordinary tensors, so later
+    """``fn`` run under ``torch.inference_mode`` (no version counters or autograd bookkeeping on
+    each op of an eager acting step), its tensor outputs copied out as ordinary tensors, so later
     code may differentiate through them or change them in place. For eager code only: a compiled
     function guards on the mode it was traced in."""
 
