@@ -96,6 +96,18 @@ def fused_options(device="cpu") -> dict:
     return dict(options, **{name: value for name, value in wanted.items() if known_option(name)})
 
 
+def compile_in_process() -> None:
+    """Have inductor compile in this process, without its pool of compile workers. A CUDA build of
+    torch (triton installed) starts that pool at every compile, even of a CPU graph: worker
+    processes that import torch on the cores the run trains on. A graph built by the C++ wrapper
+    is two C++ units compiled here in any case, so the pool has nothing to do; on two cores its
+    start made a cold compile of the default run seconds slower (``benchmarks/README.md``).
+    The setting is the process's (inductor reads it before a compile's options apply)."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.compile_threads = 1
+
+
 def compile_hot(fn: Callable, device="cpu", options: dict | None = None) -> Callable:
     """``fn`` compiled as one graph with static shapes, set up at its first call: a run that
     trains eagerly first (``--compile auto``) does not import the compiler (seconds) before its
@@ -107,7 +119,10 @@ def compile_hot(fn: Callable, device="cpu", options: dict | None = None) -> Call
 
     def hot(*args):
         if not compiled:
-            compiled.append(torch.compile(own, fullgraph=True, dynamic=False, options=options or hot_options(device)))
+            chosen = options or hot_options(device)
+            if chosen.get("cpp_wrapper"):
+                compile_in_process()
+            compiled.append(torch.compile(own, fullgraph=True, dynamic=False, options=chosen))
         return compiled[0](*args)
 
     return hot
