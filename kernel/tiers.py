@@ -120,9 +120,17 @@ def primed() -> bool:
 TRACE_SWITCH_INTERVAL = 1e-5
 # How long the run, at an update boundary, lets a trace under way have the GIL to itself (its
 # turn; the run's eager update is the other). A compiled update takes a fraction of an eager
-# one's time, so the sooner the trace ends the sooner the run is done; a longer turn would stall
-# the live view for longer.
+# one's time, so the sooner the trace ends the sooner the run is done: the turn fills what the
+# last eager update left of TRACE_CYCLE_S, and is never shorter than TRACE_PACE_S. The cycle
+# stays well under the longest wait between two updates that a user should see (5 s): a turn
+# ends only at the trace's next bytecode instruction.
 TRACE_PACE_S = 1.0
+TRACE_CYCLE_S = 3.5
+
+
+def trace_turn(update_s: float | None) -> float:
+    """The trace's turn after an eager update that took ``update_s`` seconds (None: not known)."""
+    return TRACE_PACE_S if update_s is None else max(TRACE_PACE_S, TRACE_CYCLE_S - update_s)
 _interval_lock = threading.Lock()
 _tracing_threads = [0, None]  # [threads tracing now, the interval before the first began]
 # The longest a gate, each time it closes, holds its tracing thread (a bound, should the run's
@@ -344,15 +352,23 @@ class Tiers:
         self.started = False
         self.failure: str | None = None
         self.note: str | None = None  # a failure, once, for the caller to print
+        self.helper_s: float | None = None  # when this run first saw every stage compiled by the helper
+        self.left: float | None = None  # when ready() last returned: the eager update runs after it
 
     def ready(self, state, iterate: Callable) -> bool:
         """Called at each boundary before the switch: True once the compiled functions are traced
         here. Never waits for a compile: after the first update the warm-up thread starts
         (:class:`StagedWarmup`), and each boundary lets it trace the stages the helper has compiled
-        so far, in order (all of them once the helper has finished; with no helper, at once).
-        Data-parallel ranks agree at each boundary (one all-reduce of three numbers): no rank
-        traces a stage before the helper has compiled it, and all of them switch at the same
-        update."""
+        so far, in order (all of them once the helper has finished; with no helper, at once), for
+        a turn of :func:`trace_turn` seconds. Data-parallel ranks agree at each boundary (one
+        all-reduce of three numbers): no rank traces a stage before the helper has compiled it,
+        and all of them switch at the same update."""
+        try:
+            return self.boundary(state, iterate)
+        finally:
+            self.left = time.perf_counter()
+
+    def boundary(self, state, iterate: Callable) -> bool:
         if self.failure is not None or not self.started:
             self.started = True  # (the first update runs before anything is compiled here)
             return False
@@ -361,9 +377,11 @@ class Tiers:
         order = STAGE_ORDER if self.built.whole is None else ("iteration",)
         compiled = self.helper.compiled() if why is None else set(order)
         have = next((i for i, name in enumerate(order) if name not in compiled), len(order))
+        if self.helper is not None and self.helper_s is None and have == len(order) and not why:
+            self.helper_s = self.helper.elapsed()  # (the run may switch before the helper exits)
         if self.warm is not None and not why and not self.built.world.distributed:
             self.warm.allow(order[:have])
-            self.warm.pace(TRACE_PACE_S)
+            self.warm.pace(trace_turn(None if self.left is None else time.perf_counter() - self.left))
         error, traced = None, False
         try:
             traced = self.warm is not None and self.warm.finished()
@@ -409,7 +427,7 @@ class Tiers:
         return f"eager; compiling {', '.join(where)} ({time.perf_counter() - self.began:.0f} s)"
 
     def summary(self) -> dict:
-        return {"helper_s": self.helper.seconds if self.helper is not None else None, "failure": self.failure}
+        return {"helper_s": self.helper_s, "failure": self.failure}
 
     def stop(self) -> None:
         if self.helper is not None:

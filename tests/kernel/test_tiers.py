@@ -176,6 +176,14 @@ def test_a_closed_gate_holds_its_threads_trace_until_it_opens_and_for_a_bounded_
     assert traced_in_a_thread(gate).wait(120)  # never opened: held 0.2 s, then it goes on
 
 
+def test_the_traces_turn_fills_the_cycle_the_eager_update_left_and_never_drops_below_the_pace():
+    assert tiers.trace_turn(None) == tiers.TRACE_PACE_S  # the first boundary: no update timed yet
+    assert tiers.trace_turn(0.5) == pytest.approx(tiers.TRACE_CYCLE_S - 0.5)
+    assert tiers.trace_turn(tiers.TRACE_CYCLE_S) == tiers.TRACE_PACE_S  # a slow update still lets it trace
+    # a turn plus the update it leaves room for stays under the 5 s a user should ever wait
+    assert all(tiers.trace_turn(u) + u < 5.0 for u in (0.0, 0.2, 1.0, 2.0, tiers.TRACE_CYCLE_S - tiers.TRACE_PACE_S))
+
+
 def test_a_stopped_warmup_ends_at_its_next_stage_and_a_failed_trace_is_reported():
     built = build(TIERED.replace(compile_from_update=0, hidden=(16, 4)), plan=Plan(True, False, "staged"))
     warm = tiers.StagedWarmup(built, init_state(built), T.iteration)
