@@ -96,6 +96,44 @@ def fused_options(device="cpu") -> dict:
     return dict(options, **{name: value for name, value in wanted.items() if known_option(name)})
 
 
+_isa_checks: list = []  # the threads of checking_vector_isas, started once per process
+
+
+def checking_vector_isas() -> list:
+    """Start inductor's checks of the CPU's vector instruction sets, one thread each. On an empty
+    cache inductor builds a small C++ program for every instruction set the CPU reports (seconds
+    each, in g++ processes) one after another, at its first code generation; begun here, before
+    the trace, the builds run side by side and beside it, and inductor later finds each answer
+    cached (or waits on the file lock of a build under way). x86-64 Linux only; a torch without
+    these private helpers runs its own checks as before."""
+    import platform
+    import sys
+    import threading
+
+    if _isa_checks or sys.platform != "linux" or platform.machine() != "x86_64":
+        return _isa_checks
+    try:
+        from torch._inductor import cpu_vec_isa
+
+        flags = cpu_vec_isa.x86_isa_checker()
+        candidates = [isa for isa in cpu_vec_isa.supported_vec_isa_list
+                      if all(flag in flags for flag in str(isa).split())]
+    except (ImportError, AttributeError):
+        return _isa_checks
+
+    def check(isa):
+        try:
+            bool(isa)
+        except Exception:  # (inductor's own check at code generation reports a real failure)
+            pass
+
+    for isa in candidates:
+        thread = threading.Thread(target=check, args=(isa,), name=f"fkernel-isa-{isa}", daemon=True)
+        thread.start()
+        _isa_checks.append(thread)
+    return _isa_checks
+
+
 def compile_in_process() -> None:
     """Have inductor compile in this process, without its pool of compile workers. A CUDA build of
     torch (triton installed) starts that pool at every compile, even of a CPU graph: worker
@@ -122,6 +160,8 @@ def compile_hot(fn: Callable, device="cpu", options: dict | None = None) -> Call
             chosen = options or hot_options(device)
             if chosen.get("cpp_wrapper"):
                 compile_in_process()
+            if torch.device(device).type == "cpu":
+                checking_vector_isas()
             compiled.append(torch.compile(own, fullgraph=True, dynamic=False, options=chosen))
         return compiled[0](*args)
 

@@ -50,24 +50,6 @@ def reporting(name: str, fn):
     return call
 
 
-def checking_vector_isa() -> threading.Thread:
-    """Inductor's check of the CPU's vector instruction sets, started in a thread. On an empty
-    cache it builds a small C++ program per instruction set the CPU has (seconds each, in g++
-    processes) at the first C++ code generation; begun here, the builds run while dynamo traces.
-    A second caller waits on inductor's file lock of each build and finds it done."""
-    def check():
-        try:
-            from torch._inductor.cpu_vec_isa import pick_vec_isa
-
-            pick_vec_isa()
-        except Exception:  # (a private API; the compile runs the same check itself)
-            pass
-
-    thread = threading.Thread(target=check, name="fkernel-vec-isa", daemon=True)
-    thread.start()
-    return thread
-
-
 def main() -> int:
     request = json.loads(sys.stdin.read())
     die_with(request["parent"])
@@ -77,6 +59,7 @@ def main() -> int:
     from kernel.config import from_dict
     from kernel.distributed import SINGLE, Rehearsal
     from kernel.group import Group
+    from kernel.hot import checking_vector_isas
     from kernel.plan import Plan, mark_helped
     from kernel.tiers import STAGE_ORDER
     from kernel.train import iteration
@@ -84,7 +67,7 @@ def main() -> int:
     torch.set_num_threads(request["threads"])
     config = from_dict(request["config"])
     if torch.device(config.device).type == "cpu":
-        checking_vector_isa()
+        checking_vector_isas()  # (started before the build: the builds run beside all of it)
     runs = Group.from_dict(request["runs"]) if request["runs"] is not None else None
     rank, ranks = request["rank"], request["ranks"]
     start = time.perf_counter()

@@ -6,7 +6,7 @@ import torch
 import torch._dynamo
 from torch._higher_order_ops import scan
 
-from kernel.hot import compile_hot, cpp_wrapper_compiles_scan, hot_options, known_option
+from kernel.hot import checking_vector_isas, compile_hot, cpp_wrapper_compiles_scan, hot_options, known_option
 
 
 def scaled_sum(params, x):
@@ -25,6 +25,20 @@ def test_compile_hot_recompiles_on_new_shapes_and_dtypes():
         import torch._inductor.config as inductor_config
 
         assert inductor_config.compile_threads == 1
+
+
+def test_the_vector_isa_checks_start_once_and_leave_inductor_the_isa_it_picks_alone():
+    from torch._inductor import cpu_vec_isa
+
+    threads = checking_vector_isas()
+    assert checking_vector_isas() is threads  # once per process
+    for thread in threads:
+        thread.join(300)
+        assert not thread.is_alive()
+    picked = cpu_vec_isa.pick_vec_isa()
+    if threads:  # (x86-64 Linux) the pick is one the CPU reports, checked by inductor's own build
+        flags = cpu_vec_isa.x86_isa_checker()
+        assert not picked or all(flag in flags for flag in str(picked).split())
 
 
 def make_affine(scale: float, shift: float):
