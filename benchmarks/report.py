@@ -693,9 +693,8 @@ def first_run(name: str = "first_run.json") -> str:
     d = load(name)
     names = {"auto": "auto (tiered)", "on": "--compile on", "off": "--no-compile",
              "start-on": f"{d['start_commit']} --compile on", "start-off": f"{d['start_commit']} --no-compile"}
-    rows = [[r["workload"], names[r["mode"]], r["cache"], _s(r["whole_s"]), _s(r["first_update_s"]),
-             _s(r["longest_gap_s"]), _s(r["longest_gap_after_first_s"]), k(r["steady_sps"]) if r["steady_sps"] else "-",
-             "-" if r["switch_update"] is None else str(r["switch_update"])] for r in d["runs"]]
+    rows = [[workload, names[mode], cache, *cells]
+            for (workload, mode, cache), cells in first_run_cells(d["runs"]).items()]
     lines = []
     for workload, w in d["ratios"].items():
         parts = []
@@ -704,8 +703,11 @@ def first_run(name: str = "first_run.json") -> str:
             if c["auto_over_on"] is not None:
                 vs_start = (f", {c['auto_over_start_on']:.2f}x {d['start_commit']}'s --compile on"
                             if c["auto_over_start_on"] is not None else "")
+                gaps = [r["longest_gap_s"] for r in d["runs"] if (r["workload"], r["mode"], r["cache"]) ==
+                        (workload, "auto", state) and r["longest_gap_s"] is not None]
+                worst = f", {_s(max(gaps))} s at most" if d["repeats"] > 1 and gaps else ""
                 parts.append(f"{state} cache: auto's whole process {c['auto_over_on']:.2f}x --compile on's{vs_start}, "
-                             f"longest gap {_s(c['auto_longest_gap_s'])} s "
+                             f"longest gap {_s(c['auto_longest_gap_s'])} s{worst} "
                              f"(--compile on: {_s(c['on_longest_gap_s'])} s)")
         e = w["eager_sps"]
         if e["off_over_start_off"] is not None:
@@ -713,14 +715,48 @@ def first_run(name: str = "first_run.json") -> str:
         if parts:
             lines.append(f"- {workload}: " + "; ".join(parts) + ".")
     on = [r["steady_sps"] for r in d["runs"] if (r["workload"], r["mode"]) == ("default", "on") and r["steady_sps"]]
-    spread = (f" Steady speed is over the last quarter of the updates (a group: one run's steps); two runs of the "
-              f"same compiled code (default, --compile on) gave {k(min(on))} and {k(max(on))}, so single runs' "
+    spread = (f" Steady speed is over the last quarter of the updates (a group: one run's steps); {len(on)} runs of "
+              f"the same compiled code (default, --compile on) gave {k(min(on))} to {k(max(on))}, so single runs' "
               f"steady speeds and the whole-process times that include them differ by that much.") if on else ""
+    repeated = d["repeats"] > 1
+    cells = (" Each cell is the median over the repeats (of an even number, the higher middle one); whole "
+             "seconds add the range, longest gaps the largest." if repeated else "")
     return (table(["workload", "mode", "cache", "whole s", "first update s", "longest gap s", "longest gap after "
                    "the first s", "steady steps/s", "switch update"], rows)
-            + "\n\n" + "\n".join(lines) + "\n\n" + spread.strip()
+            + "\n\n" + "\n".join(lines) + "\n\n" + spread.strip() + cells
             + f"\n\n{d['repeats']} run(s) of each, one at a time, each a fresh process at --threads 1"
+            + (", the repeats one after another over every workload and mode" if repeated else "")
             + (f" with {d['extra']}" if d.get("extra") else "") + f"; measured at {measured_at(d)}.")
+
+
+def first_run_cells(runs: list) -> dict:
+    """The table's cells per (workload, mode, cache), in the order first run: one run's figures,
+    or over repeats the median (the benchmark's own rule), whole seconds with their range and
+    gaps with their largest."""
+    grouped: dict = {}
+    for r in runs:
+        grouped.setdefault((r["workload"], r["mode"], r["cache"]), []).append(r)
+
+    def median(values):
+        values = sorted(v for v in values if v is not None)
+        return values[len(values) // 2] if values else None
+
+    def cell(rs, key, extra=None):
+        values = [r[key] for r in rs]
+        m = median(values)
+        if m is None or len(rs) == 1 or extra is None:
+            return m
+        return m, extra([v for v in values if v is not None])
+
+    out = {}
+    for key, rs in grouped.items():
+        whole, first = cell(rs, "whole_s", lambda v: (min(v), max(v))), cell(rs, "first_update_s")
+        gap, after = cell(rs, "longest_gap_s", max), cell(rs, "longest_gap_after_first_s", max)
+        sps, switch = cell(rs, "steady_sps"), [r["switch_update"] for r in rs if r["switch_update"] is not None]
+        gaps = (_s(g) if not isinstance(g, tuple) else f"{_s(g[0])} ({_s(g[1])})" for g in (gap, after))
+        out[key] = [_s(whole) if not isinstance(whole, tuple) else f"{_s(whole[0])} ({span(list(whole[1]))})",
+                    _s(first), *gaps, k(sps) if sps else "-", span(switch, "{:.0f}") if switch else "-"]
+    return out
 
 
 def compile_in_thread() -> str:
@@ -759,9 +795,10 @@ def switch_check() -> str:
             + f"\n\nMeasured at {measured_at(d)}.")
 
 
-def compile_seconds() -> str:
-    """Each env's cold and warm compile seconds, this tree against the revision, side by side."""
-    d = load("compile_seconds.json")
+def compile_seconds(name: str = "compile_seconds.json", imports_moved: bool = True) -> str:
+    """Each env's cold and warm compile seconds, this tree against the revision, side by side
+    (``imports_moved``: the revision imported the compiler before its timer started)."""
+    d = load(name)
     rev, ratios = d["rev"], d["compile_ratio_this_over_rev"]
     rows = []
     for env, by in d["runs"].items():
@@ -772,8 +809,9 @@ def compile_seconds() -> str:
     return (table(["env (default config)", "cache", f"compile s: {rev}", "compile s: this tree", "ratio",
                    f"process s: {rev}", "process s: this tree", "ratio"], rows)
             + "\n\nCompile seconds: the first, compiled iteration (`compile_s` in the summary): dynamo's trace,"
-            " inductor's code generation and the C++ compiler, and in this tree also importing them, which"
-            f" {rev} did before its timer started; the whole process's seconds count both the same way. One run"
+            " inductor's code generation and the C++ compiler"
+            + (f", and in this tree also importing them, which {rev} did before its timer started; the whole"
+               " process's seconds count both the same way" if imports_moved else "") + ". One run"
             " of each, a fresh process at --threads 1 over two batches, the two trees alternating env by env;"
             f" measured at {measured_at(d)}.")
 
@@ -823,9 +861,11 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "mujoco-returns": (README, mujoco_returns),
     "mujoco-speed": (README, mujoco_speed),
     "first-run": (README, first_run),
-    "first-run-default": (README, lambda: first_run("first_run_default.json")),
-    "first-run-turns": (README, lambda: first_run("first_run_turns.json")),
+    "first-run-default": (BENCH_README, lambda: first_run("first_run_default.json")),
+    "first-run-turns": (BENCH_README, lambda: first_run("first_run_turns.json")),
+    "first-run-86a5cf4": (BENCH_README, lambda: first_run("first_run_86a5cf4.json")),
     "compile-seconds": (BENCH_README, compile_seconds),
+    "compile-in-process": (BENCH_README, lambda: compile_seconds("compile_seconds_in_process.json", False)),
     "eager-speed": (BENCH_README, eager_speed),
     "switch-check": (BENCH_README, switch_check),
     "compile-in-thread": (BENCH_README, compile_in_thread),
