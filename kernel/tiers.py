@@ -131,6 +131,8 @@ TRACE_CYCLE_S = 3.5
 def trace_turn(update_s: float | None) -> float:
     """The trace's turn after an eager update that took ``update_s`` seconds (None: not known)."""
     return TRACE_PACE_S if update_s is None else max(TRACE_PACE_S, TRACE_CYCLE_S - update_s)
+
+
 _interval_lock = threading.Lock()
 _tracing_threads = [0, None]  # [threads tracing now, the interval before the first began]
 # The longest a gate, each time it closes, holds its tracing thread (a bound, should the run's
