@@ -52,7 +52,10 @@ def tiered(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiered") / "run"
     logs = []
     plan.helper_mark(TIERED, False, None).unlink(missing_ok=True)  # (a helper ran for this config before)
-    with torch._dynamo.config.patch(error_on_recompile=True):
+    # Turns of the shortest length: the logs then show the stages traced one at a time (with
+    # longer turns a fast machine traces both in one).
+    with torch._dynamo.config.patch(error_on_recompile=True), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tiers, "TRACE_CYCLE_S", tiers.TRACE_PACE_S)
         prepared = runs.prepare(TIERED, out, options=runs.Options(checkpoint_every=1, keep=1000))
         finished = runs.execute(prepared, waiting(logs, 1.0))
     return finished, logs, out
@@ -91,11 +94,13 @@ def test_a_replay_with_the_recorded_switch_update_is_bit_identical(tiered):
     assert identical(replay.state, finished.state)
 
 
-def test_once_a_helper_has_compiled_a_config_its_next_run_traces_at_once(tiered):
+def test_once_a_helper_has_compiled_a_config_its_next_run_traces_at_once(tiered, monkeypatch):
     """The helper leaves a mark in the cache; the next run of the config starts no helper: its
     warm-up thread starts tracing after the first update, and the run switches once both stages
     are traced."""
     assert plan.helper_mark(TIERED, False, None).is_file()
+    # Turns of the shortest length, as in ``tiered``.
+    monkeypatch.setattr(tiers, "TRACE_CYCLE_S", tiers.TRACE_PACE_S)
     logs = []
     out = T.make_train(TIERED.replace(total_steps=4 * 16 * 60)).train(on_update=waiting(logs, 0.5))
     switch = out.summary["switch_update"]
