@@ -96,16 +96,44 @@ def fused_options(device="cpu") -> dict:
     return dict(options, **{name: value for name, value in wanted.items() if known_option(name)})
 
 
-_isa_checks: list = []  # the threads of checking_vector_isas, started once per process
+_isa_checks: list = []  # the thread of checking_vector_isas, started once per process
+
+
+def first_valid_isa(candidates: list) -> Callable[[], list]:
+    """A stand-in for inductor's ``valid_vec_isa_list`` that stops at the first candidate whose
+    check passes. Inductor checks every vector ISA the CPU reports (a C++ build of its vector
+    headers each, seconds apiece) and then generates code for the first that passed; the ones
+    after it are never used unless ``ATEN_CPU_CAPABILITY`` or ``cpp.simdlen`` asks for another,
+    and then inductor's own list answers. The pick is the same; the builds of unused ISAs are
+    not made."""
+    import functools
+    import os
+
+    import torch._inductor.config as inductor_config
+    from torch._inductor import cpu_vec_isa
+
+    everything = cpu_vec_isa.valid_vec_isa_list
+
+    @functools.cache
+    def first() -> list:
+        return next(([isa] for isa in candidates if isa), [])
+
+    def valid() -> list:
+        if os.getenv("ATEN_CPU_CAPABILITY") or inductor_config.cpp.simdlen is not None:
+            return everything()
+        return first()
+
+    valid.first = first
+    return valid
 
 
 def checking_vector_isas() -> list:
-    """Start inductor's checks of the CPU's vector instruction sets, one thread each. On an empty
-    cache inductor builds a small C++ program for every instruction set the CPU reports (seconds
-    each, in g++ processes) one after another, at its first code generation; begun here, before
-    the trace, the builds run side by side and beside it, and inductor later finds each answer
-    cached (or waits on the file lock of a build under way). x86-64 Linux only; a torch without
-    these private helpers runs its own checks as before."""
+    """Check the CPU's vector instruction set in a thread, before the trace, and have inductor
+    check only up to the one it will use (:func:`first_valid_isa`). On an empty cache each check
+    is a C++ build of inductor's vector headers, seconds long, made at inductor's first code
+    generation; started here, it runs beside the trace, and inductor later finds the answer cached
+    (or waits on the file lock of the build under way). x86-64 Linux only; a torch without these
+    private helpers runs its own checks as before."""
     import platform
     import sys
     import threading
@@ -118,19 +146,19 @@ def checking_vector_isas() -> list:
         flags = cpu_vec_isa.x86_isa_checker()
         candidates = [isa for isa in cpu_vec_isa.supported_vec_isa_list
                       if all(flag in flags for flag in str(isa).split())]
+        cpu_vec_isa.valid_vec_isa_list = valid = first_valid_isa(candidates)
     except (ImportError, AttributeError):
         return _isa_checks
 
-    def check(isa):
+    def check():
         try:
-            bool(isa)
+            valid.first()
         except Exception:  # (inductor's own check at code generation reports a real failure)
             pass
 
-    for isa in candidates:
-        thread = threading.Thread(target=check, args=(isa,), name=f"fkernel-isa-{isa}", daemon=True)
-        thread.start()
-        _isa_checks.append(thread)
+    thread = threading.Thread(target=check, name="fkernel-isa-check", daemon=True)
+    thread.start()
+    _isa_checks.append(thread)
     return _isa_checks
 
 

@@ -6,7 +6,14 @@ import torch
 import torch._dynamo
 from torch._higher_order_ops import scan
 
-from kernel.hot import checking_vector_isas, compile_hot, cpp_wrapper_compiles_scan, hot_options, known_option
+from kernel.hot import (
+    checking_vector_isas,
+    compile_hot,
+    cpp_wrapper_compiles_scan,
+    first_valid_isa,
+    hot_options,
+    known_option,
+)
 
 
 def scaled_sum(params, x):
@@ -27,7 +34,7 @@ def test_compile_hot_recompiles_on_new_shapes_and_dtypes():
         assert inductor_config.compile_threads == 1
 
 
-def test_the_vector_isa_checks_start_once_and_leave_inductor_the_isa_it_picks_alone():
+def test_the_vector_isa_check_starts_once_and_leaves_inductor_a_cpu_reported_isa():
     from torch._inductor import cpu_vec_isa
 
     threads = checking_vector_isas()
@@ -39,6 +46,48 @@ def test_the_vector_isa_checks_start_once_and_leave_inductor_the_isa_it_picks_al
     if threads:  # (x86-64 Linux) the pick is one the CPU reports, checked by inductor's own build
         flags = cpu_vec_isa.x86_isa_checker()
         assert not picked or all(flag in flags for flag in str(picked).split())
+
+
+class FakeIsa:
+    """A vector ISA whose check passes or fails as told, counting the checks."""
+
+    def __init__(self, ok: bool):
+        self.ok, self.checks = ok, 0
+
+    def __bool__(self):
+        self.checks += 1
+        return self.ok
+
+
+@pytest.mark.parametrize("oks, first", [((True, True, True), 0), ((False, True, True), 1), ((False, False, True), 2),
+                                        ((False, False, False), None)])
+def test_the_isa_list_stops_at_the_first_that_passes_as_inductors_pick_would(monkeypatch, oks, first):
+    from torch._inductor import cpu_vec_isa
+
+    candidates = [FakeIsa(ok) for ok in oks]
+    whole = [isa for isa in candidates if isa.ok]  # what inductor's own list holds; its pick is whole[0]
+    monkeypatch.setattr(cpu_vec_isa, "valid_vec_isa_list", lambda: whole)
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    valid = first_valid_isa(candidates)
+    assert valid() == ([candidates[first]] if first is not None else [])
+    assert valid()[:1] == whole[:1]
+    stop = len(oks) if first is None else first + 1
+    assert [isa.checks for isa in candidates] == [1] * stop + [0] * (len(oks) - stop)  # none after the pick
+
+
+def test_an_asked_for_isa_gets_inductors_whole_list(monkeypatch):
+    import torch._inductor.config as inductor_config
+    from torch._inductor import cpu_vec_isa
+
+    candidates = [FakeIsa(True), FakeIsa(True)]
+    monkeypatch.setattr(cpu_vec_isa, "valid_vec_isa_list", lambda: candidates)
+    valid = first_valid_isa(candidates)
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert valid() == candidates
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY")
+    with inductor_config.patch({"cpp.simdlen": 256}):
+        assert valid() == candidates
+    assert valid() == candidates[:1]
 
 
 def make_affine(scale: float, shift: float):
