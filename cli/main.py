@@ -2,19 +2,26 @@
 checkpoints, telemetry, summary) is :mod:`kernel.runs`, so Python users get the same runs."""
 from __future__ import annotations
 
-import json
-import logging
-import os
-from collections import deque
-from functools import partial
+import sys
 
-import click
-from rich.live import Live
-from rich.markup import escape
+if __name__ == "__main__":  # (python -m cli.main) a tiered run's compile helper starts before the imports below
+    from cli.early import start_helper
 
-import envs
-from cli import common, launch, render, tools
-from kernel.config import PRESETS
+    EARLY = start_helper(sys.argv[1:])
+
+import json  # noqa: E402 (and the imports below: after the early helper's start)
+import logging  # noqa: E402
+import os  # noqa: E402
+from collections import deque  # noqa: E402
+from functools import partial  # noqa: E402
+
+import click  # noqa: E402
+from rich.live import Live  # noqa: E402
+from rich.markup import escape  # noqa: E402
+
+import envs  # noqa: E402
+from cli import common, launch, render, tools  # noqa: E402
+from kernel.config import PRESETS  # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -256,7 +263,12 @@ def list_envs(env_name):
 tools.register(cli)
 
 
-def main():
+def main(early: tuple | None = None) -> None:
+    """The ``fkernel`` command; ``early``: a compile helper :func:`cli.early.start_helper` started
+    for it (handed to the run)."""
+    from kernel.tiers import adopt_early
+
+    adopt_early(early)
     # torch's C++ build helper warns about a missing CUDA runtime on every CPU compile; that is
     # expected here and only noise for users.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
@@ -268,4 +280,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(EARLY)

@@ -1,9 +1,11 @@
-"""The compile helper of a tiered run (:mod:`kernel.tiers`): ``python -m kernel.precompile`` reads
-its request (JSON on stdin: the job's config, its runs, the rank and number of data-parallel
-ranks, the fuse choice, the thread count and the run's process id), builds the same graphs and
-compiles them with one throwaway iteration, which leaves them in inductor's on-disk caches. It
-prints ``compiled <stage>`` as each stage is done, and marks the cache at the end. Exit 0 once
-compiled; on failure, one line on stderr. It stops if the run that started it is gone."""
+"""The compile helper of a tiered run (:mod:`kernel.tiers`): ``python -m kernel.precompile``
+imports torch and its compiler, then reads its request (JSON on stdin: the job's config, its runs,
+the rank and number of data-parallel ranks, the fuse choice and the thread count), builds the same
+graphs and compiles them with one throwaway iteration, which leaves them in inductor's on-disk
+caches. Imports come first so that a helper started before its run has built its config
+(:mod:`cli.early`) spends the wait on them; an empty request (the run did not need it) ends it.
+It prints ``compiled <stage>`` as each stage is done, and marks the cache at the end. Exit 0
+once compiled; on failure, one line on stderr. It stops if the run that started it is gone."""
 from __future__ import annotations
 
 import ctypes
@@ -51,8 +53,7 @@ def reporting(name: str, fn):
 
 
 def main() -> int:
-    request = json.loads(sys.stdin.read())
-    die_with(request["parent"])
+    die_with(os.getppid())
     import torch
 
     from kernel.build import build, init_state
@@ -61,9 +62,14 @@ def main() -> int:
     from kernel.group import Group
     from kernel.hot import checking_vector_isas
     from kernel.plan import Plan, mark_helped
-    from kernel.tiers import STAGE_ORDER
+    from kernel.tiers import STAGE_ORDER, primed
     from kernel.train import iteration
 
+    primed()  # (a helper started early does this beside the run's own imports, before its request)
+    text = sys.stdin.read()
+    if not text.strip():  # the run did not need it
+        return 0
+    request = json.loads(text)
     torch.set_num_threads(request["threads"])
     config = from_dict(request["config"])
     if torch.device(config.device).type == "cpu":

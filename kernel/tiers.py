@@ -22,7 +22,6 @@ If the helper fails, or compiling in the run fails, the run stays eager and says
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from kernel.plan import helper_mark
 from kernel.tree import tree_map
 
 HELPER_MODULE = "kernel.precompile"
+_early: list = []  # a helper started before the run built its config (adopt_early): at most one
 STAGE_ORDER = ("segment", "grad_step")  # the stages compiled on their own, in the order of their first calls
 COMPILED = "compiled "  # the helper's line after each stage: "compiled <stage>"
 
@@ -45,7 +45,7 @@ def helper_request(built) -> dict:
     runs, this rank and the number of ranks, the plan's fuse choice and the thread count."""
     return {"config": built.job.to_dict(), "runs": built.all_runs.to_dict() if built.all_runs is not None else None,
             "rank": built.world.rank, "ranks": built.world.size, "fuse": built.plan.fuse, "why": built.plan.why,
-            "threads": torch.get_num_threads(), "parent": os.getpid()}
+            "threads": torch.get_num_threads()}
 
 
 def last_line(text: str) -> str:
@@ -53,16 +53,39 @@ def last_line(text: str) -> str:
     return lines[-1] if lines else "no message"
 
 
+def adopt_early(started: tuple | None) -> None:
+    """Hand the next :class:`Helper` a helper process already started and waiting for its request
+    (``(process, log, started)`` from :func:`cli.early.start_helper`; None: nothing)."""
+    if started is not None:
+        drop_early()
+        _early.append(started)
+
+
+def drop_early() -> None:
+    """End an adopted early helper no run has taken: its input closes and it exits."""
+    while _early:
+        process, log, _ = _early.pop()
+        try:
+            process.stdin.close()
+        except OSError:
+            pass
+        log.close()
+
+
 class Helper:
-    """The compile helper process for ``built`` (started at once). It inherits the environment
+    """The compile helper process for ``built``: the one started early if there is one
+    (:func:`adopt_early`), else started at once. It inherits the environment
     (``TORCHINDUCTOR_CACHE_DIR`` included) and dies with the run (:meth:`stop`; on Linux also if
     the run is killed)."""
 
     def __init__(self, built, module: str | None = None):
-        self.started = time.perf_counter()
-        self.log = tempfile.TemporaryFile(mode="w+")
-        self.process = subprocess.Popen([sys.executable, "-m", module or HELPER_MODULE], stdin=subprocess.PIPE,
-                                        stdout=self.log, stderr=subprocess.STDOUT, text=True)
+        if module is None and _early:
+            self.process, self.log, self.started = _early.pop()
+        else:
+            self.started = time.perf_counter()
+            self.log = tempfile.TemporaryFile(mode="w+")
+            self.process = subprocess.Popen([sys.executable, "-m", module or HELPER_MODULE], stdin=subprocess.PIPE,
+                                            stdout=self.log, stderr=subprocess.STDOUT, text=True)
         try:
             self.process.stdin.write(json.dumps(helper_request(built)))
             self.process.stdin.close()

@@ -22,7 +22,7 @@ from kernel.plan import Plan
 from kernel.ppo import hyper_tensors, shuffle_units
 from kernel.precision import SHORT_NAMES
 from kernel.state import Progress, TrainState
-from kernel.tiers import Tiers
+from kernel.tiers import Tiers, drop_early
 from kernel.tree import flatten, tree_map
 
 
@@ -222,6 +222,8 @@ def train(built: Built, state: TrainState | None = None, progress: Progress | li
     # functions are ready (kernel.tiers; data-parallel ranks agree on it).
     from_update = cfg.compile_from_update
     tiers = Tiers(built, built.own_env) if built.plan.compile and from_update is None else None
+    if tiers is None or tiers.helper is None:
+        drop_early()  # (a helper the command line started early, not needed here)
     switch = from_update if built.plan.compile else None
     eager = with_plan(built, Plan(False, False, "eager before the switch update")) \
         if built.plan.compile and (tiers is not None or records[0].update < switch) else None
