@@ -8,13 +8,15 @@ processes over two batches: first on an empty inductor cache (cold), then on the
 run filled (warm). Reported per run: the summary's ``compile_s`` (the first, compiled iteration:
 dynamo's trace, inductor's code generation and the C++ compiler) and the process's wall seconds;
 then the ratios this tree / ``--rev``. The trees alternate env by env, so both see the same
-stretch of machine time.
+stretch of machine time. ``--repeats N`` does all of it N times, each repeat on fresh caches, and
+reports the medians (each run is kept as well).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,34 +50,45 @@ def compiled_run(tree: Path, env: str, cache: Path, work: Path) -> dict:
     return {"compile_s": summary["compile_s"], "wall_s": wall, "total_steps": steps}
 
 
+def median_run(items: list) -> dict:
+    """Each figure's median over the repeats (of an even number, the higher middle one)."""
+    return {key: statistics.median_high(item[key] for item in items) for key in items[0]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rev", required=True, help="git revision to compare against (e.g. a commit hash)")
     parser.add_argument("--envs", default=",".join(ENVS))
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fkernel-compile-"))
     other = work / "tree"
     subprocess.run(["git", "worktree", "add", "--detach", str(other), args.rev], cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL)
     trees = {args.rev: other, "this tree": ROOT}
-    runs: dict = {}
+    every: dict = {}
     try:
-        for env in args.envs.split(","):
-            for name, tree in trees.items():
-                cache = work / f"cache-{env}-{name.replace(' ', '-')}"
-                cold = compiled_run(tree, env, cache, work)
-                warm = compiled_run(tree, env, cache, work)
-                runs.setdefault(env, {})[name] = {"cold": cold, "warm": warm}
-                print(f"{env} {name}: compile {cold['compile_s']:.1f} s cold, {warm['compile_s']:.1f} s warm",
-                      flush=True)
+        for repeat in range(args.repeats):
+            for env in args.envs.split(","):
+                for name, tree in trees.items():
+                    cache = work / f"cache-{env}-{name.replace(' ', '-')}-{repeat}"
+                    cold = compiled_run(tree, env, cache, work)
+                    warm = compiled_run(tree, env, cache, work)
+                    pair = every.setdefault(env, {}).setdefault(name, {"cold_runs": [], "warm_runs": []})
+                    pair["cold_runs"].append(cold)
+                    pair["warm_runs"].append(warm)
+                    print(f"{env} {name}: compile {cold['compile_s']:.1f} s cold, {warm['compile_s']:.1f} s warm",
+                          flush=True)
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(other)], cwd=ROOT, check=False)
+    runs = {env: {name: dict(pair, cold=median_run(pair["cold_runs"]), warm=median_run(pair["warm_runs"]))
+                  for name, pair in by.items()} for env, by in every.items()}
     ratios = {env: {state: by["this tree"][state]["compile_s"] / by[args.rev][state]["compile_s"]
                     for state in ("cold", "warm")} for env, by in runs.items()}
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     result = {"command": "fkernel train --env E --compile on --threads 1 --total-steps <2 batches>", "rev": args.rev,
-              "this_tree_head": head, "runs": runs, "compile_ratio_this_over_rev": ratios}
+              "this_tree_head": head, "repeats": args.repeats, "runs": runs, "compile_ratio_this_over_rev": ratios}
     print(json.dumps(result, indent=2))
     if args.out:
         write_record(str(args.out), result)

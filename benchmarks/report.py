@@ -811,8 +811,10 @@ def compile_seconds(name: str = "compile_seconds.json", imports_moved: bool = Tr
             + "\n\nCompile seconds: the first, compiled iteration (`compile_s` in the summary): dynamo's trace,"
             " inductor's code generation and the C++ compiler"
             + (f", and in this tree also importing them, which {rev} did before its timer started; the whole"
-               " process's seconds count both the same way" if imports_moved else "") + ". One run"
-            " of each, a fresh process at --threads 1 over two batches, the two trees alternating env by env;"
+               " process's seconds count both the same way" if imports_moved else "") + ". "
+            + (f"Medians of {d['repeats']} runs of each (each repeat on fresh caches)" if d.get("repeats", 1) > 1
+               else "One run of each")
+            + ", a fresh process at --threads 1 over two batches, the two trees alternating env by env;"
             f" measured at {measured_at(d)}.")
 
 
@@ -867,6 +869,7 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "first-run-6691a38": (BENCH_README, lambda: first_run("first_run_6691a38.json")),
     "compile-seconds": (BENCH_README, compile_seconds),
     "compile-in-process": (BENCH_README, lambda: compile_seconds("compile_seconds_in_process.json", False)),
+    "compile-isa": (BENCH_README, lambda: compile_seconds("compile_seconds_isa.json", False)),
     "eager-speed": (BENCH_README, eager_speed),
     "switch-check": (BENCH_README, switch_check),
     "compile-in-thread": (BENCH_README, compile_in_thread),
