@@ -5,7 +5,7 @@ the helper's first seconds go to importing torch, dynamo and inductor. Started h
 command line alone, those imports run beside the run's own instead of after them; the helper then
 waits for its request, which the run writes once it has built its config
 (:func:`kernel.tiers.adopt_early`). A run that turns out not to need it (``--compile`` given in a
-config file, a cache that already holds the graphs) closes its input, and it exits. This module
+config file, a cache that already holds the graphs) ends it at once. This module
 imports nothing heavy: it runs before anything else does.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@ imports torch and its compiler, then reads its request (JSON on stdin: the job's
 the rank and number of data-parallel ranks, the fuse choice and the thread count), builds the same
 graphs and compiles them with one throwaway iteration, which leaves them in inductor's on-disk
 caches. Imports come first so that a helper started before its run has built its config
-(:mod:`cli.early`) spends the wait on them; an empty request (the run did not need it) ends it.
+(:mod:`cli.early`) spends the wait on them; an empty request (its run ended first) ends it.
 It prints ``compiled <stage>`` as each stage is done, and marks the cache at the end. Exit 0
 once compiled; on failure, one line on stderr. It stops if the run that started it is gone."""
 from __future__ import annotations
@@ -67,7 +67,7 @@ def main() -> int:
 
     primed()  # (a helper started early does this beside the run's own imports, before its request)
     text = sys.stdin.read()
-    if not text.strip():  # the run did not need it
+    if not text.strip():  # its run ended before it had built its config
         return 0
     request = json.loads(text)
     torch.set_num_threads(request["threads"])

@@ -62,13 +62,12 @@ def adopt_early(started: tuple | None) -> None:
 
 
 def drop_early() -> None:
-    """End an adopted early helper no run has taken: its input closes and it exits."""
+    """End an adopted early helper no run has taken, at once: a warm run's helper would otherwise
+    spend its imports on a core the run may want."""
     while _early:
         process, log, _ = _early.pop()
-        try:
-            process.stdin.close()
-        except OSError:
-            pass
+        process.kill()
+        process.wait()
         log.close()
 
 

@@ -62,14 +62,26 @@ def test_the_next_helper_is_the_early_one_and_gets_the_request(monkeypatch):
         started[1].close()
 
 
-def test_an_early_helper_no_run_takes_exits_cleanly(monkeypatch):
+def test_an_early_helper_no_run_takes_ends_at_once(monkeypatch):
     monkeypatch.setattr(early.os, "cpu_count", lambda: 2)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     started = early.start_helper(["train"])
     tiers.adopt_early(started)
     tiers.drop_early()
     assert not tiers._early
-    assert started[0].wait(timeout=120) == 0  # after its imports it reads an empty request
+    assert started[0].returncode is not None  # ended, not left importing torch
+
+
+def test_a_helper_whose_run_writes_no_request_exits_cleanly(monkeypatch):
+    """A run that ends before it has built its config closes the helper's input."""
+    monkeypatch.setattr(early.os, "cpu_count", lambda: 2)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    process, log, _ = early.start_helper(["train"])
+    process.stdin.close()
+    assert process.wait(timeout=120) == 0  # after its imports it reads an empty request
+    log.seek(0)
+    assert "Error" not in log.read()
+    log.close()
 
 
 def test_a_helper_module_the_caller_names_is_started_as_asked(monkeypatch):
@@ -85,4 +97,3 @@ def test_a_helper_module_the_caller_names_is_started_as_asked(monkeypatch):
     finally:
         helper.stop()
         tiers.drop_early()
-        assert started[0].wait(timeout=120) == 0
