@@ -161,6 +161,68 @@ def checking_vector_isas() -> list:
     return _isa_checks
 
 
+def units_at_once(serial: Callable, lock: Callable) -> Callable:
+    """A stand-in for inductor's ``_worker_compile_cpp(lock_path, builders)`` that builds a graph's
+    two C++ units (the C++ wrapper's and the kernels', built apart by
+    ``cpp_wrapper_build_separate``) as two g++ processes at once, then links them. ``serial``:
+    inductor's own, for any other list of builders (a precompiled header, one unit); ``lock``:
+    the file lock to take, as inductor does. A unit already built is not built again."""
+    import os
+    import threading
+
+    def at_once(lock_path: str, builders) -> None:
+        if len(builders) != 3:
+            return serial(lock_path, builders)
+        *units, link = builders
+        with lock(lock_path):
+            todo = [b for b in units if not os.path.exists(b.get_target_file_path())]
+            errors: list = []
+
+            def build(builder) -> None:
+                try:
+                    builder.build()
+                except BaseException as e:  # (raised below, in the caller's thread)
+                    errors.append(e)
+
+            others = [threading.Thread(target=build, args=(b,), name="fkernel-cpp-unit") for b in todo[1:]]
+            for thread in others:
+                thread.start()
+            for builder in todo[:1]:
+                build(builder)
+            for thread in others:
+                thread.join()
+            if errors:
+                raise errors[0]
+            if not os.path.exists(link.get_target_file_path()):
+                link.build()
+
+    return at_once
+
+
+def building_units_at_once() -> bool:
+    """Have inductor build each graph's C++ units at once (:func:`units_at_once`) where this process
+    may use two or more cores: one after the other they were most of a cold compile's g++ time.
+    Returns False, changing nothing, on one core or where the installed inductor has no such
+    function (a private API)."""
+    import os
+
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    if len(cores) < 2:
+        return False
+    try:
+        from torch._inductor import codecache
+        from torch.utils._filelock import FileLock
+
+        serial, timeout = codecache._worker_compile_cpp, codecache.LOCK_TIMEOUT
+    except (ImportError, AttributeError):
+        return False
+    if not getattr(serial, "at_once", False):
+        at_once = units_at_once(serial, lambda path: FileLock(path, timeout=timeout))
+        at_once.at_once = True
+        codecache._worker_compile_cpp = at_once
+    return True
+
+
 def compile_in_process() -> None:
     """Have inductor compile in this process, without its pool of compile workers. A CUDA build of
     torch (triton installed) starts that pool at every compile, even of a CPU graph: worker
@@ -189,6 +251,7 @@ def compile_hot(fn: Callable, device="cpu", options: dict | None = None) -> Call
                 compile_in_process()
             if torch.device(device).type == "cpu":
                 checking_vector_isas()
+                building_units_at_once()
             compiled.append(torch.compile(own, fullgraph=True, dynamic=False, options=chosen))
         return compiled[0](*args)
 

@@ -1,18 +1,24 @@
 """The training loop's compile path keeps every guard that matters (closure constants, dict keys,
 grad mode, shapes and dtypes), gives each build its own graph cache, and each compile option does
 what it is there for."""
+import contextlib
+import os
+import threading
+
 import pytest
 import torch
 import torch._dynamo
 from torch._higher_order_ops import scan
 
 from kernel.hot import (
+    building_units_at_once,
     checking_vector_isas,
     compile_hot,
     cpp_wrapper_compiles_scan,
     first_valid_isa,
     hot_options,
     known_option,
+    units_at_once,
 )
 
 
@@ -174,3 +180,86 @@ def test_cuda_options_compile_and_match_eager():
     params = {"w": torch.arange(3.0, device="cuda"), "b": torch.tensor(1.0, device="cuda")}
     x = torch.ones(2, 3, device="cuda")
     torch.testing.assert_close(f(params, x), scaled_sum(params, x))
+
+
+class FakeUnit:
+    """A C++ unit's builder: ``build()`` logs its start and end, waiting up to ``wait_s`` for
+    ``partner`` (the other unit) to have started, and fails if told to."""
+
+    def __init__(self, name, log, tmp_path, partner=None, wait_s=0.0, fails=False):
+        self.name, self.log, self.path = name, log, tmp_path / f"{name}.o"
+        self.partner, self.wait_s, self.fails = partner, wait_s, fails
+        self.started = threading.Event()
+
+    def get_target_file_path(self):
+        return str(self.path)
+
+    def build(self):
+        self.started.set()
+        self.log.append(("start", self.name))
+        if self.partner is not None:
+            self.partner.started.wait(self.wait_s)
+        if self.fails:
+            raise RuntimeError(f"{self.name} did not compile")
+        self.path.write_text("built")
+        self.log.append(("end", self.name))
+
+
+def serial_units(lock_path, builders):
+    """Inductor's way: one builder after the other (the variant the stand-in must not be)."""
+    for builder in builders:
+        if not os.path.exists(builder.get_target_file_path()):
+            builder.build()
+
+
+def unit_triple(tmp_path, log, fails=()):
+    main = FakeUnit("main", log, tmp_path, fails="main" in fails)
+    kernels = FakeUnit("kernels", log, tmp_path, partner=main, wait_s=5.0, fails="kernels" in fails)
+    main.partner, main.wait_s = kernels, 5.0
+    return main, kernels, FakeUnit("linked", log, tmp_path)
+
+
+@contextlib.contextmanager
+def no_lock(path):
+    yield
+
+
+@pytest.mark.parametrize("variant", ["at_once", "serial"])
+def test_a_graphs_two_units_build_at_once_then_link(tmp_path, variant):
+    log = []
+    build = units_at_once(serial_units, no_lock) if variant == "at_once" else serial_units
+    build(str(tmp_path / "lock"), unit_triple(tmp_path, log))
+    started_both = {name for kind, name in log[:2] if kind == "start"} == {"main", "kernels"}
+    # one after the other, the first unit waits out its partner's start (5 s) and ends first
+    assert started_both == (variant == "at_once")
+    assert log[-2:] == [("start", "linked"), ("end", "linked")]
+
+
+def test_units_already_built_are_not_built_again_and_other_lists_go_to_inductor(tmp_path):
+    log, seen = [], []
+    main, kernels, linked = unit_triple(tmp_path, log)
+    main.path.write_text("built")
+    units_at_once(serial_units, no_lock)("lock", (main, kernels, linked))
+    assert [name for kind, name in log if kind == "start"] == ["kernels", "linked"]
+    header = FakeUnit("header", log, tmp_path)
+    units_at_once(lambda path, builders: seen.append((path, builders)), no_lock)("lock", (header,))
+    assert seen == [("lock", (header,))]
+
+
+def test_a_unit_that_fails_to_build_raises_and_nothing_is_linked(tmp_path):
+    log = []
+    with pytest.raises(RuntimeError, match="kernels did not compile"):
+        units_at_once(serial_units, no_lock)("lock", unit_triple(tmp_path, log, fails=("kernels",)))
+    assert ("end", "main") in log and ("start", "linked") not in log
+
+
+def test_units_build_at_once_only_with_two_cores(monkeypatch):
+    from torch._inductor import codecache
+
+    monkeypatch.setattr(codecache, "_worker_compile_cpp", serial_units)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert building_units_at_once() is False and codecache._worker_compile_cpp is serial_units
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert building_units_at_once() is True and codecache._worker_compile_cpp.at_once
+    installed = codecache._worker_compile_cpp
+    assert building_units_at_once() is True and codecache._worker_compile_cpp is installed  # (once)
