@@ -4,8 +4,10 @@ the rank and number of data-parallel ranks, the fuse choice and the thread count
 graphs and compiles them with one throwaway iteration, which leaves them in inductor's on-disk
 caches. Imports come first so that a helper started before its run has built its config
 (:mod:`cli.early`) spends the wait on them; an empty request (its run ended first) ends it.
-It prints ``compiled <stage>`` as each stage is done, and marks the cache at the end. Exit 0
-once compiled; on failure, one line on stderr. It stops if the run that started it is gone."""
+With two or more cores, an unfused build's two stages compile at once in two processes
+(:func:`split_stages`). It prints ``compiled <stage>`` as each stage is done, and marks the cache
+at the end. Exit 0 once compiled; on failure, one line on stderr. It stops if the run that started
+it is gone."""
 from __future__ import annotations
 
 import ctypes
@@ -52,11 +54,50 @@ def reporting(name: str, fn):
     return call
 
 
+class Enough(Exception):
+    """Raised by a stage this process does not compile: its iteration ends there."""
+
+
+def stopping(*args):
+    raise Enough
+
+
+def split_stages(fuse: bool) -> bool:
+    """Whether the segment and the grad step compile at once, in this process and a fork of it.
+    A compile is one core's work (Python, then one g++ at a time); the grad step's is the longer,
+    and the run waits for the last stage. The fork comes after the imports (torch, dynamo and
+    inductor: seconds) and before any compile, thread pool or tensor work. A fused build has one
+    graph; one core has nothing to share."""
+    return not fuse and hasattr(os, "fork") and len(cores()) >= 2
+
+
+def cores() -> set:
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+
+
+def forked() -> int:
+    """``os.fork()`` with this process's output flushed first (else the child writes it again)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return os.fork()
+
+
+def child_exit(pid: int) -> int:
+    """The forked compile's exit status once it ends. It prints its own error; a signal that
+    killed it is said here (one line, as the run reads it)."""
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        print(f"the grad step's compile process was killed (signal {-code})", file=sys.stderr)
+        return 1
+    return code
+
+
 def main() -> int:
     die_with(os.getppid())
     import torch
 
-    from kernel.build import build, init_state
+    from kernel.build import build, init_state, with_plan
     from kernel.config import from_dict
     from kernel.distributed import SINGLE, Rehearsal
     from kernel.group import Group
@@ -70,27 +111,56 @@ def main() -> int:
     if not text.strip():  # its run ended before it had built its config
         return 0
     request = json.loads(text)
+    start = time.perf_counter()
+    child = forked() if split_stages(request["fuse"]) else None
+    if child == 0:
+        die_with(os.getppid())  # (the parent-death signal is not inherited)
     torch.set_num_threads(request["threads"])
     config = from_dict(request["config"])
     if torch.device(config.device).type == "cpu":
         checking_vector_isas()  # (started before the build: the builds run beside all of it)
     runs = Group.from_dict(request["runs"]) if request["runs"] is not None else None
     rank, ranks = request["rank"], request["ranks"]
-    start = time.perf_counter()
     world = Rehearsal(rank, ranks) if ranks > 1 else SINGLE  # a data-parallel rank's graphs, alone
     built = build(config, world, group=runs, plan=Plan(True, request["fuse"], request["why"]))
     stages = built.stages._replace(**{name: reporting(name, getattr(built.stages, name)) for name in STAGE_ORDER})
     whole = reporting("iteration", built.whole) if built.whole is not None else None
-    # its own env copy: a host-stepped env may step here
-    iteration(built._replace(stages=stages, whole=whole), init_state(built))
+    if child == 0:
+        # The grad step alone, fed by the eager segment: the batch it makes has the compiled
+        # segment's shapes, dtypes and strides (the switch's check feeds the compiled grad step
+        # the same eager batch), so this is the graph the run will trace.
+        eager = with_plan(built, Plan(False, False, request["why"]))
+        stages = stages._replace(segment=eager.stages.segment)
+    elif child is not None:
+        stages = stages._replace(grad_step=stopping)  # (the forked process compiles it)
+    try:
+        # its own env copy: a host-stepped env may step here
+        iteration(built._replace(stages=stages, whole=whole), init_state(built))
+    except Enough:
+        pass
+    if child == 0:
+        return 0
+    if child is not None and child_exit(child) != 0:
+        return 1
     # the next run of this config finds its graphs in the cache and needs no helper
     mark_helped(config, request["fuse"], runs.count if runs is not None else None, ranks, time.perf_counter() - start)
     return 0
 
 
+def forked_exit(code: int) -> None:
+    """The forked compile ends here, without the parent's exit handlers."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
+    pid = os.getpid()
     try:
-        sys.exit(main())
+        code = main()
     except Exception as e:  # the run reads the last line
         print(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
-        sys.exit(1)
+        code = 1
+    if os.getpid() != pid:
+        forked_exit(code)
+    sys.exit(code)

@@ -9,10 +9,15 @@ short GIL switch interval, slows the eager updates beside it without stopping th
 
 1. :class:`Helper`: a separate process builds the same config (same thread count, options and
    plan) and compiles one throwaway iteration, which fills inductor's on-disk caches; it says
-   ``compiled <stage>`` as each stage is done. The run trains eagerly meanwhile, on its own core.
+   ``compiled <stage>`` as each stage is done. With two or more cores it compiles the two stages
+   at once in two processes (:func:`kernel.precompile.split_stages`); until the first is done the
+   run sleeps after each eager update (:func:`yielded_s`), since a compiled update costs a
+   fraction of an eager one. The run trains eagerly meanwhile.
 2. :class:`StagedWarmup`: a thread of the run traces its own compiled function for each stage
    against the warm cache as the helper reports it, while the run goes on training eagerly; the
-   two take turns (:meth:`StagedWarmup.pace`, :func:`gated_tracing`).
+   two take turns (:meth:`StagedWarmup.pace`, :func:`gated_tracing`). The stage the helper is
+   still compiling is traced too, and waits before its compile (:func:`gated_compiling`) until
+   the helper's graph is in the cache, so the run switches soon after the helper is done.
    Once every stage is traced, :func:`kernel.train.checked_update` switches at the next
    boundary, as for a recorded ``compile_from_update``. The helper marks the cache when done, so
    the next run of the same config starts no helper and traces at once.
@@ -32,6 +37,7 @@ from collections.abc import Callable
 import torch
 
 from kernel.plan import helper_mark
+from kernel.precompile import split_stages
 from kernel.tree import tree_map
 
 HELPER_MODULE = "kernel.precompile"
@@ -148,6 +154,18 @@ TRACE_SWITCH_INTERVAL = 1e-5
 # ends only at the trace's next bytecode instruction.
 TRACE_PACE_S = 1.0
 TRACE_CYCLE_S = 3.5
+# While the helper compiles its two stages in two processes (kernel.precompile.split_stages), a
+# run on two cores has three busy processes, and the compiled update it waits for costs a fraction
+# of an eager one: after each eager update the run sleeps YIELD_FACTOR times that update's seconds
+# (at most YIELD_MAX_S), leaving most of a core to the compile.
+YIELD_FACTOR = 2.0
+YIELD_MAX_S = 1.0
+
+
+def yielded_s(update_s: float | None) -> float:
+    """How long the run sleeps after an eager update of ``update_s`` seconds while two helper
+    processes compile (None: not known, no sleep)."""
+    return 0.0 if update_s is None else min(YIELD_MAX_S, YIELD_FACTOR * update_s)
 
 
 def trace_turn(update_s: float | None) -> float:
@@ -216,6 +234,37 @@ def gated_tracing() -> bool:
     return True
 
 
+_holds: dict = {}  # a warm-up thread's id -> its StagedWarmup (gated_compiling)
+
+
+def gated_compiling() -> bool:
+    """Make dynamo, in a warm-up thread, wait before it hands a traced graph to the compiler until
+    the helper has compiled that stage (:meth:`StagedWarmup.hold`): the run traces a stage while
+    the helper still compiles it, and the compiler then finds the helper's graph in the cache
+    instead of compiling it again. Other threads compile as before. Returns False, changing
+    nothing, where the installed dynamo has no such step (a private API); the run then traces a
+    stage only once the helper has compiled it."""
+    try:
+        from torch._dynamo.output_graph import OutputGraph
+    except ImportError:
+        return False
+    call = getattr(OutputGraph, "call_user_compiler", None)
+    if not callable(call):
+        return False
+    if getattr(call, "gated", False):
+        return True
+
+    def held(self, gm, example_inputs):
+        warm = _holds.get(threading.get_ident())
+        if warm is not None:
+            warm.hold()
+        return call(self, gm, example_inputs)
+
+    held.gated = True
+    OutputGraph.call_user_compiler = held
+    return True
+
+
 def traced_interval(entering: bool) -> None:
     """Set the short switch interval while any trace runs; restore the caller's after the last."""
     with _interval_lock:
@@ -230,15 +279,18 @@ def traced_interval(entering: bool) -> None:
                 sys.setswitchinterval(_tracing_threads[1])
 
 
-class Stopped(Exception):
-    """The run ended before the warm-up traced everything."""
+class Stopped(BaseException):
+    """The run ended before the warm-up traced everything (not an ``Exception``: dynamo passes it
+    on from inside a trace instead of reporting a compile error)."""
 
 
 class StagedWarmup:
     """One throwaway iteration of a compiled build on a copy of ``state``, run in a worker thread
     beside the eager run: it pays the compiler's one-time costs (:func:`primed`), then traces each
     stage at its first call once :meth:`allow` names it (the helper has compiled it into the
-    on-disk cache, so the trace loads graphs instead of compiling them). The run's own thread goes
+    on-disk cache, so the trace loads graphs instead of compiling them), or traces it while the
+    helper still compiles it once :meth:`ahead` names it, and waits before compiling
+    (:func:`gated_compiling`) until :meth:`allow` names it. The run's own thread goes
     on training meanwhile, slower while a trace holds the GIL but never stopped for a whole trace.
     The copy's inputs are what the build's own first compiled iteration would see (same shapes,
     dtypes and structure, no aliased carry), so the traced graphs are the ones the run calls
@@ -250,6 +302,9 @@ class StagedWarmup:
         self.done, self.stopping, self.error = False, False, None
         self.tracing: str | None = None
         self.parked: str | None = None  # the stage whose first call waits to be allowed
+        self.compiled: dict[str, threading.Event] = {}  # set by allow(): the helper has compiled it
+        self.held: str | None = None  # the stage whose traced graph waits for the helper's compile
+        self.early = gated_compiling()  # (ahead() does nothing without it)
         self.moved = threading.Condition()
         self.gate = Gate()  # closed by pace() while the caller runs an update (gated_tracing)
         self.traced: list[str] = []
@@ -266,6 +321,7 @@ class StagedWarmup:
             torch.set_num_threads(threads)  # (a thread's own OpenMP setting; generated code reads it)
             traced_interval(True)
             _gates[threading.get_ident()] = self.gate
+            _holds[threading.get_ident()] = self
             try:
                 primed()
                 gated_tracing()
@@ -276,6 +332,7 @@ class StagedWarmup:
                 self.error = e
             finally:
                 _gates.pop(threading.get_ident(), None)
+                _holds.pop(threading.get_ident(), None)
                 traced_interval(False)
                 with self.moved:
                     self.done = True
@@ -286,6 +343,22 @@ class StagedWarmup:
 
     def event(self, name: str) -> threading.Event:
         return self.events.setdefault(name, threading.Event())
+
+    def compiled_event(self, name: str) -> threading.Event:
+        return self.compiled.setdefault(name, threading.Event())
+
+    def hold(self) -> None:
+        """In the thread, before the stage being traced compiles: wait until the helper has."""
+        name = self.tracing
+        if name is None or self.compiled_event(name).is_set():
+            return
+        with self.moved:
+            self.held = name
+            self.moved.notify_all()
+        self.compiled_event(name).wait()
+        self.held = None
+        if self.stopping:
+            raise Stopped
 
     def waiting(self, name: str, fn: Callable) -> Callable:
         first = [True]
@@ -310,13 +383,23 @@ class StagedWarmup:
         return call
 
     def allow(self, names) -> None:
-        """Let the stages ``names`` trace (each at its first call, in the iteration's order)."""
+        """Let the stages ``names`` trace and compile (each at its first call, in the iteration's
+        order): the helper has compiled them."""
         for name in names:
+            self.compiled_event(name).set()
             self.event(name).set()
 
+    def ahead(self, names) -> None:
+        """Let the stages ``names`` trace, but not compile, before the helper has compiled them."""
+        if self.early:
+            for name in names:
+                self.event(name).set()
+
     def busy(self) -> bool:
-        """Whether the thread is tracing (or paying the one-time costs), not done and not parked."""
-        return not self.done and (self.parked is None or self.event(self.parked).is_set())
+        """Whether the thread is tracing (or paying the one-time costs), not done, not parked and
+        not held."""
+        return not self.done and (self.parked is None or self.event(self.parked).is_set()) \
+            and (self.held is None or self.compiled_event(self.held).is_set())
 
     def pace(self, seconds: float) -> None:
         """Open the gate and wait up to ``seconds`` while the thread is busy (it has the GIL
@@ -346,6 +429,7 @@ class StagedWarmup:
         self.gate.open()
         for name in (*STAGE_ORDER, "iteration"):
             self.event(name).set()
+            self.compiled_event(name).set()
 
 
 def agreed(world, failed: bool, waiting: bool, short: int, device) -> tuple[bool, bool, int]:
@@ -372,6 +456,7 @@ class Tiers:
         # data-parallel ranks on one machine (one cache), the first compiles for all.
         cached = helper_mark(built.job, built.plan.fuse, runs, world.size).is_file()
         self.helper = None if own_env or cached or world.local_rank else Helper(built, helper_module)
+        self.split = self.helper is not None and split_stages(built.plan.fuse)  # two helper processes
         self.warm: StagedWarmup | None = None
         self.started = False
         self.failure: str | None = None
@@ -403,8 +488,13 @@ class Tiers:
         have = next((i for i, name in enumerate(order) if name not in compiled), len(order))
         if self.helper is not None and self.helper_s is None and have == len(order) and not why:
             self.helper_s = self.helper.elapsed()  # (the run may switch before the helper exits)
+        if self.split and why is None and have == 0 and not (self.warm is not None and self.warm.busy()):
+            # (once the first stage is compiled, one helper process is left; a trace under way
+            # has its turn below instead)
+            time.sleep(yielded_s(None if self.left is None else time.perf_counter() - self.left))
         if self.warm is not None and not why and not self.built.world.distributed:
             self.warm.allow(order[:have])
+            self.warm.ahead(order[have:have + 1])
             self.warm.pace(trace_turn(None if self.left is None else time.perf_counter() - self.left))
         error, traced = None, False
         try:
@@ -424,11 +514,18 @@ class Tiers:
             return False
         if host:
             return not waiting
-        if self.warm is None:
+        distributed = self.built.world.distributed
+        if self.warm is None and not (self.split and have == 0 and not distributed):
+            # (while two helper processes compile, the run's own compiler work would take a core
+            # from them: it starts once the first stage is compiled)
             self.warm = StagedWarmup(self.built, state, iterate)
+        if self.warm is None:
+            return False
         self.warm.allow(order[:max(0, len(order) - short)])
-        if self.built.world.distributed:  # (its collectives must not meet the run's)
+        if distributed:  # (its collectives must not meet the run's)
             self.warm.settle()
+        else:  # (data-parallel ranks trace a stage only once every rank's helper has compiled it)
+            self.warm.ahead(order[have:have + 1])
         return not waiting
 
     def fail(self, why: str) -> None:

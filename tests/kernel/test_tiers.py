@@ -47,22 +47,29 @@ def identical(a, b) -> bool:
 
 @pytest.fixture(scope="module")
 def tiered(tmp_path_factory):
-    """``(Finished, logs, run folder)``, trained with recompiles made errors (a stage traced at a
-    boundary must be the graph the run then calls)."""
+    """``(Finished, logs, run folder, graphs the run compiled itself, its inductor cache)``, trained
+    on an empty inductor cache (only the helper fills it) with recompiles made errors (a stage
+    traced at a boundary must be the graph the run then calls)."""
     out = tmp_path_factory.mktemp("tiered") / "run"
+    cache = tmp_path_factory.mktemp("inductor")
     logs = []
-    plan.helper_mark(TIERED, False, None).unlink(missing_ok=True)  # (a helper ran for this config before)
-    # Turns of the shortest length: the logs then show the stages traced one at a time (with
-    # longer turns a fast machine traces both in one).
+    counters = torch._dynamo.utils.counters
+    before = {kind: dict(counters[kind]) for kind in ("inductor", "aot_autograd")}
     with torch._dynamo.config.patch(error_on_recompile=True), pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))
+        # Turns of the shortest length: the logs then show the stages traced one at a time (with
+        # longer turns a fast machine traces both in one).
         patch.setattr(tiers, "TRACE_CYCLE_S", tiers.TRACE_PACE_S)
         prepared = runs.prepare(TIERED, out, options=runs.Options(checkpoint_every=1, keep=1000))
         finished = runs.execute(prepared, waiting(logs, 1.0))
-    return finished, logs, out
+    # (a graph AOTAutograd's cache misses is compiled, whatever inductor's own cache then says)
+    compiled_here = sum(counters[kind][key] - before[kind].get(key, 0)
+                        for kind, key in (("inductor", "fxgraph_cache_miss"), ("aot_autograd", "autograd_cache_miss")))
+    return finished, logs, out, compiled_here, str(cache)
 
 
 def test_the_run_starts_eagerly_and_switches_once_the_helper_has_compiled(tiered):
-    finished, logs, out = tiered
+    finished, logs, out, compiled_here, _ = tiered
     summary = finished.summary
     switch = summary["switch_update"]
     assert switch is not None and switch >= 1, summary
@@ -75,10 +82,13 @@ def test_the_run_starts_eagerly_and_switches_once_the_helper_has_compiled(tiered
     assert texts[0].startswith("eager; compiling in a helper process (")
     assert any(t and t.startswith("eager; compiling ") and "segment traced" in t for t in texts)
     assert all(t is None for t in texts[switch:]) and not any(log.note for log in logs)
+    # every graph the run traced came from the helper's cache (with two cores, the grad step's
+    # from the helper's second process, fed by an eager segment): none was compiled here
+    assert compiled_here == 0
 
 
 def test_the_switch_is_recorded_in_every_checkpoint_after_it_and_the_final_files(tiered):
-    finished, _, out = tiered
+    finished, _, out, _, _ = tiered
     switch = finished.summary["switch_update"]
     recorded = {u: read_config(checkpoint.load(checkpoint_path(out, u))[1], u).compile_from_update
                 for u in (switch, switch + 1, 200)}
@@ -88,8 +98,9 @@ def test_the_switch_is_recorded_in_every_checkpoint_after_it_and_the_final_files
     assert json.loads((out / "config.json").read_text())["compile_from_update"] is None  # what was asked
 
 
-def test_a_replay_with_the_recorded_switch_update_is_bit_identical(tiered):
+def test_a_replay_with_the_recorded_switch_update_is_bit_identical(tiered, monkeypatch):
     finished = tiered[0]
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", tiered[4])  # (its graphs are there)
     replay = T.make_train(TIERED.replace(compile_from_update=finished.summary["switch_update"])).train()
     assert identical(replay.state, finished.state)
 
@@ -98,6 +109,7 @@ def test_once_a_helper_has_compiled_a_config_its_next_run_traces_at_once(tiered,
     """The helper leaves a mark in the cache; the next run of the config starts no helper: its
     warm-up thread starts tracing after the first update, and the run switches once both stages
     are traced."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", tiered[4])
     assert plan.helper_mark(TIERED, False, None).is_file()
     # Turns of the shortest length, as in ``tiered``.
     monkeypatch.setattr(tiers, "TRACE_CYCLE_S", tiers.TRACE_PACE_S)
@@ -145,6 +157,46 @@ def test_the_staged_warmup_traces_each_stage_once_allowed_and_leaves_the_state_a
     assert identical(state, before)
     with torch._dynamo.config.patch(error_on_recompile=True):  # the traced graphs are the ones the run calls
         T.iteration(built, state)
+
+
+def test_a_stage_traced_ahead_waits_before_its_compile_until_the_helper_has_compiled_it():
+    built = build(TIERED.replace(compile_from_update=0), plan=Plan(True, False, "staged"))
+    warm = tiers.StagedWarmup(built, init_state(built), T.iteration)
+    warm.settle()
+    assert warm.early and warm.parked == "segment"
+    warm.ahead(["segment"])
+    began = time.monotonic()
+    warm.pace(600.0)  # it traces, then waits before the compile: not busy, so the boundary goes on
+    assert warm.held == "segment" and warm.traced == [] and not warm.busy()
+    assert time.monotonic() - began < 300.0
+    warm.allow(["segment"])
+    warm.pace(600.0)
+    assert warm.traced == ["segment"] and warm.held is None and warm.parked == "grad_step"
+    warm.ahead(["grad_step"])
+    warm.pace(600.0)
+    assert warm.held == "grad_step"
+    warm.stop()  # a stop while held ends the thread there, with no error
+    warm.thread.join(120)
+    assert not warm.thread.is_alive() and warm.traced == ["segment"] and not warm.finished()
+
+
+def test_without_the_compile_hold_nothing_is_traced_ahead(monkeypatch):
+    monkeypatch.setattr(tiers, "gated_compiling", lambda: False)
+    built = build(TIERED.replace(compile_from_update=0), plan=Plan(True, False, "staged"))
+    warm = tiers.StagedWarmup(built, init_state(built), T.iteration)
+    warm.ahead(["segment"])
+    warm.settle()
+    assert not warm.early and warm.parked == "segment" and warm.held is None
+    warm.stop()
+    warm.thread.join(120)
+
+
+def test_the_run_sleeps_after_an_eager_update_while_two_helper_processes_compile():
+    assert tiers.yielded_s(None) == 0.0  # the first boundary: no update timed yet
+    assert tiers.yielded_s(0.1) == pytest.approx(tiers.YIELD_FACTOR * 0.1)
+    assert tiers.yielded_s(60.0) == tiers.YIELD_MAX_S
+    # an update and the sleep after it stay well under the 5 s a user should ever wait
+    assert all(u + tiers.yielded_s(u) < 5.0 for u in (0.05, 0.5, 2.0, 3.5))
 
 
 def traced_in_a_thread(gate) -> threading.Event:
