@@ -37,7 +37,7 @@ from collections.abc import Callable
 import torch
 
 from kernel.plan import helper_mark
-from kernel.precompile import split_stages
+from kernel.precompile import cores, split_stages
 from kernel.tree import tree_map
 
 HELPER_MODULE = "kernel.precompile"
@@ -155,11 +155,18 @@ TRACE_SWITCH_INTERVAL = 1e-5
 TRACE_PACE_S = 1.0
 TRACE_CYCLE_S = 3.5
 # While the helper compiles its two stages in two processes (kernel.precompile.split_stages), a
-# run on two cores has three busy processes, and the compiled update it waits for costs a fraction
-# of an eager one: after each eager update the run sleeps YIELD_FACTOR times that update's seconds
-# (at most YIELD_MAX_S), leaving most of a core to the compile.
+# run at one thread on two cores has three busy processes (:func:`crowded`), and the compiled
+# update it waits for costs a fraction of an eager one: after each eager update the run sleeps
+# YIELD_FACTOR times that update's seconds (at most YIELD_MAX_S), leaving most of a core to the
+# compile.
 YIELD_FACTOR = 2.0
 YIELD_MAX_S = 1.0
+
+
+def crowded(threads: int, cores: int) -> bool:
+    """Whether two helper processes (a core each) and a run of ``threads`` threads want more than
+    ``cores`` cores."""
+    return threads + 2 > cores
 
 
 def yielded_s(update_s: float | None) -> float:
@@ -456,7 +463,10 @@ class Tiers:
         # data-parallel ranks on one machine (one cache), the first compiles for all.
         cached = helper_mark(built.job, built.plan.fuse, runs, world.size).is_file()
         self.helper = None if own_env or cached or world.local_rank else Helper(built, helper_module)
-        self.split = self.helper is not None and split_stages(built.plan.fuse)  # two helper processes
+        # Two helper processes: the run sleeps after its eager updates while both compile, where
+        # they and the run's own threads want more cores than the run may use.
+        self.yields = self.helper is not None and split_stages(built.plan.fuse) \
+            and crowded(torch.get_num_threads(), len(cores()))
         self.warm: StagedWarmup | None = None
         self.started = False
         self.failure: str | None = None
@@ -488,7 +498,7 @@ class Tiers:
         have = next((i for i, name in enumerate(order) if name not in compiled), len(order))
         if self.helper is not None and self.helper_s is None and have == len(order) and not why:
             self.helper_s = self.helper.elapsed()  # (the run may switch before the helper exits)
-        if self.split and why is None and have == 0 and not (self.warm is not None and self.warm.busy()):
+        if self.yields and why is None and have == 0 and not (self.warm is not None and self.warm.busy()):
             # (once the first stage is compiled, one helper process is left; a trace under way
             # has its turn below instead)
             time.sleep(yielded_s(None if self.left is None else time.perf_counter() - self.left))
@@ -515,7 +525,7 @@ class Tiers:
         if host:
             return not waiting
         distributed = self.built.world.distributed
-        if self.warm is None and not (self.split and have == 0 and not distributed):
+        if self.warm is None and not (self.yields and have == 0 and not distributed):
             # (while two helper processes compile, the run's own compiler work would take a core
             # from them: it starts once the first stage is compiled)
             self.warm = StagedWarmup(self.built, state, iterate)

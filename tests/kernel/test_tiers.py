@@ -197,6 +197,9 @@ def test_the_run_sleeps_after_an_eager_update_while_two_helper_processes_compile
     assert tiers.yielded_s(60.0) == tiers.YIELD_MAX_S
     # an update and the sleep after it stay well under the 5 s a user should ever wait
     assert all(u + tiers.yielded_s(u) < 5.0 for u in (0.05, 0.5, 2.0, 3.5))
+    # only where the helper's two processes and the run's threads want more cores than there are
+    assert tiers.crowded(1, 2) and tiers.crowded(2, 3) and tiers.crowded(16, 16)
+    assert not tiers.crowded(1, 3) and not tiers.crowded(1, 16) and not tiers.crowded(4, 8)
 
 
 def traced_in_a_thread(gate) -> threading.Event:
