@@ -5,9 +5,9 @@ graphs and compiles them with one throwaway iteration, which leaves them in indu
 caches. Imports come first so that a helper started before its run has built its config
 (:mod:`cli.early`) spends the wait on them; an empty request (its run ended first) ends it.
 With two or more cores, an unfused build's two stages compile at once in two processes
-(:func:`split_stages`). It prints ``compiled <stage>`` as each stage is done, and marks the cache
-at the end. Exit 0 once compiled; on failure, one line on stderr. It stops if the run that started
-it is gone."""
+(:func:`kernel.tiers.split_stages`). It prints ``compiled <stage>`` as each stage is done, and
+marks the cache at the end. Exit 0 once compiled; on failure, one line on stderr. It stops if the
+run that started it is gone."""
 from __future__ import annotations
 
 import ctypes
@@ -62,19 +62,6 @@ def stopping(*args):
     raise Enough
 
 
-def split_stages(fuse: bool) -> bool:
-    """Whether the segment and the grad step compile at once, in this process and a fork of it.
-    A compile is one core's work (Python, then one g++ at a time); the grad step's is the longer,
-    and the run waits for the last stage. The fork comes after the imports (torch, dynamo and
-    inductor: seconds) and before any compile, thread pool or tensor work. A fused build has one
-    graph; one core has nothing to share."""
-    return not fuse and hasattr(os, "fork") and len(cores()) >= 2
-
-
-def cores() -> set:
-    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-
-
 def forked() -> int:
     """``os.fork()`` with this process's output flushed first (else the child writes it again)."""
     sys.stdout.flush()
@@ -103,7 +90,7 @@ def main() -> int:
     from kernel.group import Group
     from kernel.hot import checking_vector_isas
     from kernel.plan import Plan, mark_helped
-    from kernel.tiers import STAGE_ORDER, primed
+    from kernel.tiers import STAGE_ORDER, primed, split_stages
     from kernel.train import iteration
 
     primed()  # (a helper started early does this beside the run's own imports, before its request)

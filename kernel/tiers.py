@@ -10,7 +10,7 @@ short GIL switch interval, slows the eager updates beside it without stopping th
 1. :class:`Helper`: a separate process builds the same config (same thread count, options and
    plan) and compiles one throwaway iteration, which fills inductor's on-disk caches; it says
    ``compiled <stage>`` as each stage is done. With two or more cores it compiles the two stages
-   at once in two processes (:func:`kernel.precompile.split_stages`); until the first is done the
+   at once in two processes (:func:`split_stages`); until the first is done the
    run sleeps after each eager update (:func:`yielded_s`), since a compiled update costs a
    fraction of an eager one. The run trains eagerly meanwhile.
 2. :class:`StagedWarmup`: a thread of the run traces its own compiled function for each stage
@@ -27,6 +27,7 @@ If the helper fails, or compiling in the run fails, the run stays eager and says
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -37,7 +38,6 @@ from collections.abc import Callable
 import torch
 
 from kernel.plan import helper_mark
-from kernel.precompile import cores, split_stages
 from kernel.tree import tree_map
 
 HELPER_MODULE = "kernel.precompile"
@@ -154,13 +154,27 @@ TRACE_SWITCH_INTERVAL = 1e-5
 # ends only at the trace's next bytecode instruction.
 TRACE_PACE_S = 1.0
 TRACE_CYCLE_S = 3.5
-# While the helper compiles its two stages in two processes (kernel.precompile.split_stages), a
+# While the helper compiles its two stages in two processes (:func:`split_stages`), a
 # run at one thread on two cores has three busy processes (:func:`crowded`), and the compiled
 # update it waits for costs a fraction of an eager one: after each eager update the run sleeps
 # YIELD_FACTOR times that update's seconds (at most YIELD_MAX_S), leaving most of a core to the
 # compile.
 YIELD_FACTOR = 2.0
 YIELD_MAX_S = 1.0
+
+
+def cores() -> set:
+    """The cores this process may use."""
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+
+
+def split_stages(fuse: bool) -> bool:
+    """Whether the helper compiles the segment and the grad step at once, in its process and a
+    fork of it (:mod:`kernel.precompile`). A compile is one core's work (Python, then one g++ at
+    a time); the grad step's is the longer, and the run waits for the last stage. The fork comes
+    after the imports (torch, dynamo and inductor: seconds) and before any compile, thread pool or
+    tensor work. A fused build has one graph; one core has nothing to share."""
+    return not fuse and hasattr(os, "fork") and len(cores()) >= 2
 
 
 def crowded(threads: int, cores: int) -> bool:

@@ -8,20 +8,20 @@ import sys
 
 import pytest
 
-from kernel import precompile
+from kernel import precompile, tiers
 
 
 def test_the_stages_split_only_unfused_and_with_two_cores(monkeypatch):
-    monkeypatch.setattr(precompile, "cores", lambda: {0, 1})
-    assert precompile.split_stages(False) is True
-    assert precompile.split_stages(True) is False  # one graph: nothing to share
-    monkeypatch.setattr(precompile, "cores", lambda: {0})
-    assert precompile.split_stages(False) is False
+    monkeypatch.setattr(tiers, "cores", lambda: {0, 1})
+    assert tiers.split_stages(False) is True
+    assert tiers.split_stages(True) is False  # one graph: nothing to share
+    monkeypatch.setattr(tiers, "cores", lambda: {0})
+    assert tiers.split_stages(False) is False
 
 
 def test_cores_are_the_ones_this_process_may_use():
     expected = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count()))
-    assert precompile.cores() == set(expected)
+    assert tiers.cores() == set(expected)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")

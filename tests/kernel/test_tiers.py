@@ -286,6 +286,42 @@ def alive(pid: int) -> bool:
         return False
 
 
+def helper_children(pid: int) -> list:
+    """The live child processes of helper ``pid`` that run the helper's module (not its g++)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            pids = [int(c) for c in f.read().split()]
+    except FileNotFoundError:
+        return []
+    found = []
+    for child in pids:
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                if tiers.HELPER_MODULE.encode() in f.read() and alive(child):
+                    found.append(child)
+        except FileNotFoundError:
+            pass
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or len(tiers.cores()) < 2,
+                    reason="reads /proc; the helper forks with two cores")
+def test_stopping_the_helper_ends_its_forked_compile_too():
+    helper = tiers.Helper(build(Config(num_envs=4, num_steps=16, hidden=(8, 2), seed=11)))
+    deadline = time.monotonic() + 120
+    while not helper_children(helper.process.pid) and time.monotonic() < deadline:
+        assert helper.poll() is None, helper.poll()
+        time.sleep(0.1)
+    forked = helper_children(helper.process.pid)
+    assert len(forked) == 1  # (the grad step's compile process, forked once the request arrived)
+    helper.stop()
+    # at once (the parent-death signal), not when its compile ends (seconds later)
+    deadline = time.monotonic() + 5
+    while any(alive(c) for c in forked) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(c) for c in forked)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_stopping_the_helper_ends_its_process():
     helper = tiers.Helper(build(Config(num_envs=4, num_steps=16, hidden=(8,))))
