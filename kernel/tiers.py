@@ -228,31 +228,46 @@ class Gate:
 _gates: dict[int, Gate] = {}  # a tracing thread's id -> its gate
 
 
+def run_first(owner: Callable[[], type], name: str, first: Callable[[], None]) -> bool:
+    """Wrap the method ``name`` of the class ``owner()`` returns (private dynamo code) so that
+    ``first()`` runs before each call; once per process. Returns False, changing nothing, where
+    the installed torch has no such class or method."""
+    try:
+        cls = owner()
+    except ImportError:
+        return False
+    method = getattr(cls, name, None)
+    if not callable(method):
+        return False
+    if getattr(method, "gated", False):
+        return True
+
+    def gated(self, *args, **kwargs):
+        first()
+        return method(self, *args, **kwargs)
+
+    gated.gated = True
+    setattr(cls, name, gated)
+    return True
+
+
 def gated_tracing() -> bool:
     """Make dynamo's bytecode tracer, before each instruction, wait at its thread's gate if it has
     one that is closed (other threads trace as before). The tracer's instruction loop is most of a
     warm trace; held there, the trace gives the GIL back to the run's eager update instead of
     taking it after each of the update's ops. Returns False, changing nothing, where the installed
     dynamo has no such loop (a private API)."""
-    try:
+    def tracer():
         from torch._dynamo.symbolic_convert import InstructionTranslatorBase
-    except ImportError:
-        return False
-    step = getattr(InstructionTranslatorBase, "step", None)
-    if not callable(step):
-        return False
-    if getattr(step, "gated", False):
-        return True
 
-    def gated(self, *args, **kwargs):
+        return InstructionTranslatorBase
+
+    def wait_at_gate():
         gate = _gates.get(threading.get_ident())
         if gate is not None:
             gate.wait()
-        return step(self, *args, **kwargs)
 
-    gated.gated = True
-    InstructionTranslatorBase.step = gated
-    return True
+    return run_first(tracer, "step", wait_at_gate)
 
 
 _holds: dict = {}  # a warm-up thread's id -> its StagedWarmup (gated_compiling)
@@ -265,25 +280,17 @@ def gated_compiling() -> bool:
     instead of compiling it again. Other threads compile as before. Returns False, changing
     nothing, where the installed dynamo has no such step (a private API); the run then traces a
     stage only once the helper has compiled it."""
-    try:
+    def output_graph():
         from torch._dynamo.output_graph import OutputGraph
-    except ImportError:
-        return False
-    call = getattr(OutputGraph, "call_user_compiler", None)
-    if not callable(call):
-        return False
-    if getattr(call, "gated", False):
-        return True
 
-    def held(self, gm, example_inputs):
+        return OutputGraph
+
+    def hold():
         warm = _holds.get(threading.get_ident())
         if warm is not None:
             warm.hold()
-        return call(self, gm, example_inputs)
 
-    held.gated = True
-    OutputGraph.call_user_compiler = held
-    return True
+    return run_first(output_graph, "call_user_compiler", hold)
 
 
 def traced_interval(entering: bool) -> None:
