@@ -155,7 +155,8 @@ def train(env_name, num_envs, num_steps, total_steps, seed, device, compile_, no
         raise common.usage_error(e)
     if not world.is_main:  # the other ranks train and checkpoint with rank 0, silently
         runs.execute(prepared)
-        return distributed.leave()
+        distributed.leave()
+        distributed.end_worker_rank()
     cfg, update, group = prepared.config, int(prepared.state.step), prepared.group
     who = f"seed={cfg.seed}" if group is None else f"runs={group.count}"
     who += f" processes={world.size}" if world.distributed else ""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from typing import NamedTuple
 
 import torch
@@ -146,3 +147,13 @@ def leave() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def end_worker_rank() -> None:
+    """End a rank other than 0 once it has left its group: its output flushed, then ``os._exit(0)``
+    without the interpreter's teardown. These ranks write no files (rank 0 writes the run's), and
+    under load the teardown of a finished rank sometimes aborted it ("terminate called without an
+    active exception", a C++ thread still joinable at exit), failing a job that had finished."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

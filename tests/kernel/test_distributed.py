@@ -217,3 +217,13 @@ def test_a_job_that_cannot_be_split_is_refused_before_any_rank_starts(tmp_path):
                           (["--seeds", "0-2"], "3 runs cannot be split evenly over 2 processes")):
         result = CliRunner().invoke(cli, ["train", "--nproc", "2", "--no-compile", *flags, "--out", str(tmp_path)])
         assert result.exit_code == 2 and needle in result.output, result.output
+
+
+def test_a_worker_rank_ends_with_its_output_flushed_and_exit_code_zero():
+    script = ("import sys\nfrom kernel import distributed\n"
+              "print('left the group', end='')\nprint('warned', end='', file=sys.stderr)\n"
+              "distributed.end_worker_rank()\nraise SystemExit(3)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # (buffered, as a pipe is)
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=dict(env, PYTHONPATH=str(ROOT)),
+                            capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "left the group", "warned")
