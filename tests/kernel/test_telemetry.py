@@ -71,3 +71,51 @@ def test_a_wrong_reference_fails_the_comparison(wrong):
     groups = telemetry.default_groups(params)
     table = telemetry.group_table(telemetry.grad_stats(grads, params, updates, groups))
     assert mismatches(table, reference(grads, params, updates, groups, **wrong)) != []
+
+
+def finite_problem():
+    """The same trees with the NaN and the Inf replaced: eagerly, these take the per-leaf-norm form."""
+    params, grads, updates = problem()
+    grads["heads"]["slot"]["b"] = torch.tensor([-3.0, 1.0])
+    grads["value"]["w"] = torch.tensor([[0.0] + [0.5] * 7])
+    return params, grads, updates
+
+
+def test_finite_grad_stats_take_the_leaf_norm_form_and_match_the_reference():
+    params, grads, updates = finite_problem()
+    groups = telemetry.default_groups(params)
+    members = telemetry.grouped_paths(tuple(flatten_with_paths(grads)), groups)
+    flats = [flatten_with_paths(t) for t in (grads, params, updates)]
+    assert telemetry.finite_stats_from_leaf_norms(*flats, members) is not None
+    table = telemetry.group_table(telemetry.grad_stats(grads, params, updates, groups))
+    assert mismatches(table, reference(grads, params, updates, groups)) == []
+    assert table["heads.op"]["zero_frac"] == 1.0 and table["trunk"]["zero_frac"] == pytest.approx(8 / 112)
+    assert table["value"]["zero_frac"] == pytest.approx(1 / 9)
+
+
+def test_non_finite_gradients_are_counted_by_the_concatenated_form():
+    params, grads, updates = problem()
+    members = telemetry.grouped_paths(tuple(flatten_with_paths(grads)), telemetry.default_groups(params))
+    flats = [flatten_with_paths(t) for t in (grads, params, updates)]
+    assert telemetry.finite_stats_from_leaf_norms(*flats, members) is None
+
+
+def moved_leaf(layout):  # the first leaf counted in the last group instead of its own
+    member = layout.member.clone()
+    member[:, 0] = 0.0
+    member[-1, 0] = 1.0
+    return layout._replace(member=member, member_t=member.T.contiguous())
+
+
+def leaves_for_sizes(layout):  # a group's size taken as its number of leaves
+    return layout._replace(sizes=layout.member.sum(1))
+
+
+@pytest.mark.parametrize("wrong", [moved_leaf, leaves_for_sizes], ids=lambda f: f.__name__)
+def test_a_wrong_leaf_layout_fails_the_comparison(wrong, monkeypatch):
+    params, grads, updates = finite_problem()
+    groups = telemetry.default_groups(params)
+    right = telemetry.leaf_layout
+    monkeypatch.setattr(telemetry, "leaf_layout", lambda *a: wrong(right(*a)))
+    table = telemetry.group_table(telemetry.grad_stats(grads, params, updates, groups))
+    assert mismatches(table, reference(grads, params, updates, groups)) != []
