@@ -174,8 +174,7 @@ def make_rollout(env, policy: Policy, num_steps: int, greedy: bool = False, runs
     # An env stepped on the host leaves two graphs per acting step (the decision, then the
     # bookkeeping); ``hot`` compiles the first decision alone and each step's bookkeeping with the
     # next step's decision, so a segment makes one compiled call per env step, not two.
-    if hot is not None:
-        first_decide, next_decide = hot(decide), hot(advance_then_decide)
+    first_decide, next_decide = (hot(decide), hot(advance_then_decide)) if hot is not None else (None, None)
 
     def act(params, carry, action_noise, env_noise):
         decided = decide(params, carry, action_noise)

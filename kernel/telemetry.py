@@ -47,7 +47,9 @@ def group_of(path: str, groups) -> str | None:
 def grad_stats(grads: dict, params: dict, updates: dict, groups) -> dict:
     """``{"grad/<group>/<stat>": 0-d tensor}`` for every group (flat keys: easy to reduce and log)."""
     g_flat, p_flat, u_flat = flatten_with_paths(grads), flatten_with_paths(params), flatten_with_paths(updates)
-    members = grouped_paths(tuple(g_flat), tuple(groups))
+    # (traced: the plain function; dynamo would warn that it ignores the cache)
+    layout = grouped_paths.__wrapped__ if torch.compiler.is_compiling() else grouped_paths
+    members = layout(tuple(g_flat), tuple(groups))
     eagerly = finite_stats_from_leaf_norms(g_flat, p_flat, u_flat, members)
     if eagerly is not None:
         return eagerly
