@@ -52,6 +52,7 @@ class Built(NamedTuple):
     group: Group | None = None
     all_runs: Group | None = None
     own_env: bool = False  # the caller's env object, not one made from config.env
+    hot: dict = {}  # the compiled functions by name (kernel.hot.Hot; what kernel.saved saves and loads)
 
     @property
     def precision(self):
@@ -118,9 +119,10 @@ def rank_config(job: Config, world: World) -> Config:
 
 
 def stages(config: Config, policy: Policy, rollout: Rollout, world: World, runs: int | None, compiled: bool,
-           fused: bool, python_env: bool = False) -> Stages:
+           fused: bool, python_env: bool = False, hot: dict | None = None) -> Stages:
     """The iteration's stages: compiled one by one, or plain functions for eager runs and for the
-    one graph a fused build compiles around them. ``python_env``: the rollout stays eager."""
+    one graph a fused build compiles around them. ``python_env``: the rollout stays eager. Each
+    compiled stage goes into ``hot`` under its name."""
     scanned = compiled and fused  # loops inside a compiled whole iteration
     over_runs = vmap if runs else (lambda fn: fn)
     # Leaf by leaf under vmap and in a scan body (torch's alias check rejects the foreach ops'
@@ -130,14 +132,17 @@ def stages(config: Config, policy: Policy, rollout: Rollout, world: World, runs:
                           config.norm_entropy, config.head_average, foreach=foreach, tape=not compiled and runs is None)
     on_its_own = compiled and not fused
 
-    def staged(fn: Callable) -> Callable:
+    def staged(fn: Callable, name: str) -> Callable:
         if not on_its_own:
             return fn
 
         def stage(*args):  # a code object per stage and build: compile_hot gives each its own cache
             return fn(*args)
 
-        return compile_hot(stage, config.device)
+        made = compile_hot(stage, config.device, name=name)
+        if hot is not None:
+            hot[name] = made
+        return made
 
     # Not a compiled stage of its own: one triangular solve (kernel.ppo.gae) runs about as fast
     # eagerly as compiled, and its graph cost seconds of every cold compile. A fused graph holds it.
@@ -146,20 +151,20 @@ def stages(config: Config, policy: Policy, rollout: Rollout, world: World, runs:
         # The recurrent bootstrap runs eagerly after the compiled segment: inductor's C++ wrapper
         # emits a duplicate declaration for a scan and an LSTM step in one graph with the default
         # options (the fused graph's options avoid it).
-        acting = staged(lambda params, carry, a, e: rollout.segment(params, carry, a, e, True, False))
+        acting = staged(lambda params, carry, a, e: rollout.segment(params, carry, a, e, True, False), "segment")
 
         def segment(params, carry, action_noise, env_noise):
             carry, traj = acting(params, carry, action_noise, env_noise)
             return carry, rollout.bootstrap(params, traj)
     elif on_its_own and not python_env:
-        segment = staged(lambda params, carry, a, e: rollout.segment(params, carry, a, e, True))
+        segment = staged(lambda params, carry, a, e: rollout.segment(params, carry, a, e, True), "segment")
     else:
         segment = partial(rollout.segment, scanned=scanned)
         if not compiled and not python_env:  # (an env that trains networks as it steps needs autograd)
             segment = inference(segment)
     if world.distributed and runs is None:
         # The data-parallel hook: this rank's gradients, their mean over every rank, then the step.
-        gradients, apply = staged(step.gradients), staged(step.apply)
+        gradients, apply = staged(step.gradients, "gradients"), staged(step.apply, "apply")
 
         def grad_step(params, opt_state, scale, batch, idx, hyper):
             grads, loss, metrics = gradients(params, scale, batch, idx, hyper)
@@ -169,7 +174,7 @@ def stages(config: Config, policy: Policy, rollout: Rollout, world: World, runs:
         advantage_stats = partial(global_advantage_stats, recurrent=policy.recurrent, world=world) \
             if config.norm_adv else None
     else:
-        grad_step, advantage_stats = staged(over_runs(step)), None
+        grad_step, advantage_stats = staged(over_runs(step), "grad_step"), None
     minibatch = shuffle_units(config, policy.recurrent) // config.num_minibatches
     return Stages(segment, advantages, grad_step, advantage_stats, policy.spec, policy.recurrent, minibatch, runs,
                   scanned)
@@ -211,8 +216,9 @@ def with_plan(built: Built, plan: Plan) -> Built:
     config = built.config.replace(compile=plan.compile)
     runs = built.group.count if built.group is not None else None
     rollout = rollout_for(config, built.env, built.policy, runs, plan.compile)
+    hot: dict = {}
     parts = stages(config, built.policy, rollout, built.world, runs, plan.compile, plan.fuse,
-                   not getattr(built.env, "compilable", True))
+                   not getattr(built.env, "compilable", True), hot)
     whole = None
     if plan.fuse:
         whole = partial(iterate, parts)
@@ -220,8 +226,8 @@ def with_plan(built: Built, plan: Plan) -> Built:
             def fused(*args):
                 return iterate(parts, *args)
 
-            whole = compile_hot(fused, config.device, fused_options(config.device))
-    return built._replace(config=config, rollout=rollout, stages=parts, whole=whole, plan=plan)
+            whole = hot["iteration"] = compile_hot(fused, config.device, fused_options(config.device), "iteration")
+    return built._replace(config=config, rollout=rollout, stages=parts, whole=whole, plan=plan, hot=hot)
 
 
 def rank_key(built: Built, key: torch.Tensor) -> torch.Tensor:

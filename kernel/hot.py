@@ -10,7 +10,8 @@ Options (what each is for is in ``benchmarks/README.md``): ``cpp_wrapper`` on CP
 compiles a ``scan``, its wrapper and kernels built as two C++ units; ``scan`` marked cacheable by
 inductor's FX graph cache; ``tanh`` through ``exp`` in generated CPU code; no loop reordering
 after fusion on CUDA; the fused graph adds its own (:func:`fused_options`). An option the
-installed torch does not know is left out.
+installed torch does not know is left out. A compiled function can also be saved and loaded
+instead of traced (:class:`Hot`; :mod:`kernel.saved` names the files).
 """
 from __future__ import annotations
 
@@ -235,24 +236,90 @@ def compile_in_process() -> None:
     inductor_config.compile_threads = 1
 
 
-def compile_hot(fn: Callable, device="cpu", options: dict | None = None) -> Callable:
+def serializable_guards(entries) -> list:
+    """Keep the guards a saved function can carry: not those on module globals, nor the kinds
+    dynamo cannot save (on object identity: closures, functions, modules)."""
+    from torch._dynamo.guards import CheckFunctionManager
+
+    unsaved = set(CheckFunctionManager.UNSUPPORTED_SERIALIZATION_GUARD_TYPES)
+    return [not entry.is_global and entry.guard_type not in unsaved for entry in entries]
+
+
+def compiled_and_saved(fn: Callable, options: dict, args: tuple, path):
+    """``fn`` compiled for ``args`` as one graph and saved to ``path`` (written whole or not at all),
+    or None where it cannot be saved (the caller compiles it as usual)."""
+    options = dict(options, guard_filter_fn=serializable_guards)
+    try:
+        made = torch.compile(fn, fullgraph=True, dynamic=False, options=options).aot_compile((args, {}))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        made.save_compiled_function(str(path))
+    except Exception:  # (an object it closes over that does not pickle, an unwritable cache)
+        return None
+    return made
+
+
+def loaded(path, args: tuple):
+    """The function saved at ``path`` if there is one, it loads, and its guards accept ``args``;
+    else None."""
+    try:
+        with open(path, "rb") as f:
+            made = torch.compiler.load_compiled_function(f)
+        if not made.guard_check(*args):
+            return None
+    except Exception:  # (no file, another torch or Python, a damaged file)
+        return None
+    return made
+
+
+def guarded(made, fallback: Callable) -> Callable:
+    """``made`` for every call its guards accept; ``fallback`` (a traced function) for the rest."""
+    made.disable_guard_check()  # (checked here, once per call)
+
+    def call(*args):
+        return made(*args) if made.guard_check(*args) else fallback(*args)
+
+    return call
+
+
+class Hot:
     """``fn`` compiled as one graph with static shapes, set up at its first call: a run that
     trains eagerly first (``--compile auto``) does not import the compiler (seconds) before its
     first update. ``dynamic=False`` because dynamo's automatic-dynamic record is kept per function
     name and source line, not per code object: a second build with other shapes in the same
     process (a sweep over ``num_envs``, a notebook) would otherwise get graphs with symbolic sizes,
-    which run slower than the static ones it gets when built alone."""
-    own, compiled = own_code(fn), []
+    which run slower than the static ones it gets when built alone.
 
-    def hot(*args):
-        if not compiled:
-            chosen = options or hot_options(device)
-            if chosen.get("cpp_wrapper"):
-                compile_in_process()
-            if torch.device(device).type == "cpu":
-                checking_vector_isas()
-                building_units_at_once()
-            compiled.append(torch.compile(own, fullgraph=True, dynamic=False, options=chosen))
-        return compiled[0](*args)
+    Set before the first call, :attr:`save_to` has it compiled with ``aot_compile`` and saved
+    there (the compile helper), and :attr:`load_from` has it loaded from there instead of traced
+    where that file holds a function whose guards accept the call (a tiered run; where the files
+    live and what names them: :mod:`kernel.saved`). :attr:`loaded` says which happened."""
 
-    return hot
+    def __init__(self, fn: Callable, device="cpu", options: dict | None = None, name: str | None = None):
+        self.own, self.device, self.options, self.name = own_code(fn), device, options, name
+        self.save_to = self.load_from = None
+        self.loaded = False
+        self.compiled: Callable | None = None
+
+    def __call__(self, *args):
+        if self.compiled is None:
+            self.compiled = self.first(args)
+        return self.compiled(*args)
+
+    def first(self, args: tuple) -> Callable:
+        chosen = self.options or hot_options(self.device)
+        if chosen.get("cpp_wrapper"):
+            compile_in_process()
+        if torch.device(self.device).type == "cpu":
+            checking_vector_isas()
+            building_units_at_once()
+        traced = torch.compile(self.own, fullgraph=True, dynamic=False, options=chosen)
+        made = loaded(self.load_from, args) if self.load_from is not None else None
+        self.loaded = made is not None
+        if made is None and self.save_to is not None:
+            made = compiled_and_saved(self.own, chosen, args, self.save_to)
+        return traced if made is None else guarded(made, traced)
+
+
+def compile_hot(fn: Callable, device="cpu", options: dict | None = None, name: str | None = None) -> Hot:
+    """``fn`` compiled at its first call (:class:`Hot`); ``name``: what a saved copy is called."""
+    return Hot(fn, device, options, name)

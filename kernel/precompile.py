@@ -2,8 +2,9 @@
 imports torch and its compiler, then reads its request (JSON on stdin: the job's config, its runs,
 the rank and number of data-parallel ranks, the fuse choice and the thread count), builds the same
 graphs and compiles them with one throwaway iteration, which leaves them in inductor's on-disk
-caches. Imports come first so that a helper started before its run has built its config
-(:mod:`cli.early`) spends the wait on them; an empty request (its run ended first) ends it.
+caches and saves each compiled function for the run to load (:mod:`kernel.saved`). Imports come
+first so that a helper started before its run has built its config (:mod:`cli.early`) spends the
+wait on them; an empty request (its run ended first) ends it.
 With two or more cores, an unfused build's two stages compile at once in two processes
 (:func:`kernel.tiers.split_stages`). It prints ``compiled <stage>`` as each stage is done, and
 marks the cache at the end. Exit 0 once compiled; on failure, one line on stderr. It stops if the
@@ -84,6 +85,7 @@ def main() -> int:
     die_with(os.getppid())
     import torch
 
+    from kernel import saved
     from kernel.build import build, init_state, with_plan
     from kernel.config import from_dict
     from kernel.distributed import SINGLE, Rehearsal
@@ -110,6 +112,9 @@ def main() -> int:
     rank, ranks = request["rank"], request["ranks"]
     world = Rehearsal(rank, ranks) if ranks > 1 else SINGLE  # a data-parallel rank's graphs, alone
     built = build(config, world, group=runs, plan=Plan(True, request["fuse"], request["why"]))
+    if saved.supported(config.device):  # the run loads them instead of tracing them again
+        for name, hot in built.hot.items():
+            hot.save_to = saved.saved_path(built, name)
     stages = built.stages._replace(**{name: reporting(name, getattr(built.stages, name)) for name in STAGE_ORDER})
     whole = reporting("iteration", built.whole) if built.whole is not None else None
     if child == 0:

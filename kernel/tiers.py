@@ -8,19 +8,22 @@ short GIL switch interval, slows the eager updates beside it without stopping th
 (``benchmarks/compile_in_thread.py`` measures both).
 
 1. :class:`Helper`: a separate process builds the same config (same thread count, options and
-   plan) and compiles one throwaway iteration, which fills inductor's on-disk caches; it says
+   plan) and compiles one throwaway iteration, which fills inductor's on-disk caches, and saves
+   each compiled function (:mod:`kernel.saved`); it says
    ``compiled <stage>`` as each stage is done. With two or more cores it compiles the two stages
    at once in two processes (:func:`split_stages`); until the first is done the
    run sleeps after each eager update (:func:`yielded_s`), since a compiled update costs a
    fraction of an eager one. The run trains eagerly meanwhile.
-2. :class:`StagedWarmup`: a thread of the run traces its own compiled function for each stage
-   against the warm cache as the helper reports it, while the run goes on training eagerly; the
-   two take turns (:meth:`StagedWarmup.pace`, :func:`gated_tracing`). The stage the helper is
-   still compiling is traced too, and waits before its compile (:func:`gated_compiling`) until
+2. :class:`StagedWarmup`: a thread of the run runs one throwaway compiled iteration, each stage
+   once the helper reports it, while the run goes on training eagerly. A stage's first call loads
+   the function the helper saved (:mod:`kernel.saved`; a fraction of a second); where there is
+   none, it traces its own against the warm cache, and the two threads take turns
+   (:meth:`StagedWarmup.pace`, :func:`gated_tracing`). Where the helper does not save, the stage it
+   is still compiling is traced too, and waits before its compile (:func:`gated_compiling`) until
    the helper's graph is in the cache, so the run switches soon after the helper is done.
-   Once every stage is traced, :func:`kernel.train.checked_update` switches at the next
+   Once every stage is loaded or traced, :func:`kernel.train.checked_update` switches at the next
    boundary, as for a recorded ``compile_from_update``. The helper marks the cache when done, so
-   the next run of the same config starts no helper and traces at once.
+   the next run of the same config starts no helper and loads (or traces) at once.
 
 If the helper fails, or compiling in the run fails, the run stays eager and says why in one line.
 """
@@ -37,6 +40,7 @@ from collections.abc import Callable
 
 import torch
 
+from kernel import saved
 from kernel.plan import helper_mark
 from kernel.tree import tree_map
 
@@ -484,6 +488,12 @@ class Tiers:
         # data-parallel ranks on one machine (one cache), the first compiles for all.
         cached = helper_mark(built.job, built.plan.fuse, runs, world.size).is_file()
         self.helper = None if own_env or cached or world.local_rank else Helper(built, helper_module)
+        # The helper saves each function it compiles; the warm-up loads it instead of tracing it.
+        # (A caller's own env is not what the config names, so no saved function is its.)
+        self.loads = not own_env and saved.supported(built.device)
+        if self.loads:
+            for name, hot in built.hot.items():
+                hot.load_from = saved.saved_path(built, name)
         # Two helper processes: the run sleeps after its eager updates while both compile, where
         # they and the run's own threads want more cores than the run may use.
         self.yields = self.helper is not None and split_stages(built.plan.fuse) \
@@ -525,7 +535,8 @@ class Tiers:
             time.sleep(yielded_s(None if self.left is None else time.perf_counter() - self.left))
         if self.warm is not None and not why and not self.built.world.distributed:
             self.warm.allow(order[:have])
-            self.warm.ahead(order[have:have + 1])
+            if not self.saving(order[:have]):
+                self.warm.ahead(order[have:have + 1])
             self.warm.pace(trace_turn(None if self.left is None else time.perf_counter() - self.left))
         error, traced = None, False
         try:
@@ -555,9 +566,17 @@ class Tiers:
         self.warm.allow(order[:max(0, len(order) - short)])
         if distributed:  # (its collectives must not meet the run's)
             self.warm.settle()
-        else:  # (data-parallel ranks trace a stage only once every rank's helper has compiled it)
+        elif not self.saving(order[:have]):
+            # (data-parallel ranks trace a stage only once every rank's helper has compiled it)
             self.warm.ahead(order[have:have + 1])
         return not waiting
+
+    def saving(self, done) -> bool:
+        """Whether the helper saves the functions it compiles: each of the stages ``done`` it has
+        compiled is saved. The run then loads the next one once it is compiled, instead of tracing
+        it ahead (a trace that would take the CPU from the compile)."""
+        hot = self.built.hot
+        return self.loads and all(hot[name].load_from.is_file() for name in done if name in hot)
 
     def fail(self, why: str) -> None:
         self.failure = self.note = f"{why}; the run stays eager"
@@ -573,13 +592,20 @@ class Tiers:
         if self.failure is not None:
             return f"eager ({self.failure.split('; ')[0]})"
         where = ["in a helper process" if self.helper is not None and self.helper.seconds is None else "here"]
-        if self.warm is not None:  # (this run's own traces, in its thread)
-            where += [f"{name} traced" for name in self.warm.traced]
+        if self.warm is not None:  # (this run's own traces and loads, in its thread)
+            where += [f"{name} {self.how(name)}" for name in self.warm.traced]
             where += [f"tracing {self.warm.tracing}"] if self.warm.tracing else []
         return f"eager; compiling {', '.join(where)} ({time.perf_counter() - self.began:.0f} s)"
 
+    def how(self, name: str) -> str:
+        hot = self.built.hot.get(name)
+        return "loaded" if hot is not None and hot.loaded else "traced"
+
     def summary(self) -> dict:
-        return {"helper_s": self.helper_s, "failure": self.failure}
+        """The helper's seconds, why the run stayed eager (None: it did not), and the compiled
+        functions the run loaded (:mod:`kernel.saved`) instead of tracing them."""
+        return {"helper_s": self.helper_s, "failure": self.failure,
+                "loaded": sorted(name for name, hot in self.built.hot.items() if hot.loaded)}
 
     def stop(self) -> None:
         if self.helper is not None:

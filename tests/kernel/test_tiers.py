@@ -74,13 +74,14 @@ def test_the_run_starts_eagerly_and_switches_once_the_helper_has_compiled(tiered
     switch = summary["switch_update"]
     assert switch is not None and switch >= 1, summary
     assert summary["tiers"]["failure"] is None and summary["tiers"]["helper_s"] > 0
+    assert summary["tiers"]["loaded"] == ["grad_step", "segment"]  # as the helper saved them
     check = summary["switch_check"]
     assert check["update"] == switch and check["agreed"] is True and check["problems"] == []
     compiled = [row["compiled"] for row in read_telemetry(out)]
     assert compiled == [0.0] * (switch + 1) + [1.0] * (200 - switch - 1)
     texts = [log.tier for log in logs]
     assert texts[0].startswith("eager; compiling in a helper process (")
-    assert any(t and t.startswith("eager; compiling ") and "segment traced" in t for t in texts)
+    assert any(t and t.startswith("eager; compiling ") and "segment loaded" in t for t in texts)
     assert all(t is None for t in texts[switch:]) and not any(log.note for log in logs)
     # every graph the run traced came from the helper's cache (with two cores, the grad step's
     # from the helper's second process, fed by an eager segment): none was compiled here
@@ -105,10 +106,10 @@ def test_a_replay_with_the_recorded_switch_update_is_bit_identical(tiered, monke
     assert identical(replay.state, finished.state)
 
 
-def test_once_a_helper_has_compiled_a_config_its_next_run_traces_at_once(tiered, monkeypatch):
+def test_once_a_helper_has_compiled_a_config_its_next_run_loads_at_once(tiered, monkeypatch):
     """The helper leaves a mark in the cache; the next run of the config starts no helper: its
-    warm-up thread starts tracing after the first update, and the run switches once both stages
-    are traced."""
+    warm-up thread loads the saved stages after the first update, and the run switches once both
+    are loaded."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", tiered[4])
     assert plan.helper_mark(TIERED, False, None).is_file()
     # Turns of the shortest length, as in ``tiered``.
@@ -116,10 +117,9 @@ def test_once_a_helper_has_compiled_a_config_its_next_run_traces_at_once(tiered,
     logs = []
     out = T.make_train(TIERED.replace(total_steps=4 * 16 * 60)).train(on_update=waiting(logs, 0.5))
     switch = out.summary["switch_update"]
-    assert out.summary["tiers"] == {"helper_s": None, "failure": None}
+    assert out.summary["tiers"] == {"helper_s": None, "failure": None, "loaded": ["grad_step", "segment"]}
     assert switch is not None and switch >= 2 and out.summary["switch_check"]["agreed"] is True
     assert logs[0].tier.startswith("eager; compiling here (")
-    assert any("segment traced" in log.tier for log in logs[:switch])
 
 
 def test_a_failed_helper_leaves_the_run_eager_with_one_line(monkeypatch):
@@ -331,8 +331,9 @@ def test_stopping_the_helper_ends_its_process():
 
 
 def test_data_parallel_ranks_switch_at_the_same_update_and_a_replay_is_bit_identical(tmp_path):
-    """Rank 0 runs the helper for both; the ranks agree at every boundary, so they trace, check
-    and switch at the same updates, stay bit-identical, and replay bit for bit."""
+    """Rank 0 runs the helper for both and loads the functions it saved for rank 0; rank 1 traces
+    against the cache the helper filled. The ranks agree at every boundary, so they check and
+    switch at the same updates, stay bit-identical, and replay bit for bit."""
     from test_distributed import torchrun
 
     result = torchrun(Path(__file__).with_name("tiers_worker.py"), tmp_path, timeout=600)
@@ -340,7 +341,8 @@ def test_data_parallel_ranks_switch_at_the_same_update_and_a_replay_is_bit_ident
     s0, s1 = (json.loads((tmp_path / f"summary-{r}.json").read_text()) for r in range(2))
     assert s0["switch_update"] == s1["switch_update"] and s0["switch_update"] >= 1
     assert s0["switch_check"]["agreed"] is True and s1["switch_check"]["agreed"] is True
-    assert s0["tiers"]["helper_s"] > 0 and s1["tiers"] == {"helper_s": None, "failure": None}
+    assert s0["tiers"]["helper_s"] > 0 and s0["tiers"]["loaded"] == ["apply", "gradients", "segment"]
+    assert s1["tiers"] == {"helper_s": None, "failure": None, "loaded": []}
     r0, r1 = (load_file(tmp_path / f"rank-{r}.st") for r in range(2))
     assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0)
     tiered = {k[len("tiered."):]: v for k, v in r0.items() if k.startswith("tiered.")}
