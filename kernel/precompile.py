@@ -112,7 +112,7 @@ def main() -> int:
     rank, ranks = request["rank"], request["ranks"]
     world = Rehearsal(rank, ranks) if ranks > 1 else SINGLE  # a data-parallel rank's graphs, alone
     built = build(config, world, group=runs, plan=Plan(True, request["fuse"], request["why"]))
-    if saved.supported(config.device):  # the run loads them instead of tracing them again
+    if saved.supported(built):  # the run loads them instead of tracing them again
         for name, hot in built.hot.items():
             hot.save_to = saved.saved_path(built, name)
     stages = built.stages._replace(**{name: reporting(name, getattr(built.stages, name)) for name in STAGE_ORDER})

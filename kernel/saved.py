@@ -13,7 +13,8 @@ closures hold comes from the config and the code, so a file's name holds both
 group's runs but not their seeds, and a digest of the kernel's and the envs' source. Only a tiered
 run loads these files, since its switch update checks the loaded functions against the eager ones
 on the same inputs (:func:`kernel.train.checked_update`) and stays eager if they differ;
-``--compile on`` traces with every guard. CPU only (the only device where they were measured).
+``--compile on`` traces with every guard. CPU only (the only device where they were measured),
+and unfused (:func:`supported`).
 """
 from __future__ import annotations
 
@@ -47,11 +48,14 @@ def source_digest() -> str:
     return digest.hexdigest()[:20]
 
 
-def supported(device) -> bool:
-    """Whether functions compiled for ``device`` are saved and loaded: on CPU, with a torch that
-    loads saved functions (it saves them with ``aot_compile``, which came with it). Asked before a
-    run's first update, so it imports nothing."""
-    return torch.device(device).type == "cpu" and hasattr(torch.compiler, "load_compiled_function")
+def supported(built) -> bool:
+    """Whether the compiled functions of ``built`` are saved and loaded: on CPU, with a torch that
+    loads saved functions (it saves them with ``aot_compile``, which came with it), unfused (the
+    switch check compares stage by stage; a fused iteration is one graph, so it is traced with every
+    guard), and not for a caller's own env (the config does not name it). Asked before a run's
+    first update, so it imports nothing."""
+    return built.device.type == "cpu" and hasattr(torch.compiler, "load_compiled_function") \
+        and built.whole is None and not built.own_env
 
 
 def saved_path(built, name: str) -> Path:

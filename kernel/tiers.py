@@ -489,8 +489,7 @@ class Tiers:
         cached = helper_mark(built.job, built.plan.fuse, runs, world.size).is_file()
         self.helper = None if own_env or cached or world.local_rank else Helper(built, helper_module)
         # The helper saves each function it compiles; the warm-up loads it instead of tracing it.
-        # (A caller's own env is not what the config names, so no saved function is its.)
-        self.loads = not own_env and saved.supported(built.device)
+        self.loads = saved.supported(built)
         if self.loads:
             for name, hot in built.hot.items():
                 hot.load_from = saved.saved_path(built, name)

@@ -114,3 +114,11 @@ def test_a_wrong_function_saved_where_a_tiered_run_loads_is_caught_and_the_run_s
     assert out.summary["switch_update"] is None
     eager = T.make_train(SMALL.replace(compile=False)).train()
     assert all(torch.equal(a, b) for a, b in zip(leaves(out.state), leaves(eager.state), strict=True))
+
+
+def test_only_unfused_cpu_builds_of_the_configs_own_env_save_and_load():
+    """A fused iteration is one graph the switch cannot check stage by stage, and a caller's own
+    env is not what the config (the file's name) says: both trace with every guard."""
+    assert saved.supported(build(SMALL, plan=Plan(True, False, "x")))
+    assert not saved.supported(build(SMALL, plan=Plan(True, True, "x")))
+    assert not saved.supported(build(SMALL, plan=Plan(True, False, "x"))._replace(own_env=True))
