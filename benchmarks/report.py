@@ -871,6 +871,7 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "first-run-cda946a": (BENCH_README, lambda: first_run("first_run_cda946a.json")),
     "first-run-128c151": (BENCH_README, lambda: first_run("first_run_128c151.json")),
     "first-run-again": (BENCH_README, lambda: first_run("first_run_again.json")),
+    "first-run-128c151-again": (BENCH_README, lambda: first_run("first_run_128c151_again.json")),
     "compile-seconds": (BENCH_README, compile_seconds),
     "compile-in-process": (BENCH_README, lambda: compile_seconds("compile_seconds_in_process.json", False)),
     "compile-isa": (BENCH_README, lambda: compile_seconds("compile_seconds_isa.json", False)),
